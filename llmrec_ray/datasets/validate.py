@@ -1,0 +1,125 @@
+"""Validation shared by every loader: ids, duplicates, ratings, referential integrity.
+
+Loaders parse their files into canonical tables (see `llmrec_ray.schemas`) and record parse errors
+in a `Rejects` ledger; `validate` then applies the rules every dataset must satisfy and moves each
+failing row to the ledger with its reason. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from llmrec_ray.schemas import INTERACTIONS, ITEMS, USERS, Rejects, conform
+
+
+def _blank(col: pa.ChunkedArray) -> np.ndarray:
+    """True where a string column is null, empty or whitespace only."""
+    stripped = pc.utf8_trim_whitespace(col)
+    return np.asarray(pc.fill_null(pc.equal(stripped, ""), True), dtype=bool)
+
+
+def _row_index(table: pa.Table) -> np.ndarray:
+    if "_row" in table.column_names:
+        return np.asarray(table.column("_row").to_numpy(zero_copy_only=False))
+    return np.arange(table.num_rows)
+
+
+def _reject(table: pa.Table, bad: np.ndarray, rejects: Rejects, name: str, source: str,
+            column: str | None, reason: str) -> pa.Table:
+    """Move rows where `bad` is True to `rejects`; return the rest."""
+    if not bad.any():
+        return table
+    rows = _row_index(table)
+    values = table.column(column).to_pylist() if column else [None] * table.num_rows
+    for i in np.flatnonzero(bad):
+        rejects.add(name, source, int(rows[i]), column, reason, values[i])
+    return table.filter(pa.array(~bad))
+
+
+def _duplicates(keys: list) -> np.ndarray:
+    """True for every occurrence of a key after its first."""
+    seen: set = set()
+    out = np.zeros(len(keys), dtype=bool)
+    for i, k in enumerate(keys):
+        if k in seen:
+            out[i] = True
+        else:
+            seen.add(k)
+    return out
+
+
+def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, rejects: Rejects,
+             sources: dict[str, str], rating_range: tuple[float, float]) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Apply the dataset rules; return (interactions, items, users) holding only accepted rows.
+
+    `sources` names the file behind each table ("interactions", "items", "users") for messages.
+    A `_row` column, when present, carries each row's line number in its file and is removed here.
+    When `users` is None the users are the distinct user ids of the accepted interactions.
+    """
+    items = conform(items, ITEMS, sources["items"])
+    src = sources["items"]
+    items = _reject(items, _blank(items.column("item_id")), rejects, "items", src, "item_id",
+                    "null or empty item_id")
+    items = _reject(items, _duplicates(items.column("item_id").to_pylist()), rejects, "items", src,
+                    "item_id", "duplicate item_id")
+    items = _reject(items, _blank(items.column("title")), rejects, "items", src, "title",
+                    "missing text field: title")
+
+    if users is not None:
+        users = conform(users, USERS, sources["users"])
+        src = sources["users"]
+        users = _reject(users, _blank(users.column("user_id")), rejects, "users", src, "user_id",
+                        "null or empty user_id")
+        users = _reject(users, _duplicates(users.column("user_id").to_pylist()), rejects, "users",
+                        src, "user_id", "duplicate user_id")
+
+    inter = conform(interactions, INTERACTIONS, sources["interactions"])
+    src = sources["interactions"]
+    for col in ("user_id", "item_id"):
+        inter = _reject(inter, _blank(inter.column(col)), rejects, "interactions", src, col,
+                        f"null or empty {col}")
+    inter = _reject(inter, np.asarray(pc.is_null(inter.column("event_timestamp"))), rejects,
+                    "interactions", src, "event_timestamp", "null or unparseable event_timestamp")
+    rating = inter.column("rating")
+    lo, hi = rating_range
+    out_of_range = pc.fill_null(pc.or_(pc.less(rating, lo), pc.greater(rating, hi)), False)
+    out_of_range = pc.or_(out_of_range, pc.fill_null(pc.is_nan(rating), False))
+    inter = _reject(inter, np.asarray(out_of_range), rejects, "interactions", src, "rating",
+                    f"rating outside [{lo:g}, {hi:g}]")
+    known_items = items.column("item_id")
+    unknown = ~np.asarray(pc.is_in(inter.column("item_id"), value_set=known_items.combine_chunks()))
+    inter = _reject(inter, unknown, rejects, "interactions", src, "item_id",
+                    "unknown item_id (not in the accepted items)")
+    if users is not None:
+        unknown = ~np.asarray(pc.is_in(inter.column("user_id"),
+                                       value_set=users.column("user_id").combine_chunks()))
+        inter = _reject(inter, unknown, rejects, "interactions", src, "user_id",
+                        "unknown user_id (not in the accepted users)")
+    keys = list(zip(inter.column("user_id").to_pylist(), inter.column("item_id").to_pylist(),
+                    inter.column("event_timestamp").cast(pa.int64()).to_pylist()))
+    inter = _reject(inter, _duplicates(keys), rejects, "interactions", src, None,
+                    "duplicate (user_id, item_id, event_timestamp)")
+
+    if users is None:
+        users = pa.table({"user_id": pc.unique(inter.column("user_id").combine_chunks())})
+        users = conform(users, USERS, "users")
+    drop = [c for c in ("_row",) if c in inter.column_names]
+    inter = conform(inter.drop_columns(drop), INTERACTIONS, src).select(INTERACTIONS.names)
+    items = items.drop_columns([c for c in ("_row",) if c in items.column_names])
+    users = users.drop_columns([c for c in ("_row",) if c in users.column_names])
+    return inter, items, users
+
+
+def check_reject_fraction(counts: dict[str, dict[str, int]], rejects: Rejects, max_fraction: float,
+                          sources: dict[str, str]) -> None:
+    """Raise when a table lost more than `max_fraction` of its rows, naming the top reasons."""
+    for table, c in counts.items():
+        if c["in"] and c["rejected"] / c["in"] > max_fraction:
+            top = ", ".join(f"{r} ({n})" for r, n in rejects.reasons(table).most_common(3))
+            example = next(r for r in rejects.rows if r["table"] == table)
+            raise ValueError(
+                f"{sources.get(table, table)}: {c['rejected']} of {c['in']} {table} rows rejected "
+                f"(more than data.max_reject_fraction={max_fraction:g}); reasons: {top}; first: "
+                f"row {example['row']}, column {example['column']}: {example['reason']}")
