@@ -61,7 +61,7 @@ class SerializeConfig(Strict):
 
     item_template: str = Field("{title}. Genres: {genres}. {description}",
                                description="Python format string over the item's text fields.")
-    history_item_template: str = Field("{title} ({rating:g}/5)", description=(
+    history_item_template: str = Field("{title} ({genres}), rated {rating}/5", description=(
         "One past interaction inside a user text; fields of the item plus `rating`."))
     user_template: str = Field("Recently watched, newest first: {history}.",
                                description="User text; `{history}` is the joined interaction list.")

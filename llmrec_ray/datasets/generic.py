@@ -1,0 +1,240 @@
+"""Generic loader: interactions, items and optional users from parquet or CSV files, with a column
+mapping, become the canonical tables of `llmrec_ray.schemas`.
+
+`data.columns` maps canonical names (user_id, item_id, event_timestamp, rating, title, genres,
+description, available_from) to the files' column names; an unmapped canonical name is looked up
+by its own name. Ids become strings. Timestamps (`event_timestamp`, `available_from`):
+- integer (or float) columns count `data.timestamp_unit` (s, ms or us) since the Unix epoch;
+- string columns are ISO-8601 when `timestamp_unit` is `iso`, integers in that unit otherwise;
+  an ISO string with an offset is converted to UTC, a naive one (no offset) is taken as UTC;
+- timestamp columns are converted to UTC, naive ones taken as UTC; date columns are midnight UTC.
+A value that is present but cannot be parsed (a timestamp, a rating) rejects its row, with the
+0-based row index in its file (`_row`); a missing required column is a ValueError naming the file,
+the column and the columns the file has. Extra columns of items and users are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from llmrec_ray.config import DataConfig, expand_env
+from llmrec_ray.datasets import Dataset
+from llmrec_ray.datasets.validate import check_reject_fraction, validate
+from llmrec_ray.schemas import TIMESTAMP, Rejects
+
+log = logging.getLogger(__name__)
+
+CANONICAL = {
+    "interactions": ("user_id", "item_id", "event_timestamp", "rating"),
+    "items": ("item_id", "title", "genres", "description", "available_from"),
+    "users": ("user_id",),
+}
+REQUIRED = {"interactions": ("user_id", "item_id", "event_timestamp"),
+            "items": ("item_id", "title"), "users": ("user_id",)}
+TIMESTAMP_COLUMNS = ("event_timestamp", "available_from")
+UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000}
+MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
+INTEGER = r"^\s*[+-]?[0-9]{1,18}\s*$"
+NUMBER = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$"
+
+
+def load_generic(cfg: DataConfig) -> Dataset:
+    """Load `cfg.interactions`, `cfg.items` and optional `cfg.users` with `cfg.columns`."""
+    known = {c for cols in CANONICAL.values() for c in cols}
+    unknown = sorted(set(cfg.columns) - known)
+    if unknown:
+        raise ValueError(f"data.columns: unknown canonical column(s) {unknown}; "
+                         f"known: {sorted(known)}")
+    start = time.perf_counter()
+    paths = {"interactions": _path(cfg.interactions, "data.interactions"),
+             "items": _path(cfg.items, "data.items")}
+    if cfg.users:
+        paths["users"] = _path(cfg.users, "data.users")
+    rejects = Rejects()
+    tables, rows_in = {}, {}
+    for kind, path in paths.items():
+        raw = _read(path, kind, cfg)
+        rows_in[kind] = raw.num_rows
+        tables[kind] = _canonical(raw, kind, path, cfg, rejects)
+    sources = {kind: str(p) for kind, p in paths.items()}
+    sources.setdefault("users", sources["interactions"])
+    dataset = _finish(cfg, tables["interactions"], tables["items"], tables.get("users"), rejects,
+                      sources, rows_in)
+    log.info("generic data from %s in %.1fs: %s", sources["interactions"],
+             time.perf_counter() - start, dataset.summary())
+    return dataset
+
+
+def _path(value: str | None, key: str) -> Path:
+    if not value:
+        raise ValueError(f"{key} is not set (data.source is generic)")
+    path = Path(expand_env(value))
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: file {path} does not exist")
+    return path
+
+
+def _source_name(cfg: DataConfig, canonical: str) -> str:
+    return cfg.columns.get(canonical, canonical)
+
+
+def _read(path: Path, kind: str, cfg: DataConfig) -> pa.Table:
+    """Read parquet or CSV (by extension). CSV ids (and ISO timestamps) are read as strings, so
+    `007` stays `007`."""
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return pq.read_table(path)
+    for ext, delimiter in ((".csv", ","), (".tsv", "\t")):
+        if name.endswith((ext, ext + ".gz", ext + ".bz2")):
+            as_text = [c for c in CANONICAL[kind] if c.endswith("_id")
+                       or (c in TIMESTAMP_COLUMNS and cfg.timestamp_unit == "iso")]
+            types = {_source_name(cfg, c): pa.string() for c in as_text}
+            return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                                 convert_options=pcsv.ConvertOptions(column_types=types))
+    raise ValueError(f"{path}: unsupported file type; use .parquet, .pq, .csv or .tsv "
+                     "(optionally .gz/.bz2 compressed)")
+
+
+def _canonical(raw: pa.Table, kind: str, path: Path, cfg: DataConfig,
+               rejects: Rejects) -> pa.Table:
+    """Rename mapped columns, convert types, reject unparseable values; add `_row`."""
+    for c in REQUIRED[kind]:
+        if _source_name(cfg, c) not in raw.column_names:
+            raise ValueError(f"{path}: {kind} column {_source_name(cfg, c)!r} (for {c}) not "
+                             f"found; the file has columns {raw.column_names}; map it with "
+                             f"data.columns.{c}")
+    rows = np.arange(raw.num_rows, dtype=np.int64)
+    ok = np.ones(raw.num_rows, dtype=bool)
+    columns: dict[str, pa.ChunkedArray] = {}
+    for c in CANONICAL[kind]:
+        src = _source_name(cfg, c)
+        if src not in raw.column_names:
+            continue
+        col = raw.column(src)
+        if c.endswith("_id"):
+            values, bad, reason = col.cast(pa.string()), None, ""
+        elif c in TIMESTAMP_COLUMNS:
+            values, bad, reason = _timestamps(col, cfg.timestamp_unit, f"{path}: column {src!r}")
+        elif c == "rating":
+            values, bad, reason = _ratings(col)
+        else:
+            values, bad, reason = _text(col), None, ""
+        if bad is not None and bad.any():
+            idx = np.flatnonzero(bad & ok)
+            for i, value in zip(idx, col.take(pa.array(idx)).to_pylist()):
+                rejects.add(kind, str(path), int(rows[i]), c, reason.format(c=c), value)
+            ok &= ~bad
+        columns[c] = values
+    used = {_source_name(cfg, c) for c in columns}
+    for extra in raw.column_names:
+        if extra in used or extra == "_row":
+            continue
+        if extra in CANONICAL[kind]:
+            log.warning("%s: column %r ignored: %s comes from column %r", path, extra, extra,
+                        _source_name(cfg, extra))
+            continue
+        columns[extra] = raw.column(extra)
+    columns["_row"] = pa.chunked_array([rows])
+    return pa.table(columns).filter(pa.array(ok))
+
+
+def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A text field as strings; a list of strings (e.g. genres) is joined with ", "."""
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        return pc.binary_join(col.cast(pa.list_(pa.string())), ", ")
+    return col.cast(pa.string())
+
+
+def _ratings(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray | None, str]:
+    """(float32 ratings, mask of unparseable values, reason template). Blank strings are missing
+    ratings."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return col.cast(pa.float32()), None, ""
+    present = ~_blank(col)
+    valid = np.asarray(pc.fill_null(pc.match_substring_regex(col, NUMBER), False))
+    text = pc.utf8_trim_whitespace(pc.if_else(pa.array(valid), col, None))
+    return text.cast(pa.float32()), present & ~valid, "non-numeric {c}"
+
+
+def _blank(col: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True), dtype=bool)
+
+
+def _timestamps(col: pa.ChunkedArray, unit: str,
+                where: str) -> tuple[pa.ChunkedArray, np.ndarray | None, str]:
+    """(timestamp[us, UTC] values, mask of unparseable values, reason template with `{c}`);
+    nulls stay null."""
+    t = col.type
+    if pa.types.is_timestamp(t):
+        if t.tz is None:
+            col = pc.assume_timezone(col, "UTC")
+        return col.cast(TIMESTAMP, safe=False), None, ""
+    if pa.types.is_date(t):
+        return col.cast(pa.timestamp("us")).cast(TIMESTAMP), None, ""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        if unit == "iso":
+            return _iso(col)
+        valid = np.asarray(pc.fill_null(pc.match_substring_regex(col, INTEGER), False))
+        text = pc.utf8_trim_whitespace(pc.if_else(pa.array(valid), col, None))
+        values, bad, _ = _from_numbers(text.cast(pa.int64()), unit)
+        return (values, bad | (~valid & ~_blank(col)),
+                f"{{c}} is not an integer of unit {unit} or is out of range")
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        if unit == "iso":
+            raise ValueError(f"{where} holds numbers but data.timestamp_unit is iso; "
+                             "set it to s, ms or us")
+        return _from_numbers(col, unit)
+    raise ValueError(f"{where} has type {t}; expected a timestamp, a date, integers or strings")
+
+
+def _from_numbers(col: pa.ChunkedArray, unit: str) -> tuple[pa.ChunkedArray, np.ndarray, str]:
+    """Numbers of `unit` since the epoch -> timestamps; values beyond year 9999 are rejected."""
+    per_second = UNIT_PER_SECOND[unit]
+    null = np.asarray(pc.is_null(col, nan_is_null=True))
+    as_float = pc.fill_null(col, 0).to_numpy().astype(np.float64)
+    bad = ~null & ~(np.abs(np.nan_to_num(as_float, nan=0.0)) <= MAX_SECONDS * per_second)
+    skip = null | bad
+    if pa.types.is_integer(col.type):  # exact integer arithmetic
+        exact = pc.fill_null(col, 0).to_numpy().astype(np.int64)
+        micros = np.where(skip, 0, exact) * (1_000_000 // per_second)
+    else:
+        micros = np.round(np.where(skip, 0.0, as_float) * (1_000_000 / per_second))
+    array = pa.array(micros.astype(np.int64), type=pa.int64(), mask=skip).cast(TIMESTAMP)
+    return pa.chunked_array([array]), bad, "{c} out of range"
+
+
+def _iso(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray, str]:
+    """ISO-8601 strings -> UTC; naive strings are taken as UTC."""
+    series = col.to_pandas()
+    parsed = pd.to_datetime(series, format="ISO8601", utc=True, errors="coerce")
+    bad = parsed.isna().to_numpy() & ~_blank(col)
+    array = pa.array(parsed, type=pa.timestamp("ns", tz="UTC")).cast(TIMESTAMP, safe=False)
+    return pa.chunked_array([array]), bad, "unparseable ISO-8601 {c}"
+
+
+def _finish(cfg: DataConfig, inter: pa.Table, items: pa.Table, users: pa.Table | None,
+            rejects: Rejects, sources: dict[str, str], rows_in: dict[str, int]) -> Dataset:
+    """Validate, check the reject fraction and the rows in = accepted + rejected invariant."""
+    inter, items, users_out = validate(inter, items, users, rejects, sources,
+                                       tuple(cfg.rating_range))
+    accepted = {"interactions": inter.num_rows, "items": items.num_rows,
+                "users": users_out.num_rows}
+    if users is None:
+        rows_in["users"] = users_out.num_rows
+    counts = {t: {"in": rows_in[t], "rejected": rejects.count(t)} for t in accepted}
+    check_reject_fraction(counts, rejects, cfg.max_reject_fraction, sources)
+    for table, n in accepted.items():
+        if rows_in[table] != n + rejects.count(table):
+            raise RuntimeError(f"{sources[table]}: {rows_in[table]} {table} rows in but "
+                               f"{n} accepted + {rejects.count(table)} rejected")
+    return Dataset(name=cfg.source, interactions=inter, items=items, users=users_out,
+                   rejects=rejects, rows_in=rows_in)

@@ -1,0 +1,167 @@
+"""Serialize entities to text: items from their text fields, users from their history.
+
+Pure functions over Arrow tables and Python values; no Ray, no I/O.
+
+Point-in-time rule (DESIGN.md): a user snapshot at time `s` summarises only interactions with
+timestamp `< s`. Snapshots are taken at a cadence (a boundary of `snapshot_every` after which the
+history changed) and as soon as `snapshot_max_new` new interactions accumulated, so fast raters get
+fresh features too; never when nothing changed.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from llmrec_ray.schemas import ITEM_TEXT_FIELDS, TIMESTAMP
+
+_UNITS_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000,
+             "w": 7 * 86_400_000_000}
+
+
+def parse_duration_us(text: str) -> int:
+    """'1d' -> microseconds. Units: s, m, h, d, w."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"bad duration {text!r}: expected a positive number and a unit, like 6h or 1d")
+    return int(m.group(1)) * _UNITS_US[m.group(2)]
+
+
+def template_fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def render(template: str, values: dict, what: str) -> str:
+    """Fill `template` from `values`; None renders as empty. A field the values lack is an error
+    that names it."""
+    missing = [f for f in template_fields(template) if f.split(".")[0].split("[")[0] not in values]
+    if missing:
+        raise KeyError(f"{what}: template field {{{missing[0]}}} is not a column "
+                       f"(available: {sorted(values)})")
+    text = template.format(**{k: ("" if v is None else v) for k, v in values.items()})
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def item_text(item: dict, template: str) -> str:
+    """One item -> its text."""
+    return render(template, item, f"item {item.get('item_id')!r}")
+
+
+def item_text_rows(items: pa.Table, template: str, valid_from: int) -> pa.Table:
+    """Items -> text rows (`entity`, `entity_id`, `event_timestamp`, `text`).
+
+    An item's text is valid from its `available_from`, or from `valid_from` (µs since the epoch,
+    the dataset start) when it has none.
+    """
+    rows = items.to_pylist()
+    texts = [item_text(r, template) for r in rows]
+    avail = items.column("available_from").cast(pa.int64()).to_numpy(zero_copy_only=False) \
+        if "available_from" in items.column_names else np.full(len(rows), np.nan)
+    ts = [valid_from if (a is None or np.isnan(a)) else int(a) for a in avail]
+    return pa.table({
+        "entity": pa.array(["item"] * len(rows), pa.string()),
+        "entity_id": items.column("item_id"),
+        "event_timestamp": pa.array(ts, pa.int64()).cast(TIMESTAMP),
+        "text": pa.array(texts, pa.string()),
+    })
+
+
+def snapshot_times(timestamps: Sequence[int], every_us: int, max_new: int) -> list[int]:
+    """Snapshot times (µs) for one user whose interactions happened at sorted `timestamps`.
+
+    A snapshot at `s` covers the interactions with timestamp `< s`. One is taken at the first
+    cadence boundary after pending (not yet covered) interactions, and right after the interaction
+    that brings the pending count to `max_new` (at `t + 1µs`, so that `t` itself is covered).
+    Interactions that share a timestamp are always covered together.
+    """
+    out: list[int] = []
+    pending, last_t = 0, None
+    i, n = 0, len(timestamps)
+    while i < n:
+        t = int(timestamps[i])
+        j = i
+        while j < n and int(timestamps[j]) == t:
+            j += 1
+        if pending:
+            boundary = (last_t // every_us + 1) * every_us
+            if boundary <= t:
+                out.append(boundary)
+                pending = 0
+        pending += j - i
+        last_t = t
+        if pending >= max_new:
+            out.append(t + 1)
+            pending = 0
+        i = j
+    if pending:
+        out.append((last_t // every_us + 1) * every_us)
+    return out
+
+
+def _format_rating(r: float | None) -> str:
+    return "n/a" if r is None or r != r else f"{r:g}"
+
+
+def user_snapshot_rows(interactions: pa.Table, items: pa.Table, history_item_template: str,
+                       user_template: str, separator: str, history_length: int, every: str,
+                       max_new: int) -> pa.Table:
+    """Interactions -> user text rows, one per snapshot, with `n_history` (interactions covered).
+
+    Text = `user_template` with `{history}` = the last `history_length` interactions before the
+    snapshot, newest first, each rendered with `history_item_template` over the item's fields plus
+    `rating` and `date`.
+    """
+    every_us = parse_duration_us(every)
+    item_rows = {r["item_id"]: r for r in items.to_pylist()}
+    order = pc.sort_indices(interactions, [("user_id", "ascending"), ("event_timestamp", "ascending"),
+                                           ("item_id", "ascending")])
+    inter = interactions.take(order)
+    users = inter.column("user_id").to_pylist()
+    item_ids = inter.column("item_id").to_pylist()
+    ts = inter.column("event_timestamp").cast(pa.int64()).to_numpy()
+    ratings = inter.column("rating").to_pylist()
+    dates = pc.strftime(inter.column("event_timestamp"), format="%Y-%m-%d").to_pylist()
+
+    rendered: list[str] = []
+    for k, item_id in enumerate(item_ids):
+        values = dict(item_rows[item_id])
+        values.update(rating=_format_rating(ratings[k]), date=dates[k])
+        rendered.append(render(history_item_template, values, f"interaction of {users[k]!r}"))
+
+    out_user, out_ts, out_text, out_n = [], [], [], []
+    start = 0
+    while start < len(users):
+        end = start
+        while end < len(users) and users[end] == users[start]:
+            end += 1
+        user_ts = ts[start:end]
+        for s in snapshot_times(user_ts, every_us, max_new):
+            covered = int(np.searchsorted(user_ts, s, side="left"))  # interactions with t < s
+            lo = max(0, covered - history_length)
+            history = separator.join(reversed(rendered[start + lo:start + covered]))
+            out_user.append(users[start])
+            out_ts.append(s)
+            out_text.append(render(user_template, {"history": history, "user_id": users[start]},
+                                   f"user {users[start]!r}"))
+            out_n.append(covered)
+        start = end
+    return pa.table({
+        "entity": pa.array(["user"] * len(out_user), pa.string()),
+        "entity_id": pa.array(out_user, pa.string()),
+        "event_timestamp": pa.array(out_ts, pa.int64()).cast(TIMESTAMP),
+        "text": pa.array(out_text, pa.string()),
+        "n_history": pa.array(out_n, pa.int64()),
+    })
+
+
+def check_item_template(template: str, items: pa.Table) -> None:
+    """Fail before any work when the template names a field the items lack."""
+    for f in template_fields(template):
+        if f not in items.column_names:
+            raise KeyError(f"serialize.item_template: field {{{f}}} is not an item column "
+                           f"(available: {items.column_names}; text fields: {list(ITEM_TEXT_FIELDS)})")
