@@ -22,10 +22,10 @@ class SyntheticConfig(Strict):
     """The built-in dataset: items from topic vocabularies, users with topic-mixture tastes."""
 
     seed: int = Field(0, description="Seed; the same seed gives the same dataset.")
-    n_users: int = Field(300, ge=2, description="Number of users.")
-    n_items: int = Field(400, ge=2, description="Number of items.")
+    n_users: int = Field(200, ge=2, description="Number of users.")
+    n_items: int = Field(300, ge=2, description="Number of items.")
     n_topics: int = Field(8, ge=2, description="Number of latent topics (genres).")
-    interactions_per_user: int = Field(40, ge=2, description="Mean interactions per user.")
+    interactions_per_user: int = Field(30, ge=2, description="Mean interactions per user.")
     days: int = Field(180, ge=1, description="Span of the interaction timestamps, in days.")
     start: str = Field("2024-01-01", description="First day of the interactions (UTC).")
     popularity_weight: float = Field(0.3, ge=0, le=1,
@@ -50,7 +50,8 @@ class DataConfig(Strict):
                                               "ratings outside it are rejected.")
     max_reject_fraction: float = Field(0.01, ge=0, le=1, description=(
         "Stop with an error when more than this share of a table's rows is rejected."))
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig,
+                                     description="Parameters of the built-in synthetic dataset.")
 
     def resolved_path(self) -> Path | None:
         return None if self.path is None else Path(expand_env(self.path))
@@ -61,16 +62,18 @@ class SerializeConfig(Strict):
 
     item_template: str = Field("{title}. Genres: {genres}. {description}",
                                description="Python format string over the item's text fields.")
-    history_item_template: str = Field("{title} ({genres}), rated {rating}/5", description=(
+    history_item_template: str = Field("{title} ({genres}) {rating}/5", description=(
         "One past interaction inside a user text; fields of the item plus `rating`."))
     user_template: str = Field("Recently watched, newest first: {history}.",
                                description="User text; `{history}` is the joined interaction list.")
+    empty_history: str = Field("nothing yet", description="`{history}` of a user with no history "
+                               "(the snapshot at the first interaction).")
     history_separator: str = Field("; ", description="Separator between interactions in `{history}`.")
-    history_length: int = Field(10, ge=1, description="N: the last N interactions before the snapshot.")
-    snapshot_every: str = Field("1d", description=(
+    history_length: int = Field(5, ge=1, description="N: the last N interactions before the snapshot.")
+    snapshot_every: str = Field("7d", description=(
         "Time cadence: a snapshot at each boundary of this period after which the history changed "
         "(s, m, h, d, w units)."))
-    snapshot_max_new: int = Field(5, ge=1, description=(
+    snapshot_max_new: int = Field(10, ge=1, description=(
         "Also snapshot as soon as this many new interactions accumulated since the last snapshot."))
 
 
@@ -85,8 +88,8 @@ class EncodeConfig(Strict):
     max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated "
                             "and counted.")
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
-    num_actors: int = Field(1, ge=1, description="Encoder actors (model replicas).")
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor; its torch threads "
+    num_actors: int = Field(1, ge=1, description="Encoder actors (model replicas); one per GPU on a cluster.")
+    cpus_per_actor: float = Field(2.0, gt=0, description="CPUs reserved per actor; its torch threads "
                                   "match.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
@@ -148,13 +151,13 @@ class Config(Strict):
     name: str = Field("synthetic", description="Run name: outputs go to <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Where run artifacts (splits, model, metrics) go.")
     seed: int = Field(0, description="Seed for training and sampling.")
-    data: DataConfig = Field(default_factory=DataConfig)
-    serialize: SerializeConfig = Field(default_factory=SerializeConfig)
-    encode: EncodeConfig = Field(default_factory=EncodeConfig)
-    featurestore: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvalConfig = Field(default_factory=EvalConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="Input data: loader and its files.")
+    serialize: SerializeConfig = Field(default_factory=SerializeConfig, description="Entity -> text templates and snapshot cadence.")
+    encode: EncodeConfig = Field(default_factory=EncodeConfig, description="Text encoder and its actor pool.")
+    featurestore: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig, description="The Feast repository.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Two-tower training on Ray Train.")
+    evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation protocol and cut-offs.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection and local caps.")
 
     @property
     def run_dir(self) -> Path:

@@ -77,9 +77,10 @@ def snapshot_times(timestamps: Sequence[int], every_us: int, max_new: int) -> li
     A snapshot at `s` covers the interactions with timestamp `< s`. One is taken at the first
     cadence boundary after pending (not yet covered) interactions, and right after the interaction
     that brings the pending count to `max_new` (at `t + 1µs`, so that `t` itself is covered).
-    Interactions that share a timestamp are always covered together.
+    Interactions that share a timestamp are always covered together. The first snapshot is at the
+    user's first interaction and covers nothing: the cold user, so every interaction has features.
     """
-    out: list[int] = []
+    out: list[int] = [int(timestamps[0])] if len(timestamps) else []
     pending, last_t = 0, None
     i, n = 0, len(timestamps)
     while i < n:
@@ -109,12 +110,12 @@ def _format_rating(r: float | None) -> str:
 
 def user_snapshot_rows(interactions: pa.Table, items: pa.Table, history_item_template: str,
                        user_template: str, separator: str, history_length: int, every: str,
-                       max_new: int) -> pa.Table:
+                       max_new: int, empty_history: str = "nothing yet") -> pa.Table:
     """Interactions -> user text rows, one per snapshot, with `n_history` (interactions covered).
 
     Text = `user_template` with `{history}` = the last `history_length` interactions before the
     snapshot, newest first, each rendered with `history_item_template` over the item's fields plus
-    `rating` and `date`.
+    `rating` and `date`; `{history}` is `empty_history` for the first snapshot.
     """
     every_us = parse_duration_us(every)
     item_rows = {r["item_id"]: r for r in items.to_pylist()}
@@ -143,7 +144,7 @@ def user_snapshot_rows(interactions: pa.Table, items: pa.Table, history_item_tem
         for s in snapshot_times(user_ts, every_us, max_new):
             covered = int(np.searchsorted(user_ts, s, side="left"))  # interactions with t < s
             lo = max(0, covered - history_length)
-            history = separator.join(reversed(rendered[start + lo:start + covered]))
+            history = separator.join(reversed(rendered[start + lo:start + covered])) or empty_history
             out_user.append(users[start])
             out_ts.append(s)
             out_text.append(render(user_template, {"history": history, "user_id": users[start]},

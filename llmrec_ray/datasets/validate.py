@@ -96,6 +96,14 @@ def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, re
     unknown = ~np.asarray(pc.is_in(inter.column("item_id"), value_set=known_items.combine_chunks()))
     inter = _reject(inter, unknown, rejects, "interactions", src, "item_id",
                     "unknown item_id (not in the accepted items)")
+    # An item's text features start at its available_from: an interaction before it cannot be joined.
+    avail = items.column("available_from")
+    if avail.null_count < len(avail):
+        lookup = pc.index_in(inter.column("item_id"), value_set=known_items.combine_chunks())
+        item_avail = avail.combine_chunks().take(lookup)
+        early = pc.fill_null(pc.less(inter.column("event_timestamp"), item_avail), False)
+        inter = _reject(inter, np.asarray(early), rejects, "interactions", src, "event_timestamp",
+                        "interaction before the item's available_from")
     if users is not None:
         unknown = ~np.asarray(pc.is_in(inter.column("user_id"),
                                        value_set=users.column("user_id").combine_chunks()))

@@ -1,0 +1,13 @@
+"""Ray job entrypoint: `llmrec build-features`.
+
+    ray job submit --working-dir . -- python jobs/build_features.py --config configs/synthetic.yaml
+
+Parses the arguments, loads the config and calls one library function (via the CLI).
+"""
+
+import sys
+
+from llmrec_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["build-features", *sys.argv[1:]]))

@@ -1,0 +1,13 @@
+"""Ray job entrypoint: `llmrec recommend`.
+
+    ray job submit --working-dir . -- python jobs/recommend.py --config configs/synthetic.yaml
+
+Parses the arguments, loads the config and calls one library function (via the CLI).
+"""
+
+import sys
+
+from llmrec_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["recommend", *sys.argv[1:]]))

@@ -1,0 +1,102 @@
+"""The stages chained: build features -> train -> evaluate -> recommend.
+
+Each function takes the typed `Config`, connects to Ray (a local instance with capped resources,
+or the cluster in `ray.address` / RAY_ADDRESS) and returns a JSON-able summary that the CLI prints
+and writes under the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import pyarrow.compute as pc
+
+from llmrec_ray.build import build_features, load_saved_dataset
+from llmrec_ray.evaluate import evaluate, format_table, write_results
+from llmrec_ray.featurestore import FeatureRepo
+from llmrec_ray.split import user_temporal_split
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(ray_cfg) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False, log_to_driver=True,
+             object_store_memory=None if ray_cfg.object_store_memory_mb is None
+             else ray_cfg.object_store_memory_mb * 1024 * 1024)
+
+
+def _split(cfg):
+    tables = load_saved_dataset(cfg.run_dir)
+    train, test, cuts = user_temporal_split(tables["interactions"], cfg.evaluate.test_fraction)
+    item_ids = sorted(tables["items"].column("item_id").to_pylist())
+    return tables, train, test, cuts, item_ids
+
+
+def _write_summary(cfg, stage: str, summary: dict) -> None:
+    path = cfg.run_dir / "summary.json"
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing[stage] = summary
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(existing, indent=2, default=str))
+
+
+def build_stage(cfg) -> dict:
+    init_ray(cfg.ray)
+    start = time.perf_counter()
+    summary = build_features(cfg)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    _write_summary(cfg, "build_features", summary)
+    return summary
+
+
+def train_stage(cfg) -> dict:
+    from llmrec_ray.train import fit
+
+    init_ray(cfg.ray)
+    start = time.perf_counter()
+    tables, train, test, cuts, item_ids = _split(cfg)
+    summary = fit(cfg, FeatureRepo(cfg.featurestore.repo_path), train, item_ids)
+    summary.update(split={"train": train.num_rows, "test": test.num_rows, "test_users": cuts.num_rows},
+                   seconds=round(time.perf_counter() - start, 1))
+    _write_summary(cfg, "train", summary)
+    return summary
+
+
+def evaluate_stage(cfg, out: str | None = None) -> dict:
+    from llmrec_ray.train import load_model
+
+    init_ray(cfg.ray)
+    start = time.perf_counter()
+    tables, train, test, cuts, item_ids = _split(cfg)
+    model = load_model(cfg.run_dir)
+    results = evaluate(FeatureRepo(cfg.featurestore.repo_path), model, train, test, cuts,
+                       tables["items"], item_ids, cfg.evaluate.ks)
+    path = cfg.run_dir / "metrics.json" if out is None else __import__("pathlib").Path(out)
+    write_results(results, path)
+    summary = {"metrics": results, "table": format_table(results, cfg.evaluate.ks),
+               "protocol": f"user-temporal, last {cfg.evaluate.test_fraction:.0%} of each user is test",
+               "path": str(path), "seconds": round(time.perf_counter() - start, 1)}
+    _write_summary(cfg, "evaluate", {k: v for k, v in summary.items() if k != "table"})
+    return summary
+
+
+def recommend_stage(cfg, user_id: str, k: int) -> list[dict]:
+    from llmrec_ray.recommend import recommend_for_user
+    from llmrec_ray.train import load_model
+
+    tables = load_saved_dataset(cfg.run_dir)
+    inter = tables["interactions"]
+    seen = set(inter.filter(pc.equal(inter.column("user_id"), user_id)).column("item_id").to_pylist())
+    return recommend_for_user(FeatureRepo(cfg.featurestore.repo_path), load_model(cfg.run_dir),
+                              user_id, seen, k)

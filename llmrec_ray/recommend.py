@@ -1,0 +1,41 @@
+"""Top-K recommendations for a known user, served from the Feast online store.
+
+The user's newest history embedding and every item's text embedding and title come from the
+online store; the trained towers score them; items the user already interacted with are excluded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
+                                     FeatureRepo, embedding_matrix)
+
+
+def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k: int) -> list[dict]:
+    """[{rank, item_id, title, score}] for `user_id`, best first, `seen` excluded."""
+    got = repo.online([f"{USER_HISTORY_VIEW}:embedding"], [{"user_id": user_id}])
+    if got["embedding"][0] is None:
+        raise KeyError(f"user {user_id!r} is not in the online store ({USER_HISTORY_VIEW}); known "
+                       "users are those with interactions in the built dataset")
+    user_emb = np.asarray(got["embedding"][0], dtype=np.float32)[None, :]  # (1, H)
+    item_ids = pc.unique(pq.read_table(repo.source_path(ITEM_TEXT_VIEW), columns=["item_id"])
+                         .column("item_id")).to_pylist()
+    rows = [{"item_id": i} for i in item_ids]
+    items = repo.online([f"{ITEM_TEXT_VIEW}:embedding", f"{ITEM_METADATA_VIEW}:title"], rows)
+    item_emb = embedding_matrix(items["embedding"])  # (I, H)
+    with torch.inference_mode():
+        scores = model.score(torch.from_numpy(user_emb), torch.from_numpy(item_emb))[0].numpy()
+    order = np.argsort(-scores, kind="stable")
+    out = []
+    for i in order:
+        if item_ids[i] in seen:
+            continue
+        out.append({"rank": len(out) + 1, "item_id": item_ids[i], "title": items["title"][i],
+                    "score": float(scores[i])})
+        if len(out) == k:
+            break
+    return out

@@ -1,0 +1,148 @@
+"""Train the two-tower model with Ray Train on features fetched from Feast.
+
+Training rows = the interactions of the training window, each with a unique `row_id`, joined with
+the user-history and item-text embeddings by `FeatureStore.get_historical_features` (point in time:
+the newest user snapshot at or before the interaction, which never covers the interaction itself)
+-> Ray Dataset -> `TorchTrainer` (DDP; gloo on CPU, NCCL on GPU). Every epoch reports the mean
+loss and a checkpoint through `ray.train.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, FeatureRepo
+from llmrec_ray.models.two_tower import TwoTower
+
+logger = logging.getLogger(__name__)
+
+USER_EMB = f"{USER_HISTORY_VIEW}__embedding"
+ITEM_EMB = f"{ITEM_TEXT_VIEW}__embedding"
+MODEL_FILE = "model.pt"
+
+
+def entity_frame(interactions: pa.Table, item_index: dict[str, int]) -> pd.DataFrame:
+    """Interactions -> Feast entity_df: row_id (unique), user_id, item_id, event_timestamp, item_idx."""
+    df = interactions.select(["user_id", "item_id", "event_timestamp"]).to_pandas()
+    df.insert(0, "row_id", np.arange(len(df), dtype=np.int64))
+    df["item_idx"] = df["item_id"].map(item_index).astype(np.int64)
+    return df
+
+
+def _stack(column) -> np.ndarray:
+    return np.stack([np.asarray(v, dtype=np.float32) for v in column])
+
+
+def to_training_batch(batch: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Feast output rows -> fixed-shape arrays for the trainer."""
+    for col in (USER_EMB, ITEM_EMB):
+        missing = batch[col].map(lambda v: v is None or len(v) == 0)
+        if missing.any():
+            row = batch.loc[missing, "row_id"].iloc[0]
+            raise ValueError(f"training row_id {row}: no {col} at its timestamp (point-in-time join "
+                             "found no feature row)")
+    return {"user_emb": _stack(batch[USER_EMB]), "item_emb": _stack(batch[ITEM_EMB]),
+            "item_idx": batch["item_idx"].to_numpy(np.int64)}
+
+
+def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict[str, int]):
+    """get_historical_features -> Ray Dataset of (user_emb, item_emb, item_idx)."""
+    entity_df = entity_frame(interactions, item_index)
+    ds = repo.historical(entity_df, "training")
+    return ds.map_batches(to_training_batch, batch_format="pandas")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    torch.manual_seed(config["seed"] + ctx.get_world_rank())
+    model = TwoTower(**config["model"])
+    model = ray.train.torch.prepare_model(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(config["epochs"]):
+        model.train()
+        total, batches = 0.0, 0
+        for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
+                                              local_shuffle_buffer_size=4 * config["batch_size"],
+                                              local_shuffle_seed=config["seed"] + epoch):
+            loss = model(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            batches += 1
+        metrics = {"epoch": epoch + 1, "loss": total / max(batches, 1), "batches": batches}
+        if ctx.get_world_rank() == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                inner = model.module if hasattr(model, "module") else model
+                torch.save({"state_dict": inner.state_dict(), "hparams": inner.hparams},
+                           Path(tmp) / MODEL_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str]) -> dict:
+    """Fit on the training interactions; save the model under <run_dir>/model; return a summary."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    item_index = {item: i for i, item in enumerate(item_ids)}
+    ds = training_dataset(repo, train_interactions, item_index)
+    dim = repo.read_manifest()["dim"]
+    t = cfg.train
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "seed": cfg.seed, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
+            "weight_decay": t.weight_decay,
+            "model": dict(user_dim=dim, item_dim=dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
+                          dropout=t.dropout, temperature=t.temperature),
+        },
+        datasets={"train": ds},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(name=f"{cfg.name}-two-tower",
+                             storage_path=str((cfg.run_dir / "ray_results").resolve())),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    out = cfg.run_dir / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
+    torch.save(state, out / MODEL_FILE)
+    (out / "items.json").write_text(json.dumps(item_ids))
+    history = result.metrics_dataframe
+    summary = {"rows": int(train_interactions.num_rows), "workers": t.num_workers, "use_gpu": use_gpu,
+               "epochs": t.epochs, "final_loss": float(result.metrics["loss"]),
+               "first_loss": float(history["loss"].iloc[0]) if history is not None and len(history) else None,
+               "model": str(out / MODEL_FILE)}
+    logger.info("trained two-tower on %d rows: loss %.4f -> %.4f", summary["rows"],
+                summary["first_loss"] or float("nan"), summary["final_loss"])
+    return summary
+
+
+def load_model(run_dir: Path) -> TwoTower:
+    path = run_dir / "model" / MODEL_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no trained model; run `llmrec train` first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = TwoTower(**state["hparams"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
