@@ -111,12 +111,12 @@ class TrainConfig(Strict):
     use_gpu: Literal["auto", True, False] = Field("auto", description="auto = when the cluster has GPUs.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per training worker.")
     epochs: int = Field(20, ge=1, description="Passes over the training rows.")
-    batch_size: int = Field(256, ge=2, description="Rows per batch per worker (in-batch negatives).")
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(128, ge=2, description="Rows per batch per worker (in-batch negatives).")
+    lr: float = Field(5e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     hidden_dim: int = Field(256, ge=1, description="Hidden width of each tower.")
     out_dim: int = Field(64, ge=1, description="Output (scoring) dimension of each tower.")
-    temperature: float = Field(0.05, gt=0, description="Softmax temperature of the InfoNCE loss.")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature of the InfoNCE loss.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the towers.")
 
 

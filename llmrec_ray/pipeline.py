@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 import pyarrow.compute as pc
 
@@ -34,6 +35,20 @@ def init_ray(ray_cfg) -> None:
     ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False, log_to_driver=True,
              object_store_memory=None if ray_cfg.object_store_memory_mb is None
              else ray_cfg.object_store_memory_mb * 1024 * 1024)
+
+
+def feature_repo(cfg) -> FeatureRepo:
+    """The run's feature repo, checked to hold features built by this run with this encoder."""
+    from llmrec_ray.encode import encoder_key
+
+    repo = FeatureRepo(cfg.featurestore.repo_path)
+    manifest = repo.read_manifest()
+    if manifest["run"] != cfg.name or manifest["encoder_key"] != encoder_key(cfg.encode):
+        raise ValueError(
+            f"{repo.path}: features were built by run {manifest['run']!r} with encoder "
+            f"{manifest['encoder_key']!r}; this is run {cfg.name!r} with {encoder_key(cfg.encode)!r}. "
+            "Run `llmrec build-features` with this config first.")
+    return repo
 
 
 def _split(cfg):
@@ -66,7 +81,7 @@ def train_stage(cfg) -> dict:
     init_ray(cfg.ray)
     start = time.perf_counter()
     tables, train, test, cuts, item_ids = _split(cfg)
-    summary = fit(cfg, FeatureRepo(cfg.featurestore.repo_path), train, item_ids)
+    summary = fit(cfg, feature_repo(cfg), train, item_ids)
     summary.update(split={"train": train.num_rows, "test": test.num_rows, "test_users": cuts.num_rows},
                    seconds=round(time.perf_counter() - start, 1))
     _write_summary(cfg, "train", summary)
@@ -80,9 +95,9 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
     start = time.perf_counter()
     tables, train, test, cuts, item_ids = _split(cfg)
     model = load_model(cfg.run_dir)
-    results = evaluate(FeatureRepo(cfg.featurestore.repo_path), model, train, test, cuts,
+    results = evaluate(feature_repo(cfg), model, train, test, cuts,
                        tables["items"], item_ids, cfg.evaluate.ks)
-    path = cfg.run_dir / "metrics.json" if out is None else __import__("pathlib").Path(out)
+    path = cfg.run_dir / "metrics.json" if out is None else Path(out)
     write_results(results, path)
     summary = {"metrics": results, "table": format_table(results, cfg.evaluate.ks),
                "protocol": f"user-temporal, last {cfg.evaluate.test_fraction:.0%} of each user is test",
@@ -98,5 +113,5 @@ def recommend_stage(cfg, user_id: str, k: int) -> list[dict]:
     tables = load_saved_dataset(cfg.run_dir)
     inter = tables["interactions"]
     seen = set(inter.filter(pc.equal(inter.column("user_id"), user_id)).column("item_id").to_pylist())
-    return recommend_for_user(FeatureRepo(cfg.featurestore.repo_path), load_model(cfg.run_dir),
+    return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir),
                               user_id, seen, k)

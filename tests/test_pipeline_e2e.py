@@ -1,0 +1,132 @@
+"""End to end on a tiny synthetic dataset, on local Ray: build -> train -> evaluate -> recommend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from llmrec_ray import pipeline
+from llmrec_ray.config import load_config
+from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo
+from llmrec_ray.metrics import METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("e2e")
+    repo = tmp / "feature_repo"
+    repo.mkdir()
+    for name in ("feature_store.yaml", "features.py"):
+        shutil.copy(ROOT / "feature_repo" / name, repo / name)
+    cfg = load_config(None, [
+        "name=tiny", f"output_dir={tmp / 'runs'}", f"featurestore.repo_path={repo}",
+        "data.synthetic.n_users=30", "data.synthetic.n_items=40", "data.synthetic.interactions_per_user=12",
+        "encode.batch_size=32", "encode.cpus_per_actor=1", "train.epochs=2", "train.batch_size=32",
+    ])
+    build = pipeline.build_stage(cfg)
+    train = pipeline.train_stage(cfg)
+    evaluation = pipeline.evaluate_stage(cfg)
+    return cfg, build, train, evaluation
+
+
+def test_build_counts_every_row(e2e):
+    cfg, build, _, _ = e2e
+    for table, c in build["data"].items():
+        assert c["in"] == c["accepted"] + c["rejected"], table
+    assert build["data"]["items"]["accepted"] == 40
+    enc = build["encode"]
+    assert enc["texts"] == enc["item_texts"] + enc["user_snapshots"]
+    assert enc["encoded"] + enc["deduplicated"] == enc["texts"]
+    assert enc["dim"] == 384
+    # every user and item is online, verified against the parquet
+    assert build["online"] == {"item_text_embedding": 40, "item_metadata": 40, "user_history_embedding": 30}
+
+
+def test_online_vector_equals_offline(e2e):
+    cfg, *_ = e2e
+    repo = FeatureRepo(cfg.featurestore.repo_path)
+    offline = pq.read_table(repo.source_path(USER_HISTORY_VIEW)).to_pandas()
+    latest = offline.sort_values("event_timestamp").groupby("user_id").tail(1).set_index("user_id")
+    users = sorted(latest.index)[:5]
+    got = repo.online([f"{USER_HISTORY_VIEW}:embedding", f"{USER_HISTORY_VIEW}:n_history"],
+                      [{"user_id": u} for u in users])
+    for k, u in enumerate(users):
+        np.testing.assert_array_equal(np.asarray(got["embedding"][k], np.float32),
+                                      np.asarray(latest.loc[u, "embedding"], np.float32))
+        assert got["n_history"][k] == latest.loc[u, "n_history"]
+
+
+def test_feast_registry_lists_views(e2e):
+    cfg, *_ = e2e
+    store = FeatureRepo(cfg.featurestore.repo_path).store
+    assert sorted(v.name for v in store.list_feature_views()) == [
+        "item_metadata", "item_text_embedding", "user_history_embedding"]
+    assert {s.name for s in store.list_feature_services()} == {"training", "serving"}
+
+
+def test_training_rows_are_point_in_time(e2e, ray_session):
+    """Every training row gets the newest snapshot at or before it, never one covering itself."""
+    from llmrec_ray.build import load_saved_dataset
+    from llmrec_ray.split import user_temporal_split
+    from llmrec_ray.train import entity_frame
+
+    cfg, _, train_summary, _ = e2e
+    repo = FeatureRepo(cfg.featurestore.repo_path)
+    tables = load_saved_dataset(cfg.run_dir)
+    train, _, _ = user_temporal_split(tables["interactions"], cfg.evaluate.test_fraction)
+    assert train_summary["rows"] == train.num_rows
+    items = sorted(tables["items"].column("item_id").to_pylist())
+    df = entity_frame(train, {i: k for k, i in enumerate(items)})
+    out = repo.historical(df, "training").to_pandas().sort_values("row_id").reset_index(drop=True)
+    assert len(out) == len(df) and out["row_id"].tolist() == df["row_id"].tolist()
+    inter = tables["interactions"].to_pandas()
+    for k in range(0, len(out), 7):
+        row = out.iloc[k]
+        before = inter[(inter.user_id == row.user_id) & (inter.event_timestamp < row.event_timestamp)]
+        # the snapshot covers only interactions strictly before the row (the target is never in it)
+        assert row[f"{USER_HISTORY_VIEW}__n_history"] <= len(before)
+
+
+def test_metrics_written_and_bounded(e2e):
+    cfg, _, train, evaluation = e2e
+    assert train["final_loss"] > 0 and np.isfinite(train["final_loss"])
+    results = json.loads((cfg.run_dir / "metrics.json").read_text())
+    assert set(results) == {"two_tower", "popularity"}
+    for model, m in results.items():
+        assert m["users"] == evaluation["metrics"]["two_tower"]["users"] > 0
+        for k in cfg.evaluate.ks:
+            for name in METRICS:
+                assert 0.0 <= m[f"{name}@{k}"] <= 1.0, (model, name, k)
+            assert m[f"hr@{k}"] >= m[f"recall@{k}"]
+
+
+def test_recommend_excludes_seen(e2e):
+    cfg, *_ = e2e
+    from llmrec_ray.build import load_saved_dataset
+
+    inter = load_saved_dataset(cfg.run_dir)["interactions"]
+    user = inter.column("user_id")[0].as_py()
+    seen = set(inter.filter(pc.equal(inter.column("user_id"), user)).column("item_id").to_pylist())
+    recs = pipeline.recommend_stage(cfg, user, 5)
+    assert [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
+    assert not seen & {r["item_id"] for r in recs}
+    assert all(r["title"] for r in recs)
+    scores = [r["score"] for r in recs]
+    assert scores == sorted(scores, reverse=True)
+    with pytest.raises(KeyError, match="not in the online store"):
+        pipeline.recommend_stage(cfg, "no-such-user", 5)
+
+
+def test_other_run_cannot_use_these_features(e2e):
+    cfg, *_ = e2e
+    other = cfg.model_copy(update={"name": "other"})
+    with pytest.raises(ValueError, match="built by run 'tiny'"):
+        pipeline.feature_repo(other)
