@@ -142,7 +142,8 @@ def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None) -> tuple
         use_gpu = cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
     model_path, _ = resolve_model(cfg.model)
     n_actors = max(1, min(cfg.num_actors, -(-unique.num_rows // cfg.batch_size)))
-    n_blocks = max(n_actors, min(4 * n_actors, -(-unique.num_rows // cfg.batch_size)))
+    # Blocks of ~8 batches: enough to stream and to show progress, few enough to keep overhead low.
+    n_blocks = max(n_actors, -(-unique.num_rows // (8 * cfg.batch_size)))
     # Blocks cut here, not by a repartition task: with every CPU held by an actor, a CPU task
     # would wait for ever (the pipeline stalls).
     step = -(-unique.num_rows // n_blocks)

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from llmrec_ray.config import DataConfig, expand_env
 from llmrec_ray.datasets import Dataset
-from llmrec_ray.datasets.validate import check_reject_fraction, validate
+from llmrec_ray.datasets.validate import finish_dataset
 from llmrec_ray.schemas import TIMESTAMP, Rejects
 
 log = logging.getLogger(__name__)
@@ -223,18 +223,5 @@ def _iso(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray, str]:
 
 def _finish(cfg: DataConfig, inter: pa.Table, items: pa.Table, users: pa.Table | None,
             rejects: Rejects, sources: dict[str, str], rows_in: dict[str, int]) -> Dataset:
-    """Validate, check the reject fraction and the rows in = accepted + rejected invariant."""
-    inter, items, users_out = validate(inter, items, users, rejects, sources,
-                                       tuple(cfg.rating_range))
-    accepted = {"interactions": inter.num_rows, "items": items.num_rows,
-                "users": users_out.num_rows}
-    if users is None:
-        rows_in["users"] = users_out.num_rows
-    counts = {t: {"in": rows_in[t], "rejected": rejects.count(t)} for t in accepted}
-    check_reject_fraction(counts, rejects, cfg.max_reject_fraction, sources)
-    for table, n in accepted.items():
-        if rows_in[table] != n + rejects.count(table):
-            raise RuntimeError(f"{sources[table]}: {rows_in[table]} {table} rows in but "
-                               f"{n} accepted + {rejects.count(table)} rejected")
-    return Dataset(name=cfg.source, interactions=inter, items=items, users=users_out,
-                   rejects=rejects, rows_in=rows_in)
+    return finish_dataset(cfg.source, inter, items, users, rejects, sources, rows_in,
+                          cfg.rating_range, cfg.max_reject_fraction)

@@ -25,7 +25,7 @@ import pyarrow.csv as pcsv
 
 from llmrec_ray.config import DataConfig, expand_env
 from llmrec_ray.datasets import Dataset
-from llmrec_ray.datasets.validate import check_reject_fraction, validate
+from llmrec_ray.datasets.validate import finish_dataset
 from llmrec_ray.schemas import TIMESTAMP, Rejects
 
 log = logging.getLogger(__name__)
@@ -88,23 +88,8 @@ def _dataset_dir(cfg: DataConfig) -> Path:
 
 def _finish(cfg: DataConfig, inter: pa.Table, items: pa.Table, users: pa.Table | None,
             rejects: Rejects, sources: dict[str, str], rows_in: dict[str, int]) -> Dataset:
-    """Validate, check the reject fraction and the rows in = accepted + rejected invariant."""
-    inter, items, users_out = validate(inter, items, users, rejects, sources,
-                                       tuple(cfg.rating_range))
-    accepted = {"interactions": inter.num_rows, "items": items.num_rows,
-                "users": users_out.num_rows}
-    if users is None:
-        rows_in["users"] = users_out.num_rows
-    counts = {t: {"in": rows_in[t], "rejected": rejects.count(t)} for t in accepted}
-    if "tags" in rows_in:
-        counts["tags"] = {"in": rows_in.pop("tags"), "rejected": rejects.count("tags")}
-    check_reject_fraction(counts, rejects, cfg.max_reject_fraction, sources)
-    for table, n in accepted.items():
-        if rows_in[table] != n + rejects.count(table):
-            raise RuntimeError(f"{sources.get(table, table)}: {rows_in[table]} {table} rows in but "
-                               f"{n} accepted + {rejects.count(table)} rejected")
-    return Dataset(name=cfg.source, interactions=inter, items=items, users=users_out,
-                   rejects=rejects, rows_in=rows_in)
+    return finish_dataset(cfg.source, inter, items, users, rejects, sources, rows_in,
+                          cfg.rating_range, cfg.max_reject_fraction)
 
 
 # ---------------------------------------------------------------- the three layouts

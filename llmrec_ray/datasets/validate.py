@@ -134,3 +134,29 @@ def check_reject_fraction(counts: dict[str, dict[str, int]], rejects: Rejects, m
                 f"{sources.get(table, table)}: {c['rejected']} of {c['in']} {table} rows rejected "
                 f"(more than data.max_reject_fraction={max_fraction:g}); reasons: {top}; first: "
                 f"row {example['row']}, column {example['column']}: {example['reason']}")
+
+
+def finish_dataset(name: str, inter: pa.Table, items: pa.Table, users: pa.Table | None,
+                   rejects: Rejects, sources: dict[str, str], rows_in: dict[str, int],
+                   rating_range: tuple[float, float], max_reject_fraction: float):
+    """Validate, check the reject fraction and the rows in = accepted + rejected invariant.
+
+    `rows_in` counts each table's input rows; an extra "tags" entry (side table of tags) counts
+    toward the reject fraction only. When `users` is None the users come from the interactions.
+    """
+    from llmrec_ray.datasets import Dataset
+
+    inter, items, users_out = validate(inter, items, users, rejects, sources, tuple(rating_range))
+    accepted = {"interactions": inter.num_rows, "items": items.num_rows, "users": users_out.num_rows}
+    if users is None:
+        rows_in["users"] = users_out.num_rows
+    counts = {t: {"in": rows_in[t], "rejected": rejects.count(t)} for t in accepted}
+    if "tags" in rows_in:
+        counts["tags"] = {"in": rows_in.pop("tags"), "rejected": rejects.count("tags")}
+    check_reject_fraction(counts, rejects, max_reject_fraction, sources)
+    for table, n in accepted.items():
+        if rows_in[table] != n + rejects.count(table):
+            raise RuntimeError(f"{sources.get(table, table)}: {rows_in[table]} {table} rows in but "
+                               f"{n} accepted + {rejects.count(table)} rejected")
+    return Dataset(name=name, interactions=inter, items=items, users=users_out, rejects=rejects,
+                   rows_in=rows_in)
