@@ -97,7 +97,7 @@ def build_features(cfg) -> dict:
     views, stats = feature_tables(ds, cfg)
     summary["encode"] = stats
 
-    repo = FeatureRepo(cfg.featurestore.repo_path)
+    repo = FeatureRepo(cfg.featurestore.repo_path, cfg.featurestore.offline_store)
     for name, table in views.items():
         repo.write_view(name, table)
     summary["feast_objects"] = repo.apply()

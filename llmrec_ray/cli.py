@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from llmrec_ray.config import ConfigError, load_config
 
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Feast calls APIs that newer Ray deprecates; the warnings say nothing to our users.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -102,6 +102,9 @@ class FeatureStoreConfig(Strict):
 
     repo_path: str = Field("feature_repo", description="Feast repo directory (feature_store.yaml + "
                            "declarations); parquet goes to its data/ folder.")
+    offline_store: Literal["ray", "file"] | None = Field(None, description=(
+        "Offline store for point-in-time joins: None = as feature_store.yaml declares (ray); "
+        "file = Feast's single-process (dask) store, much faster on one machine (see README)."))
 
 
 class TrainConfig(Strict):

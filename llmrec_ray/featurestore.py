@@ -33,19 +33,32 @@ MANIFEST = "manifest.json"
 class FeatureRepo:
     """One Feast repository directory."""
 
-    def __init__(self, repo_path: str | Path):
+    def __init__(self, repo_path: str | Path, offline_store: str | None = None):
         self.path = Path(repo_path).resolve()
         if not (self.path / "feature_store.yaml").exists():
             raise FileNotFoundError(f"featurestore.repo_path: {self.path} has no feature_store.yaml")
         self.data_dir = self.path / "data"
+        self.offline_store = offline_store
         self._store = None
 
     @property
     def store(self):
+        """The Feast FeatureStore of this repo; `offline_store` ("ray"/"file") overrides the YAML's."""
         if self._store is None:
             from feast import FeatureStore
 
-            self._store = FeatureStore(repo_path=str(self.path))
+            if self.offline_store is None:
+                self._store = FeatureStore(repo_path=str(self.path))
+            else:
+                import yaml
+                from feast.repo_config import RepoConfig
+
+                data = yaml.safe_load((self.path / "feature_store.yaml").read_text())
+                declared = data.get("offline_store") or {}
+                if declared.get("type") != self.offline_store:
+                    data["offline_store"] = {"type": self.offline_store}
+                self._store = FeatureStore(config=RepoConfig(repo_path=self.path, **data),
+                                           repo_path=str(self.path))
         return self._store
 
     # ---- writing -------------------------------------------------------------------------------
@@ -130,20 +143,51 @@ class FeatureRepo:
 
     # ---- offline -------------------------------------------------------------------------------
     def historical(self, entity_df: pd.DataFrame, features, row_id: str = "row_id"):
-        """Point-in-time join -> Ray Dataset, one output row per entity row (checked by `row_id`)."""
+        """Point-in-time join -> Ray Dataset with exactly one output row per entity row.
+
+        Feast's offline stores (Ray and file, as of 0.67) collapse entity rows that share a view's
+        join keys and timestamp (a user who rated two items in the same second). So each view is
+        queried with its distinct (keys, timestamp) pairs only, and the features are joined back
+        onto every entity row by those pairs; `row_id` must be unique and the count is checked.
+        """
+        import ray
+
         if row_id not in entity_df.columns or not entity_df[row_id].is_unique:
-            raise ValueError(f"entity_df needs a unique {row_id!r} column (Feast's Ray store "
-                             "collapses repeated entity rows)")
+            raise ValueError(f"entity_df needs a unique {row_id!r} column (Feast's offline stores "
+                             "collapse repeated entity rows)")
+        result = entity_df.copy()
+        result["event_timestamp"] = pd.to_datetime(result["event_timestamp"], utc=True)
+        for view, refs in self._refs_by_view(features).items():
+            keys = self.store.get_feature_view(view).join_keys
+            missing = [k for k in keys if k not in result.columns]
+            if missing:
+                raise ValueError(f"entity_df lacks {missing} needed by feature view {view!r}")
+            distinct = result[keys + ["event_timestamp"]].drop_duplicates(ignore_index=True)
+            job = self.store.get_historical_features(entity_df=distinct, features=refs,
+                                                     full_feature_names=True)
+            got = job.to_df()
+            if len(got) != len(distinct):
+                raise RuntimeError(f"get_historical_features({view}) returned {len(got)} rows for "
+                                   f"{len(distinct)} distinct entity rows")
+            got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
+            columns = [f"{view}__{r.split(':', 1)[1]}" for r in refs]
+            result = result.merge(got[keys + ["event_timestamp"] + columns],
+                                  on=keys + ["event_timestamp"], how="left", validate="many_to_one")
+        if len(result) != len(entity_df):
+            raise RuntimeError(f"point-in-time join returned {len(result)} rows for {len(entity_df)}")
+        return ray.data.from_pandas(result)
+
+    def _refs_by_view(self, features) -> dict[str, list[str]]:
+        """A feature service name, a FeatureService or "view:feature" refs -> refs per view."""
         if isinstance(features, str):
             features = self.store.get_feature_service(features)
-        job = self.store.get_historical_features(entity_df=entity_df, features=features,
-                                                 full_feature_names=True)
-        ds = job.to_ray_dataset().materialize()
-        n = ds.count()
-        if n != len(entity_df):
-            raise RuntimeError(f"get_historical_features returned {n} rows for {len(entity_df)} entity "
-                               "rows")
-        return ds
+        if not isinstance(features, list):
+            features = [f"{p.name}:{f.name}" for p in features.feature_view_projections
+                        for f in p.features]
+        out: dict[str, list[str]] = {}
+        for ref in features:
+            out.setdefault(ref.split(":", 1)[0], []).append(ref)
+        return out
 
 
 def embedding_matrix(column) -> np.ndarray:

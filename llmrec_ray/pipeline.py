@@ -41,7 +41,7 @@ def feature_repo(cfg) -> FeatureRepo:
     """The run's feature repo, checked to hold features built by this run with this encoder."""
     from llmrec_ray.encode import encoder_key
 
-    repo = FeatureRepo(cfg.featurestore.repo_path)
+    repo = FeatureRepo(cfg.featurestore.repo_path, cfg.featurestore.offline_store)
     manifest = repo.read_manifest()
     if manifest["run"] != cfg.name or manifest["encoder_key"] != encoder_key(cfg.encode):
         raise ValueError(

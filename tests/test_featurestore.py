@@ -90,3 +90,18 @@ def test_materialize_verifies_online_counts(repo):
 def test_missing_repo_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="feature_store.yaml"):
         FeatureRepo(tmp_path / "nowhere")
+
+
+def test_ray_and_file_offline_stores_agree(repo):
+    df = pd.DataFrame({"row_id": range(6), "user_id": ["u1", "u1", "u2", "u1", "u2", "u1"],
+                       "event_timestamp": pd.to_datetime(
+                           [T0, T0 + timedelta(days=1), T0 + timedelta(days=1), T0 + timedelta(days=2),
+                            T0 + timedelta(days=9), T0 + timedelta(days=2)], utc=True)})
+    refs = [f"{USER_HISTORY_VIEW}:embedding", f"{USER_HISTORY_VIEW}:n_history"]
+    by_ray = repo.historical(df, refs).to_pandas().sort_values("row_id")
+    file_repo = FeatureRepo(repo.path, offline_store="file")
+    by_file = file_repo.historical(df, refs).to_pandas().sort_values("row_id")
+    assert by_ray[f"{USER_HISTORY_VIEW}__n_history"].tolist() == [0, 0, 0, 1, 0, 1]
+    assert by_file[f"{USER_HISTORY_VIEW}__n_history"].tolist() == [0, 0, 0, 1, 0, 1]
+    for a, b in zip(by_ray[f"{USER_HISTORY_VIEW}__embedding"], by_file[f"{USER_HISTORY_VIEW}__embedding"]):
+        assert list(a) == list(b)
