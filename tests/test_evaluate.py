@@ -1,0 +1,42 @@
+"""Evaluation helpers: masks, truth sets, the table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from llmrec_ray.evaluate import format_table, masks, truth_sets
+from llmrec_ray.schemas import TIMESTAMP
+
+
+def table(rows):
+    return pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows]})
+
+
+def test_masks_seen_and_not_yet_available():
+    items = pa.table({"item_id": ["a", "b", "c"],
+                      "available_from": pa.array([None, 0, 100], pa.int64()).cast(TIMESTAMP)})
+    train = table([("u1", "a"), ("u2", "b"), ("u3", "c")])  # u3 is not a test user
+    m = masks(["a", "b", "c"], ["u1", "u2"], train, items, np.array([50, 150]))
+    # u1 saw a; c comes out at 100 > 50. u2 saw b; c is out by 150.
+    assert m.tolist() == [[True, False, True], [False, True, False]]
+
+
+def test_masks_without_availability():
+    items = pa.table({"item_id": ["a", "b"], "available_from": pa.nulls(2, TIMESTAMP)})
+    m = masks(["a", "b"], ["u1"], table([("u1", "b")]), items, np.array([0]))
+    assert m.tolist() == [[False, True]]
+
+
+def test_truth_sets():
+    t = truth_sets(table([("u2", "b"), ("u1", "a"), ("u2", "a")]), ["u1", "u2", "u3"], ["a", "b"])
+    assert t == [{0}, {0, 1}, set()]
+
+
+def test_format_table():
+    m = {f"{n}@{k}": 0.5 for n in ("recall", "ndcg", "hr", "precision", "f1") for k in (10, 20)}
+    text = format_table({"two_tower": m, "popularity": m}, [10, 20])
+    lines = text.splitlines()
+    assert lines[0].startswith("| model | recall@10 | ndcg@10")
+    assert lines[2] == "| two_tower | " + " | ".join(["0.5000"] * 10) + " |"
+    assert len(lines) == 4
