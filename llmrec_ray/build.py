@@ -68,7 +68,14 @@ def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
     common = ["entity", "entity_id", "event_timestamp", "text", "text_hash"]
     text_rows = pa.concat_tables([items.select(common), users.select(common)])
     logger.info("serialized %d item texts and %d user snapshots", items.num_rows, users.num_rows)
-    vectors, stats = encode_texts(text_rows, cfg.encode)
+    cache = None
+    if cfg.encode.cache:
+        from llmrec_ray.cache import EmbeddingCache
+        from llmrec_ray.config import expand_env
+
+        cache_dir = cfg.encode.cache_dir or str(Path(expand_env(cfg.output_dir)) / "embedding_cache")
+        cache = EmbeddingCache(expand_env(cache_dir))
+    vectors, stats = encode_texts(text_rows, cfg.encode, cache=cache)
     stats.update(item_texts=items.num_rows, user_snapshots=users.num_rows)
 
     items = _vectors_for(items, vectors)

@@ -45,7 +45,8 @@ def _print_counts(summary: dict) -> None:
         print(f"  {table:<13} in {c['in']:>8}  accepted {c['accepted']:>8}  rejected {c['rejected']:>6}")
     e = summary["encode"]
     print(f"  texts         {e['texts']:>8}  (items {e['item_texts']}, user snapshots "
-          f"{e['user_snapshots']}); encoded {e.get('encoded', 0)}, duplicates skipped {e['deduplicated']}, "
+          f"{e['user_snapshots']}); encoded {e.get('encoded', 0)}, from cache {e.get('cached', 0)}, "
+          f"duplicates skipped {e['deduplicated']}, "
           f"truncated {e.get('truncated', 0)}, {e.get('tokens_per_s', 0):.0f} tokens/s")
     print("  feature views " + ", ".join(f"{k} {v}" for k, v in summary["views"].items()))
     print("  online rows   " + ", ".join(f"{k} {v}" for k, v in summary["online"].items()) + " (verified)")

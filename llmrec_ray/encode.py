@@ -207,10 +207,13 @@ class Encoder:
         })
 
 
-def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None) -> tuple[pa.Table, dict]:
+def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None,
+                 cache=None) -> tuple[pa.Table, dict]:
     """Encode the distinct texts of `text_rows` (which carry `text` and `text_hash`).
 
     Returns (vector rows, one per distinct text_hash; stats). Runs on the current Ray cluster.
+    With an `EmbeddingCache`, cached hashes are reused and only the rest is encoded (then cached).
+    Stats: texts = distinct + deduplicated; distinct = cached + encoded.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -221,9 +224,19 @@ def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None) -> tuple
     order = pc.sort_indices(pa.table({"n": pc.utf8_length(unique.column("text"))}), [("n", "descending")])
     unique = unique.take(order)
     stats = {"texts": text_rows.num_rows, "distinct": unique.num_rows,
-             "deduplicated": text_rows.num_rows - unique.num_rows}
+             "deduplicated": text_rows.num_rows - unique.num_rows, "cached": 0, "encoded": 0}
+    cached = VECTOR_ROWS.empty_table()
+    if cache is not None:
+        cached = cache.lookup(unique.column("text_hash").combine_chunks())
+        stats["cached"] = cached.num_rows
+        if cached.num_rows:
+            keep = pc.invert(pc.is_in(unique.column("text_hash"), value_set=cached.column("text_hash")))
+            unique = unique.filter(keep)
     if unique.num_rows == 0:
-        return VECTOR_ROWS.empty_table(), stats
+        if cached.num_rows:
+            stats["dim"] = len(cached.column("embedding")[0].as_py())
+        logger.info("all %d distinct texts found in the cache; nothing to encode", stats["cached"])
+        return cached, stats
     if use_gpu is None:
         use_gpu = cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
     model_path, _ = resolve_model(cfg.model)
@@ -255,11 +268,14 @@ def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None) -> tuple
     if vectors.num_rows != unique.num_rows or pc.count_distinct(vectors.column("text_hash")).as_py() != unique.num_rows:
         raise RuntimeError(f"encoder returned {vectors.num_rows} rows for {unique.num_rows} distinct "
                            "texts: rows were lost or duplicated")
+    vectors = vectors.select(VECTOR_ROWS.names).cast(VECTOR_ROWS)
+    if cache is not None:
+        cache.add(vectors)
     n_tok = int(pc.sum(vectors.column("n_tokens")).as_py())
     stats.update(encoded=unique.num_rows, tokens=n_tok, seconds=round(elapsed, 2),
                  truncated=int(pc.sum(vectors.column("truncated")).as_py()),
                  tokens_per_s=round(n_tok / max(elapsed, 1e-9), 1),
                  dim=len(vectors.column("embedding")[0].as_py()))
-    logger.info("encoded %d distinct texts (%d duplicates skipped), %d tokens in %.1fs",
-                unique.num_rows, stats["deduplicated"], n_tok, elapsed)
-    return vectors.select(VECTOR_ROWS.names).cast(VECTOR_ROWS), stats
+    logger.info("encoded %d texts (%d from the cache, %d duplicates skipped), %d tokens in %.1fs",
+                unique.num_rows, stats["cached"], stats["deduplicated"], n_tok, elapsed)
+    return pa.concat_tables([cached, vectors]), stats

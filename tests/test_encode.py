@@ -72,3 +72,22 @@ def test_encode_texts_dedups_on_ray(ray_session):
 def test_unknown_local_model_dir_is_rejected(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_cache_makes_a_rerun_encode_nothing(ray_session, tmp_path):
+    from llmrec_ray.cache import EmbeddingCache
+
+    cfg = EncodeConfig(batch_size=4, cpus_per_actor=1)
+    cache = EmbeddingCache(tmp_path / "cache")
+
+    def rows(texts):
+        return pa.table({"text": texts, "text_hash": text_hashes(pa.array(texts), encoder_key(cfg))})
+
+    first, s1 = encode_texts(rows(["one", "two", "one"]), cfg, cache=cache)
+    assert (s1["encoded"], s1["cached"], s1["deduplicated"]) == (2, 0, 1)
+    second, s2 = encode_texts(rows(["one", "two", "one"]), cfg, cache=cache)
+    assert (s2["encoded"], s2["cached"]) == (0, 2)
+    by_hash = lambda t: dict(zip(t.column("text_hash").to_pylist(), t.column("embedding").to_pylist()))
+    assert by_hash(first) == by_hash(second)
+    third, s3 = encode_texts(rows(["one", "two", "three"]), cfg, cache=cache)
+    assert (s3["encoded"], s3["cached"]) == (1, 2) and third.num_rows == 3

@@ -44,7 +44,8 @@ def test_build_counts_every_row(e2e):
     assert build["data"]["items"]["accepted"] == 40
     enc = build["encode"]
     assert enc["texts"] == enc["item_texts"] + enc["user_snapshots"]
-    assert enc["encoded"] + enc["deduplicated"] == enc["texts"]
+    assert enc["encoded"] + enc["cached"] + enc["deduplicated"] == enc["texts"]
+    assert enc["cached"] == 0  # a fresh cache
     assert enc["dim"] == 384
     # every user and item is online, verified against the parquet
     assert build["online"] == {"item_text_embedding": 40, "item_metadata": 40, "user_history_embedding": 30}
