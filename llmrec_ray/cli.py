@@ -47,7 +47,8 @@ def _print_counts(summary: dict) -> None:
     print(f"  texts         {e['texts']:>8}  (items {e['item_texts']}, user snapshots "
           f"{e['user_snapshots']}); encoded {e.get('encoded', 0)}, from cache {e.get('cached', 0)}, "
           f"duplicates skipped {e['deduplicated']}, "
-          f"truncated {e.get('truncated', 0)}, {e.get('tokens_per_s', 0):.0f} tokens/s")
+          f"truncated {e.get('truncated', 0)}, {e.get('tokens_per_s', 0):.0f} tokens/s, padding efficiency "
+          f"{e.get('padding_efficiency', 1.0):.3f}")
     print("  feature views " + ", ".join(f"{k} {v}" for k, v in summary["views"].items()))
     print("  online rows   " + ", ".join(f"{k} {v}" for k, v in summary["online"].items()) + " (verified)")
 

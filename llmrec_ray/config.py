@@ -97,7 +97,10 @@ class EncodeConfig(Strict):
     normalize: bool = Field(True, description="L2-normalise the pooled vectors.")
     max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated "
                             "and counted.")
-    batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
+    batch_size: int = Field(256, ge=1, description="Texts per window handed to an actor; a window "
+                            "is ordered by length and cut into batches by token_budget.")
+    token_budget: int = Field(8192, ge=1, description="Padded tokens per forward pass (rows x "
+                              "longest row); bigger on GPUs.")
     num_actors: int = Field(1, ge=1, description="Encoder actors (model replicas); one per GPU on a cluster.")
     cpus_per_actor: float = Field(2.0, gt=0, description="CPUs reserved per actor; its torch threads "
                                   "match.")

@@ -101,24 +101,40 @@ def is_decoder(config) -> bool:
     return config.model_type in DECODER_TYPES or any(a.endswith("ForCausalLM") for a in archs)
 
 
-def prepare_inputs(tokenizer, texts: list[str], max_length: int, append_eos: bool):
-    """Tokenize and pad. Returns (inputs with input_ids + attention_mask, untruncated lengths).
+def tokenize(tokenizer, texts: list[str], max_length: int, append_eos: bool) -> tuple[list[list[int]], np.ndarray]:
+    """Texts -> (token ids truncated to `max_length`, untruncated lengths). No padding.
 
     With `append_eos`, each text ends with the EOS token (kept when truncating), so a last-token
-    pooling reads a state that has seen the whole (truncated) text.
+    pooling reads a state that has seen the whole (truncated) text. Without it the tokenizer's own
+    truncation keeps its special tokens ([CLS] ... [SEP]).
     """
+    full = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     if not append_eos:
-        full = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        return enc, np.array([len(ids) for ids in full], dtype=np.int64)
+        ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        return ids, np.array([len(x) for x in full], dtype=np.int64)
     eos = tokenizer.eos_token_id
-    ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-    ids = [x if x and x[-1] == eos else x + [eos] for x in ids]
-    n_full = np.array([len(x) for x in ids], dtype=np.int64)
-    ids = [x if len(x) <= max_length else x[:max_length - 1] + [eos] for x in ids]
-    enc = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-    return enc, n_full
+    full = [x if x and x[-1] == eos else x + [eos] for x in full]
+    ids = [x if len(x) <= max_length else x[:max_length - 1] + [eos] for x in full]
+    return ids, np.array([len(x) for x in full], dtype=np.int64)
+
+
+def token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Row indices grouped into batches, longest first, each with rows x longest <= `budget`
+    padded tokens (a single row longer than the budget forms its own batch)."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, budget // longest)  # rows are sorted, so the first row is the longest
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def prepare_inputs(tokenizer, texts: list[str], max_length: int, append_eos: bool):
+    """Tokenize and pad one batch. Returns (input_ids + attention_mask tensors, untruncated lengths)."""
+    ids, n_full = tokenize(tokenizer, texts, max_length, append_eos)
+    return tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt"), n_full
 
 
 class Encoder:
@@ -133,7 +149,8 @@ class Encoder:
     def __init__(self, model_path: str, pooling: str, max_length: int, normalize: bool,
                  device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
                  num_threads: int | None = None, layers: int = 1, prompt_template: str | None = None,
-                 add_eos: str | bool = "auto", allow_unsafe_weights: bool = False):
+                 add_eos: str | bool = "auto", allow_unsafe_weights: bool = False,
+                 token_budget: int = 8192):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -146,7 +163,7 @@ class Encoder:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.pooling, self.max_length, self.normalize = pooling, max_length, normalize
-        self.layers, self.prompt_template = layers, prompt_template
+        self.layers, self.prompt_template, self.token_budget = layers, prompt_template, token_budget
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.decoder = is_decoder(config)
         if self.decoder and pooling == "cls":
@@ -178,15 +195,39 @@ class Encoder:
                     self.dtype, pooling, self.append_eos)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """A window of texts -> their vectors. The window is tokenized once, ordered by length and
+        cut into batches of at most `token_budget` padded tokens, so padding stays small."""
+        texts = batch.column("text").to_pylist()
+        if self.prompt_template:
+            texts = [self.prompt_template.format(text=t) for t in texts]
+        ids, n_full = tokenize(self.tokenizer, texts, self.max_length, self.append_eos)
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        vecs: np.ndarray | None = None
+        padded = np.zeros(len(ids), dtype=np.int64)  # the padded length of each row's batch
+        for rows in token_budget_batches(lengths, self.token_budget):
+            out = self.forward([ids[i] for i in rows])  # (b, H)
+            if vecs is None:
+                vecs = np.empty((len(ids), out.shape[1]), dtype=np.float32)
+            vecs[rows] = out
+            padded[rows] = lengths[rows].max()
+        flat = pa.array(vecs.reshape(-1), pa.float32())
+        emb = pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1]).cast(EMBEDDING)
+        return pa.table({
+            "text_hash": batch.column("text_hash"),
+            "embedding": emb,
+            "n_tokens": pa.array(lengths),
+            "truncated": pa.array(n_full > self.max_length),
+            "padded_length": pa.array(padded),
+        })
+
+    def forward(self, ids: list[list[int]]) -> np.ndarray:
+        """Token ids of one batch -> pooled vectors (b, H) float32."""
         import torch
 
         from llmrec_ray.pooling import pool, select_layers
 
-        texts = batch.column("text").to_pylist()
-        if self.prompt_template:
-            texts = [self.prompt_template.format(text=t) for t in texts]
-        enc, n_full = prepare_inputs(self.tokenizer, texts, self.max_length, self.append_eos)
-        enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        enc = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
         mask = enc["attention_mask"]  # (B, T)
         kwargs = {}
         if self.pass_positions:
@@ -195,16 +236,7 @@ class Encoder:
             out = self.model(**enc, **kwargs, output_hidden_states=self.layers > 1)
             hidden = out.last_hidden_state if self.layers == 1 else select_layers(out.hidden_states, self.layers)
             vecs = pool(self.pooling, hidden, mask, self.normalize)  # (B, H)
-        vecs = vecs.float().cpu().numpy()
-        n_tokens = mask.sum(dim=1).cpu().numpy().astype(np.int64)
-        flat = pa.array(vecs.reshape(-1), pa.float32())
-        emb = pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1]).cast(EMBEDDING)
-        return pa.table({
-            "text_hash": batch.column("text_hash"),
-            "embedding": emb,
-            "n_tokens": pa.array(n_tokens),
-            "truncated": pa.array(n_full > self.max_length),
-        })
+        return vecs.float().cpu().numpy()
 
 
 def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None,
@@ -256,7 +288,7 @@ def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None,
             trust_remote_code=cfg.trust_remote_code,
             num_threads=None if use_gpu else max(1, int(cfg.cpus_per_actor)),
             layers=cfg.layers, prompt_template=cfg.prompt_template, add_eos=cfg.add_eos,
-            allow_unsafe_weights=cfg.allow_unsafe_weights),
+            allow_unsafe_weights=cfg.allow_unsafe_weights, token_budget=cfg.token_budget),
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=n_actors, max_size=n_actors),
@@ -268,11 +300,13 @@ def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None,
     if vectors.num_rows != unique.num_rows or pc.count_distinct(vectors.column("text_hash")).as_py() != unique.num_rows:
         raise RuntimeError(f"encoder returned {vectors.num_rows} rows for {unique.num_rows} distinct "
                            "texts: rows were lost or duplicated")
+    padded_tokens = int(pc.sum(vectors.column("padded_length")).as_py())
     vectors = vectors.select(VECTOR_ROWS.names).cast(VECTOR_ROWS)
     if cache is not None:
         cache.add(vectors)
     n_tok = int(pc.sum(vectors.column("n_tokens")).as_py())
     stats.update(encoded=unique.num_rows, tokens=n_tok, seconds=round(elapsed, 2),
+                 padding_efficiency=round(n_tok / max(padded_tokens, 1), 4),
                  truncated=int(pc.sum(vectors.column("truncated")).as_py()),
                  tokens_per_s=round(n_tok / max(elapsed, 1e-9), 1),
                  dim=len(vectors.column("embedding")[0].as_py()))
