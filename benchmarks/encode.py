@@ -1,0 +1,311 @@
+"""Encode benchmark: the seed's naive method, a plain loop, our Ray Data pipeline (cold and warm
+cache), the model-compute floor and the hardware roof, side by side in one run.
+
+    python benchmarks/encode.py --out encode.json        # MovieLens path from LLMREC_ML100K
+
+Each variant runs in its own subprocess so its peak memory is its own (driver plus, for the
+pipeline, the Ray worker processes, sampled every 0.2 s). Texts are what `llmrec build-features`
+encodes for configs/ml-100k.yaml (item texts and user snapshots). The naive variant encodes one
+sentence per interaction; it is timed on `--naive-sample` interactions and its full-data time is
+projected from that measured rate (marked `projected`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PeakRSS:
+    """Peak resident memory of this process and of every Ray worker, sampled in a thread."""
+
+    def __init__(self, ray_workers: bool):
+        import psutil
+
+        self.psutil, self.ray_workers, self.peak, self._stop = psutil, ray_workers, 0, False
+
+    def _workers(self) -> list:
+        return [p for p in self.psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("ray::")]
+
+    def _sample(self, workers: list) -> int:
+        total = self.psutil.Process().memory_info().rss
+        for p in workers:
+            try:
+                total += p.memory_info().rss
+            except self.psutil.Error:
+                pass
+        return total
+
+    def __enter__(self):
+        def loop():
+            tick = 0
+            workers: list = []
+            while not self._stop:
+                if self.ray_workers and tick % 5 == 0:  # look for new workers once a second
+                    workers = self._workers()
+                self.peak = max(self.peak, self._sample(workers))
+                tick += 1
+                time.sleep(0.2)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def ml100k_texts(path: str) -> tuple[list[str], list[str]]:
+    """(distinct texts the pipeline encodes for ML-100K, one naive sentence per interaction)."""
+    import pyarrow as pa
+
+    from llmrec_ray import serialize
+    from llmrec_ray.config import load_config
+    from llmrec_ray.datasets import load_dataset
+
+    cfg = load_config(ROOT / "configs" / "ml-100k.yaml", [f"data.path={path}"])
+    ds = load_dataset(cfg.data)
+    s = cfg.serialize
+    items = serialize.item_text_rows(ds.items, s.item_template, 0)
+    users = serialize.user_snapshot_rows(ds.interactions, ds.items, s.history_item_template,
+                                         s.user_template, s.history_separator, s.history_length,
+                                         s.snapshot_every, s.snapshot_max_new, s.empty_history)
+    texts = list(dict.fromkeys(items.column("text").to_pylist() + users.column("text").to_pylist()))
+    inter = ds.interactions
+    naive = [f"user {u} watched item {i} at time {t}, rated {r:g}" for u, i, t, r in zip(
+        inter.column("user_id").to_pylist(), inter.column("item_id").to_pylist(),
+        inter.column("event_timestamp").cast(pa.int64()).to_pylist(), inter.column("rating").to_pylist())]
+    return texts, naive
+
+
+DEVICE, DTYPE, BUDGET = "cpu", "auto", 8192  # set from the arguments in each variant's process
+
+
+def load_model(dtype: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    from llmrec_ray.encode import pick_dtype, resolve_model
+
+    path, _ = resolve_model("minilm")
+    dt = pick_dtype(dtype, DEVICE)
+    model = AutoModel.from_pretrained(path, dtype=dt).to(DEVICE).eval()
+    return AutoTokenizer.from_pretrained(path), model, dt
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def loop_encode(texts: list[str], batch_size: int, dtype: str, sort: bool) -> dict:
+    """A single-process loop: fixed batches, optionally sorted by length."""
+    import torch
+
+    from llmrec_ray.pooling import pool
+
+    tok, model, _ = load_model(dtype)
+    if sort:
+        lengths = [len(x) for x in tok(texts)["input_ids"]]
+        texts = [texts[i] for i in np.argsort(lengths)[::-1]]
+    real = padded = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=256,
+                      return_tensors="pt").to(DEVICE)
+            pool("mean", model(**enc).last_hidden_state, enc["attention_mask"], True)
+            real += int(enc["attention_mask"].sum())
+            padded += enc["attention_mask"].numel()
+    sync()
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "texts": len(texts), "tokens": real, "padding_efficiency": real / padded}
+
+
+def floor_encode(texts: list[str], dtype: str, budget: int) -> dict:
+    """The model's forward alone, on pre-tokenized, length-sorted, token-budget batches."""
+    import torch
+
+    from llmrec_ray.encode import token_budget_batches, tokenize
+    from llmrec_ray.pooling import pool
+
+    tok, model, _ = load_model(dtype)
+    ids, _ = tokenize(tok, texts, 256, False)
+    lengths = np.array([len(x) for x in ids])
+    batches = [tok.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(DEVICE)
+               for rows in token_budget_batches(lengths, budget)]
+    padded = sum(b["attention_mask"].numel() for b in batches)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            pool("mean", model(**b).last_hidden_state, b["attention_mask"], True)
+    sync()
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "texts": len(texts), "tokens": int(lengths.sum()),
+            "padding_efficiency": int(lengths.sum()) / padded}
+
+
+def pipeline_encode(texts: list[str], cache_dir: str) -> dict:
+    import pyarrow as pa
+    import ray
+
+    from llmrec_ray.cache import EmbeddingCache
+    from llmrec_ray.config import EncodeConfig
+    from llmrec_ray.encode import encode_texts, encoder_key, text_hashes
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cfg = EncodeConfig(device="cuda" if DEVICE == "cuda" else "cpu", dtype=DTYPE, token_budget=BUDGET)
+    rows = pa.table({"text": texts, "text_hash": text_hashes(pa.array(texts), encoder_key(cfg))})
+    start = time.perf_counter()
+    _, stats = encode_texts(rows, cfg, cache=EmbeddingCache(cache_dir))
+    wall = time.perf_counter() - start
+    ray.shutdown()
+    return {"wall_s": wall, "texts": len(texts), "tokens": stats.get("tokens", 0),
+            "padding_efficiency": stats.get("padding_efficiency"), "encoded": stats["encoded"],
+            "cached": stats["cached"]}
+
+
+def roof(dtype: str, seq_len: float) -> dict:
+    """Matmul rate of this machine (2 threads) / the model's FLOPs per token."""
+    import torch
+
+    _, model, dt = load_model(dtype)
+    torch.set_num_threads(2)
+    n = 2048 if DEVICE == "cpu" else 8192
+    a = torch.randn(n, n, dtype=dt, device=DEVICE)
+    b = torch.randn(n, n, dtype=dt, device=DEVICE)
+    a @ b
+    sync()
+    reps, start = 5, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    flops_per_s = 2 * n**3 * reps / (time.perf_counter() - start)
+    c = model.config
+    params = sum(p.numel() for n_, p in model.named_parameters() if "embeddings" not in n_)
+    per_token = 2 * params + 4 * c.num_hidden_layers * seq_len * c.hidden_size  # dense + attention
+    return {"matmul_flops_per_s": flops_per_s, "flops_per_token": per_token,
+            "roof_tokens_per_s": flops_per_s / per_token}
+
+
+def synthetic_texts(scale: int) -> list[str]:
+    from llmrec_ray import serialize
+    from llmrec_ray.config import load_config
+    from llmrec_ray.datasets import load_dataset
+
+    cfg = load_config(None, [f"data.synthetic.n_users={20 * scale}", f"data.synthetic.n_items={30 * scale}"])
+    ds = load_dataset(cfg.data)
+    s = cfg.serialize
+    users = serialize.user_snapshot_rows(ds.interactions, ds.items, s.history_item_template,
+                                         s.user_template, s.history_separator, s.history_length,
+                                         s.snapshot_every, s.snapshot_max_new, s.empty_history)
+    items = serialize.item_text_rows(ds.items, s.item_template, 0)
+    return list(dict.fromkeys(items.column("text").to_pylist() + users.column("text").to_pylist()))
+
+
+def run_variant(name: str, args) -> dict:
+    """Runs inside the subprocess."""
+    import torch
+
+    global DEVICE, DTYPE, BUDGET
+    DEVICE, DTYPE, BUDGET = args.device, args.dtype, args.token_budget
+    torch.set_num_threads(2)
+    if name.startswith("memory_"):
+        texts = synthetic_texts(int(name.split("_")[1].rstrip("x")))
+        with tempfile.TemporaryDirectory() as tmp, PeakRSS(ray_workers=True) as rss:
+            out = pipeline_encode(texts, tmp)
+        return {**out, "peak_rss_mb": rss.mb}
+    texts, naive = ml100k_texts(args.ml100k)
+    if name == "roof":
+        return roof(args.dtype, args.seq_len)
+    with PeakRSS(ray_workers=name.startswith("pipeline")) as rss:
+        if name == "naive":
+            sample = naive[:args.naive_sample]
+            device, DEVICE = DEVICE, "cpu"  # the seed: fp32 on the CPU
+            out = loop_encode(sample, 64, "float32", sort=False)
+            DEVICE = device
+            out.update(projected=True, measured_texts=len(sample), measured_wall_s=out["wall_s"],
+                       texts=len(naive), wall_s=out["wall_s"] * len(naive) / len(sample),
+                       tokens=int(out["tokens"] * len(naive) / len(sample)))
+        elif name == "plain":
+            out = loop_encode(texts, 64, args.dtype, sort=True)
+        elif name == "floor":
+            out = floor_encode(texts, args.dtype, args.token_budget)
+        elif name in ("pipeline_cold", "pipeline_warm"):
+            out = pipeline_encode(texts, args.cache_dir)
+        else:
+            raise ValueError(name)
+    return {**out, "peak_rss_mb": rss.mb}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="JSON output file")
+    p.add_argument("--ml100k", default=os.environ.get("LLMREC_ML100K", str(ROOT.parent / "shared" / "data" / "ml-100k")))
+    p.add_argument("--naive-sample", type=int, default=10_000, help="interactions timed for the naive variant")
+    p.add_argument("--dtype", default="auto", help="dtype of plain/pipeline/floor (auto: bf16 where the CPU has it)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where plain/floor/pipeline/roof run")
+    p.add_argument("--token-budget", type=int, default=8192)
+    p.add_argument("--seq-len", type=float, default=80.0, help="mean tokens per text, for the roof's attention term")
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:  # child process
+        print(json.dumps(run_variant(args.variant, args)))
+        return
+    results: dict = {"variants": {}, "machine": {"cpus": os.cpu_count(), "device": args.device},
+                     "dtype": args.dtype}
+    with tempfile.TemporaryDirectory() as cache:
+        for name in ("naive", "plain", "floor", "pipeline_cold", "pipeline_warm", "roof",
+                     "memory_1x", "memory_10x"):
+            cmd = [sys.executable, __file__, "--out", args.out, "--variant", name, "--cache-dir", cache,
+                   "--ml100k", args.ml100k, "--naive-sample", str(args.naive_sample), "--dtype", args.dtype,
+                   "--device", args.device,
+                   "--token-budget", str(args.token_budget), "--seq-len", str(args.seq_len)]
+            print(f"[{name}] running", file=sys.stderr, flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            if name == "roof":
+                results.update(roof_tokens_per_s=out["roof_tokens_per_s"], roof=out)
+            elif name.startswith("memory_"):
+                results.setdefault("memory_scaling", {})[name.split("_")[1]] = out["peak_rss_mb"]
+                results.setdefault("memory_scaling_texts", {})[name.split("_")[1]] = out["texts"]
+            else:
+                out["texts_per_s"] = out["texts"] / out["wall_s"]
+                out["tokens_per_s"] = out["tokens"] / out["wall_s"]
+                results["variants"][name] = out
+            print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
+    v = results["variants"]
+    c = v["pipeline_cold"]
+    results["ratios"] = {
+        "pipeline_vs_plain_tokens_per_s": c["tokens_per_s"] / v["plain"]["tokens_per_s"],
+        "naive_wall_over_pipeline_wall": v["naive"]["wall_s"] / c["wall_s"],
+        "pipeline_cold_over_warm_wall": c["wall_s"] / v["pipeline_warm"]["wall_s"],
+        "pipeline_vs_floor_tokens_per_s": c["tokens_per_s"] / v["floor"]["tokens_per_s"],
+        "pipeline_fraction_of_roof": c["tokens_per_s"] / results["roof_tokens_per_s"],
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results["ratios"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
