@@ -81,11 +81,7 @@ def ml100k_texts(path: str) -> tuple[list[str], list[str]]:
 
     cfg = load_config(ROOT / "configs" / "ml-100k.yaml", [f"data.path={path}"])
     ds = load_dataset(cfg.data)
-    s = cfg.serialize
-    items = serialize.item_text_rows(ds.items, s.item_template, 0)
-    users = serialize.user_snapshot_rows(ds.interactions, ds.items, s.history_item_template,
-                                         s.user_template, s.history_separator, s.history_length,
-                                         s.snapshot_every, s.snapshot_max_new, s.empty_history)
+    items, users = serialize.serialize_dataset(ds.items, ds.interactions, cfg.serialize, 0)
     texts = list(dict.fromkeys(items.column("text").to_pylist() + users.column("text").to_pylist()))
     inter = ds.interactions
     naive = [f"user {u} watched item {i} at time {t}, rated {r:g}" for u, i, t, r in zip(
@@ -212,11 +208,7 @@ def synthetic_texts(scale: int) -> list[str]:
 
     cfg = load_config(None, [f"data.synthetic.n_users={20 * scale}", f"data.synthetic.n_items={30 * scale}"])
     ds = load_dataset(cfg.data)
-    s = cfg.serialize
-    users = serialize.user_snapshot_rows(ds.interactions, ds.items, s.history_item_template,
-                                         s.user_template, s.history_separator, s.history_length,
-                                         s.snapshot_every, s.snapshot_max_new, s.empty_history)
-    items = serialize.item_text_rows(ds.items, s.item_template, 0)
+    items, users = serialize.serialize_dataset(ds.items, ds.interactions, cfg.serialize, 0)
     return list(dict.fromkeys(items.column("text").to_pylist() + users.column("text").to_pylist()))
 
 
@@ -255,9 +247,31 @@ def run_variant(name: str, args) -> dict:
     return {**out, "peak_rss_mb": rss.mb}
 
 
+def markdown(results: dict) -> str:
+    """The README table: one row per variant, then the ratios the issue sets targets on."""
+    rows = ["| variant | wall s | texts/s | tokens/s | padding eff. | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, v in results["variants"].items():
+        wall = f"{v['wall_s']:.1f}" + (" (projected)" if v.get("projected") else "")
+        pad = "-" if v.get("padding_efficiency") is None else f"{v['padding_efficiency']:.3f}"
+        rows.append(f"| {name} | {wall} | {v['texts_per_s']:.0f} | {v['tokens_per_s']:.0f} | {pad} | "
+                    f"{v['peak_rss_mb']:.0f} |")
+    r = results["ratios"]
+    m = results["memory_scaling"]
+    rows += ["", f"Roof: {results['roof_tokens_per_s']:.0f} tokens/s (matmul rate / FLOPs per token). "
+             f"Pipeline (cold) vs plain: {r['pipeline_vs_plain_tokens_per_s']:.2f}x tokens/s; vs floor: "
+             f"{r['pipeline_vs_floor_tokens_per_s']:.2f}x; fraction of roof: "
+             f"{r['pipeline_fraction_of_roof']:.2f}; naive wall / pipeline wall: "
+             f"{r['naive_wall_over_pipeline_wall']:.1f}x; cold / warm wall: "
+             f"{r['pipeline_cold_over_warm_wall']:.0f}x. Peak memory, synthetic 1x / 10x data: "
+             f"{m['1x']:.0f} / {m['10x']:.0f} MB."]
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="JSON output file")
+    p.add_argument("--out", help="JSON output file")
+    p.add_argument("--render", help="print the markdown table of an existing JSON result and exit")
     p.add_argument("--ml100k", default=os.environ.get("LLMREC_ML100K", str(ROOT.parent / "shared" / "data" / "ml-100k")))
     p.add_argument("--naive-sample", type=int, default=10_000, help="interactions timed for the naive variant")
     p.add_argument("--dtype", default="auto", help="dtype of plain/pipeline/floor (auto: bf16 where the CPU has it)")
@@ -267,6 +281,11 @@ def main() -> None:
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return
+    if not args.out:
+        p.error("--out is required")
     if args.variant:  # child process
         print(json.dumps(run_variant(args.variant, args)))
         return
@@ -303,8 +322,9 @@ def main() -> None:
         "pipeline_vs_floor_tokens_per_s": c["tokens_per_s"] / v["floor"]["tokens_per_s"],
         "pipeline_fraction_of_roof": c["tokens_per_s"] / results["roof_tokens_per_s"],
     }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results["ratios"], indent=2))
+    print(markdown(results))
 
 
 if __name__ == "__main__":

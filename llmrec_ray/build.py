@@ -54,14 +54,9 @@ def _vectors_for(rows: pa.Table, vectors: pa.Table) -> pa.Table:
 
 def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
     """Serialize and encode; return the three views' tables and the encode stats."""
-    s = cfg.serialize
-    serialize.check_item_template(s.item_template, ds.items)
     start = pc.min(ds.interactions.column("event_timestamp")).as_py()
     valid_from = int(start.timestamp() * 1_000_000) if start else 0
-    items = serialize.item_text_rows(ds.items, s.item_template, valid_from)
-    users = serialize.user_snapshot_rows(
-        ds.interactions, ds.items, s.history_item_template, s.user_template, s.history_separator,
-        s.history_length, s.snapshot_every, s.snapshot_max_new, s.empty_history)
+    items, users = serialize.serialize_dataset(ds.items, ds.interactions, cfg.serialize, valid_from)
     key = encoder_key(cfg.encode)
     items = items.append_column("text_hash", text_hashes(items.column("text"), key))
     users = users.append_column("text_hash", text_hashes(users.column("text"), key))

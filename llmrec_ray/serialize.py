@@ -166,3 +166,14 @@ def check_item_template(template: str, items: pa.Table) -> None:
         if f not in items.column_names:
             raise KeyError(f"serialize.item_template: field {{{f}}} is not an item column "
                            f"(available: {items.column_names}; text fields: {list(ITEM_TEXT_FIELDS)})")
+
+
+def serialize_dataset(items: pa.Table, interactions: pa.Table, cfg, valid_from: int) -> tuple[pa.Table, pa.Table]:
+    """Items and interactions -> (item text rows, user snapshot rows), as `cfg` (a
+    SerializeConfig) describes. `valid_from`: µs since the epoch, see `item_text_rows`."""
+    check_item_template(cfg.item_template, items)
+    item_rows = item_text_rows(items, cfg.item_template, valid_from)
+    user_rows = user_snapshot_rows(
+        interactions, items, cfg.history_item_template, cfg.user_template, cfg.history_separator,
+        cfg.history_length, cfg.snapshot_every, cfg.snapshot_max_new, cfg.empty_history)
+    return item_rows, user_rows
