@@ -110,7 +110,14 @@ def tokenize(tokenizer, texts: list[str], max_length: int, append_eos: bool) -> 
     """
     full = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     if not append_eos:
-        ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        # only the (few) texts over max_length are tokenized again, with the tokenizer's truncation
+        long = [i for i, x in enumerate(full) if len(x) > max_length]
+        ids = list(full)
+        if long:
+            cut = tokenizer([texts[i] for i in long], add_special_tokens=True, truncation=True,
+                            max_length=max_length)["input_ids"]
+            for i, x in zip(long, cut):
+                ids[i] = x
         return ids, np.array([len(x) for x in full], dtype=np.int64)
     eos = tokenizer.eos_token_id
     full = [x if x and x[-1] == eos else x + [eos] for x in full]
