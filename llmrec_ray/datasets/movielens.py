@@ -394,18 +394,26 @@ def _items_100k(path: Path, genres: list[str], rejects: Rejects) -> tuple[pa.Tab
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), n
 
 
+def _user_id_and_age(uid: str, age: str, path: Path, line: int,
+                     rejects: Rejects) -> tuple[str, int] | None:
+    """A users-file row's id and integer age, or None after recording why it is rejected."""
+    user_id = _id_or_reject(uid, "users", "user_id", path, line, rejects)
+    if user_id is None:
+        return None
+    if _int(age) is None:
+        rejects.add("users", str(path), line, "age", "non-integer age", age)
+        return None
+    return user_id, _int(age)
+
+
 def _users_100k(path: Path, rejects: Rejects) -> tuple[pa.Table, int]:
     rows = []
     parsed, n = _split(path, "users", "|", 5, "latin-1", rejects)
     for line, (uid, age, gender, occupation, zip_code) in parsed:
-        user_id = _id_or_reject(uid, "users", "user_id", path, line, rejects)
-        if user_id is None:
-            continue
-        if _int(age) is None:
-            rejects.add("users", str(path), line, "age", "non-integer age", age)
-            continue
-        rows.append({"user_id": user_id, "age": _int(age), "gender": gender.strip(),
-                     "occupation": occupation.strip(), "zip": zip_code.strip(), "_row": line})
+        user = _user_id_and_age(uid, age, path, line, rejects)
+        if user is not None:
+            rows.append({"user_id": user[0], "age": user[1], "gender": gender.strip(),
+                         "occupation": occupation.strip(), "zip": zip_code.strip(), "_row": line})
     return _users_table(rows), n
 
 
@@ -426,16 +434,14 @@ def _users_1m(path: Path, rejects: Rejects) -> tuple[pa.Table, int]:
     rows = []
     parsed, n = _split(path, "users", "::", 5, "latin-1", rejects)
     for line, (uid, gender, age, occupation, zip_code) in parsed:
-        user_id = _id_or_reject(uid, "users", "user_id", path, line, rejects)
-        if user_id is None:
+        user = _user_id_and_age(uid, age, path, line, rejects)
+        if user is None:
             continue
-        if _int(age) is None:
-            rejects.add("users", str(path), line, "age", "non-integer age", age)
-            continue
+        user_id = user[0]
         code = _int(occupation)
         name = (ML1M_OCCUPATIONS[code] if code is not None and 0 <= code < len(ML1M_OCCUPATIONS)
                 else occupation.strip())
-        rows.append({"user_id": user_id, "age": _int(age), "gender": gender.strip(),
+        rows.append({"user_id": user_id, "age": user[1], "gender": gender.strip(),
                      "occupation": name, "zip": zip_code.strip(), "_row": line})
     return _users_table(rows), n
 
