@@ -276,7 +276,7 @@ def main() -> None:
     p.add_argument("--naive-sample", type=int, default=10_000, help="interactions timed for the naive variant")
     p.add_argument("--dtype", default="auto", help="dtype of plain/pipeline/floor (auto: bf16 where the CPU has it)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where plain/floor/pipeline/roof run")
-    p.add_argument("--token-budget", type=int, default=8192)
+    p.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass (default: the pipeline's, 4096 CPU / 32768 GPU)")
     p.add_argument("--seq-len", type=float, default=80.0, help="mean tokens per text, for the roof's attention term")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -286,11 +286,15 @@ def main() -> None:
         return
     if not args.out:
         p.error("--out is required")
+    if args.token_budget is None:
+        from llmrec_ray.encode import default_token_budget
+
+        args.token_budget = default_token_budget(args.device)
     if args.variant:  # child process
         print(json.dumps(run_variant(args.variant, args)))
         return
     results: dict = {"variants": {}, "machine": {"cpus": os.cpu_count(), "device": args.device},
-                     "dtype": args.dtype}
+                     "dtype": args.dtype, "token_budget": args.token_budget}
     with tempfile.TemporaryDirectory() as cache:
         for name in ("naive", "plain", "floor", "pipeline_cold", "pipeline_warm", "roof",
                      "memory_1x", "memory_10x"):

@@ -97,13 +97,21 @@ class EncodeConfig(Strict):
     normalize: bool = Field(True, description="L2-normalise the pooled vectors.")
     max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated "
                             "and counted.")
-    batch_size: int = Field(256, ge=1, description="Texts per window handed to an actor; a window "
-                            "is ordered by length and cut into batches by token_budget.")
-    token_budget: int = Field(8192, ge=1, description="Padded tokens per forward pass (rows x "
-                              "longest row); bigger on GPUs.")
-    num_actors: int = Field(1, ge=1, description="Encoder actors (model replicas); one per GPU on a cluster.")
-    cpus_per_actor: float = Field(2.0, gt=0, description="CPUs reserved per actor; its torch threads "
-                                  "match.")
+    batch_size: int = Field(256, ge=1, description="Texts per window: a tokenizer actor tokenizes a "
+                            "window and orders it by token length; an encoder actor cuts it into "
+                            "forward passes by token_budget.")
+    token_budget: int | None = Field(None, ge=1, description="Padded tokens per forward pass (rows x "
+                                     "longest row); None = 4096 on CPU, 32768 on GPU.")
+    num_actors: int | None = Field(None, ge=1, description=(
+        "Encoder actors (model replicas); None = one per gpus_per_actor of the cluster's GPUs, or "
+        "on a CPU cluster as many as fit with cpus_per_actor each."))
+    gpus_per_actor: float = Field(1.0, gt=0, le=1, description=(
+        "GPU share per encoder actor: 1 = one per GPU; 0.5 or 0.25 put 2 or 4 small models on a GPU."))
+    cpus_per_actor: float = Field(2.0, gt=0, description="CPUs per encoder actor on CPU clusters; its "
+                                  "torch threads match.")
+    tokenize_actors: int | None = Field(None, ge=1, description="Tokenizer actors (CPU); None = one "
+                                        "per encoder actor.")
+    tokenize_cpus: float = Field(0.25, gt=0, description="CPUs reserved per tokenizer actor.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
         "auto = bfloat16 on CUDA GPUs that support it and on CPUs with AMX/AVX512-BF16, else float32."))

@@ -138,28 +138,102 @@ def token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
     return batches
 
 
-def prepare_inputs(tokenizer, texts: list[str], max_length: int, append_eos: bool):
-    """Tokenize and pad one batch. Returns (input_ids + attention_mask tensors, untruncated lengths)."""
-    ids, n_full = tokenize(tokenizer, texts, max_length, append_eos)
-    return tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt"), n_full
+def pad_batch(ids: list[list[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Token id lists -> (input_ids, attention_mask), (B, T) int64, padded on the left or right."""
+    longest = max(1, max(len(x) for x in ids))
+    input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for r, x in enumerate(ids):
+        if not x:
+            continue
+        if left:
+            input_ids[r, longest - len(x):], mask[r, longest - len(x):] = x, 1
+        else:
+            input_ids[r, :len(x)], mask[r, :len(x)] = x, 1
+    return input_ids, mask
+
+
+def load_tokenizer(model_path: str, pooling: str, trust_remote_code: bool = False,
+                   add_eos: str | bool = "auto"):
+    """(tokenizer, is_decoder, append_eos) for a model directory or hub name.
+
+    A tokenizer without a pad token pads with EOS. Decoders with last-token pooling pad on the left
+    (their last position is then the last real token); everything else pads on the right.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    decoder = is_decoder(config)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"{model_path}: the tokenizer has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left" if decoder and pooling == "last" else "right"
+    if add_eos == "auto":
+        add_eos = decoder and pooling in ("last", "weighted_mean")
+    if add_eos and tok.eos_token_id is None:
+        raise ValueError(f"{model_path}: encode.add_eos needs a tokenizer with an EOS token")
+    return tok, config, bool(add_eos)
+
+
+TOKENIZED = pa.schema([("text_hash", pa.string()), ("input_ids", pa.list_(pa.int32())),
+                       ("n_tokens", pa.int64()), ("truncated", pa.bool_())])
+
+
+class Tokenizer:
+    """Ray Data callable class (CPU): a window of texts -> token ids, ordered by token length.
+
+    Runs in its own CPU actors ahead of the encoder actors, so tokenizing overlaps the forward
+    passes (on a GPU the model then never waits for the tokenizer). Applies the prompt template
+    and EOS, truncates to `max_length` and records whether each text was truncated. The window
+    comes back sorted longest first, so the encoder cuts it into batches with little padding.
+    """
+
+    def __init__(self, model_path: str, pooling: str, max_length: int, trust_remote_code: bool = False,
+                 prompt_template: str | None = None, add_eos: str | bool = "auto"):
+        self.tokenizer, self.config, self.append_eos = load_tokenizer(
+            model_path, pooling, trust_remote_code, add_eos)
+        self.max_length, self.prompt_template = max_length, prompt_template
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.tokenize_table(batch, sort=True)
+
+    def tokenize_table(self, batch: pa.Table, sort: bool) -> pa.Table:
+        """(text_hash, text) rows -> TOKENIZED rows, longest first with `sort`, else in input order."""
+        texts = batch.column("text").to_pylist()
+        if self.prompt_template:
+            texts = [self.prompt_template.format(text=t) for t in texts]
+        ids, n_full = tokenize(self.tokenizer, texts, self.max_length, self.append_eos)
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(ids))
+        return pa.table({
+            "text_hash": batch.column("text_hash").take(pa.array(order)),
+            "input_ids": pa.array([ids[i] for i in order], pa.list_(pa.int32())),
+            "n_tokens": pa.array(lengths[order]),
+            "truncated": pa.array(n_full[order] > self.max_length),
+        }, schema=TOKENIZED)
 
 
 class Encoder:
-    """Ray Data callable class: model resident in the actor, batches of texts in, vectors out.
+    """Ray Data callable class: model resident in the actor, batches of token ids in, vectors out.
 
     Works for encoders (BERT, RoBERTa, MiniLM, E5/BGE) and decoder LLMs (Llama, Qwen2, Mistral,
     GPT-2) through `AutoModel`. For a decoder with last-token pooling texts are left-padded and end
     with EOS; decoders get position ids that start at each text's first real token, so a text's vector does
     not depend on the batch it is padded in. A tokenizer without a pad token pads with EOS.
+    Batches carry `input_ids` (from `Tokenizer`) or raw `text`, which is then tokenized here.
     """
 
     def __init__(self, model_path: str, pooling: str, max_length: int, normalize: bool,
                  device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
                  num_threads: int | None = None, layers: int = 1, prompt_template: str | None = None,
                  add_eos: str | bool = "auto", allow_unsafe_weights: bool = False,
-                 token_budget: int = 8192):
+                 token_budget: int | None = None):
+        import inspect
+
         import torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         from llmrec_ray.pooling import POOLINGS
 
@@ -169,45 +243,30 @@ class Encoder:
             torch.set_num_threads(num_threads)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.pooling, self.max_length, self.normalize = pooling, max_length, normalize
-        self.layers, self.prompt_template, self.token_budget = layers, prompt_template, token_budget
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.decoder = is_decoder(config)
+        self.pooling, self.normalize, self.layers = pooling, normalize, layers
+        self.token_budget = token_budget or default_token_budget(self.device)
+        self.tok = Tokenizer(model_path, pooling, max_length, trust_remote_code, prompt_template, add_eos)
+        self.tokenizer, config = self.tok.tokenizer, self.tok.config
+        self.decoder, self.append_eos = is_decoder(config), self.tok.append_eos
         if self.decoder and pooling == "cls":
             raise ValueError(f"encode.pooling=cls on a decoder ({config.model_type}): its first token "
                              "sees only itself; use last, weighted_mean or mean")
-        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        if tok.pad_token is None:
-            if tok.eos_token is None:
-                raise ValueError(f"{model_path}: the tokenizer has neither a pad nor an EOS token")
-            tok.pad_token = tok.eos_token
-        # Decoders read the last token: pad them on the left (with position ids that skip the pads).
-        # Encoders see the whole text from every position: right padding, their own positions.
-        tok.padding_side = "left" if self.decoder and pooling == "last" else "right"
-        self.tokenizer = tok
-        if add_eos == "auto":
-            add_eos = self.decoder and pooling in ("last", "weighted_mean")
-        if add_eos and tok.eos_token_id is None:
-            raise ValueError(f"{model_path}: encode.add_eos needs a tokenizer with an EOS token")
-        self.append_eos = bool(add_eos)
+        self.left_pad = self.tokenizer.padding_side == "left"
         self.model = AutoModel.from_pretrained(
             model_path, trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_unsafe_weights else True,
             dtype=self.dtype).to(self.device).eval()
-        import inspect
-
         self.pass_positions = self.decoder and "position_ids" in inspect.signature(self.model.forward).parameters
-        logger.info("encoder loaded %s (%s, %s) on %s (%s), pooling=%s, append_eos=%s", model_path,
-                    config.model_type, "decoder" if self.decoder else "encoder", self.device,
-                    self.dtype, pooling, self.append_eos)
+        logger.info("encoder loaded %s (%s, %s) on %s (%s), pooling=%s, append_eos=%s, token_budget=%d",
+                    model_path, config.model_type, "decoder" if self.decoder else "encoder", self.device,
+                    self.dtype, pooling, self.append_eos, self.token_budget)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """A window of texts -> their vectors. The window is tokenized once, ordered by length and
-        cut into batches of at most `token_budget` padded tokens, so padding stays small."""
-        texts = batch.column("text").to_pylist()
-        if self.prompt_template:
-            texts = [self.prompt_template.format(text=t) for t in texts]
-        ids, n_full = tokenize(self.tokenizer, texts, self.max_length, self.append_eos)
+        """A window of texts -> their vectors, cut into forward passes of at most `token_budget`
+        padded tokens over rows of similar length, so padding stays small."""
+        if "input_ids" not in batch.column_names:
+            batch = self.tok.tokenize_table(batch, sort=False)  # rows come back in input order
+        ids = batch.column("input_ids").to_pylist()
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
         vecs: np.ndarray | None = None
         padded = np.zeros(len(ids), dtype=np.int64)  # the padded length of each row's batch
@@ -223,7 +282,7 @@ class Encoder:
             "text_hash": batch.column("text_hash"),
             "embedding": emb,
             "n_tokens": pa.array(lengths),
-            "truncated": pa.array(n_full > self.max_length),
+            "truncated": batch.column("truncated"),
             "padded_length": pa.array(padded),
         })
 
@@ -233,21 +292,67 @@ class Encoder:
 
         from llmrec_ray.pooling import pool, select_layers
 
-        enc = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        enc = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
-        mask = enc["attention_mask"]  # (B, T)
-        kwargs = {}
+        input_ids, attention_mask = pad_batch(ids, self.tokenizer.pad_token_id, self.left_pad)
+        mask = torch.from_numpy(attention_mask).to(self.device)  # (B, T)
+        enc = {"input_ids": torch.from_numpy(input_ids).to(self.device), "attention_mask": mask}
         if self.pass_positions:
-            kwargs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+            enc["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         with torch.inference_mode():
-            out = self.model(**enc, **kwargs, output_hidden_states=self.layers > 1)
+            out = self.model(**enc, output_hidden_states=self.layers > 1)
             hidden = out.last_hidden_state if self.layers == 1 else select_layers(out.hidden_states, self.layers)
             vecs = pool(self.pooling, hidden, mask, self.normalize)  # (B, H)
         return vecs.float().cpu().numpy()
 
 
-def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None,
-                 cache=None) -> tuple[pa.Table, dict]:
+def default_token_budget(device: str) -> int:
+    """Padded tokens per forward pass. CPUs run fastest on batches that stay in cache (measured on
+    MiniLM, 2 AVX2 cores: 2-4k tokens ~15% faster than 8k); GPUs want big batches."""
+    return 32768 if device == "cuda" else 4096
+
+
+def plan_pool(cfg, resources: dict, n_texts: int) -> dict:
+    """Actors and resources of the two stages (tokenizer, encoder) for a cluster's `resources`
+    (`ray.cluster_resources()`) and `n_texts` texts to encode.
+
+    GPU clusters: `num_actors` defaults to one actor per `gpus_per_actor` of the cluster's GPUs
+    (1 = one per GPU; 0.5 = two small models per GPU), each with one CPU. CPU clusters: as many
+    actors of `cpus_per_actor` CPUs as fit beside the tokenizers; torch threads = cpus_per_actor.
+    Every actor of both stages must be placed at once, or the pipeline waits for ever; so when the
+    cluster is too small for what was asked, the encoder actors reserve fewer (logical) CPUs, and
+    keep their threads. Never more actors than windows of work.
+    """
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    if cfg.device == "cuda" and gpus == 0:
+        raise RuntimeError("encode.device=cuda but the Ray cluster has no GPU resource")
+    use_gpu = cfg.device != "cpu" and gpus > 0
+    windows = max(1, -(-n_texts // cfg.batch_size))
+    if use_gpu:
+        n = cfg.num_actors or max(1, int(gpus / cfg.gpus_per_actor + 1e-9))
+        if n * cfg.gpus_per_actor > gpus + 1e-9:
+            raise ValueError(f"encode.num_actors={n} x encode.gpus_per_actor={cfg.gpus_per_actor} "
+                             f"needs more than the cluster's {gpus:g} GPUs")
+        actor_cpus, actor_gpus, threads = 1.0, cfg.gpus_per_actor, None
+    else:
+        n = cfg.num_actors or max(1, int((cpus - cfg.tokenize_cpus) // cfg.cpus_per_actor))
+        actor_cpus, actor_gpus, threads = cfg.cpus_per_actor, 0, max(1, round(cfg.cpus_per_actor))
+    n = min(n, windows)
+    n_tok = min(cfg.tokenize_actors or n, windows)
+    room = cpus - n_tok * cfg.tokenize_cpus
+    if n * actor_cpus > room + 1e-9:
+        if room <= 0.05 * n:
+            raise ValueError(f"the cluster's {cpus:g} CPUs cannot hold {n_tok} tokenizer actors of "
+                             f"{cfg.tokenize_cpus:g} CPU and {n} encoder actors: lower "
+                             "encode.tokenize_cpus, encode.tokenize_actors or encode.num_actors")
+        logger.info("encode: %d actors x %.2f CPUs asked, %.2f CPUs left beside the tokenizers: each "
+                    "actor reserves %.2f (torch threads unchanged)", n, actor_cpus, room, room / n)
+        actor_cpus = room / n
+    return {"use_gpu": use_gpu, "num_actors": n, "actor_cpus": round(actor_cpus, 4),
+            "actor_gpus": actor_gpus, "threads": threads, "tokenize_actors": n_tok,
+            "tokenize_cpus": cfg.tokenize_cpus,
+            "token_budget": cfg.token_budget or default_token_budget("cuda" if use_gpu else "cpu")}
+
+
+def encode_texts(text_rows: pa.Table, cfg, cache=None) -> tuple[pa.Table, dict]:
     """Encode the distinct texts of `text_rows` (which carry `text` and `text_hash`).
 
     Returns (vector rows, one per distinct text_hash; stats). Runs on the current Ray cluster.
@@ -276,31 +381,37 @@ def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None,
             stats["dim"] = len(cached.column("embedding")[0].as_py())
         logger.info("all %d distinct texts found in the cache; nothing to encode", stats["cached"])
         return cached, stats
-    if use_gpu is None:
-        use_gpu = cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
+    plan = plan_pool(cfg, ray.cluster_resources(), unique.num_rows)
     model_path, _ = resolve_model(cfg.model)
-    n_actors = max(1, min(cfg.num_actors, -(-unique.num_rows // cfg.batch_size)))
-    # Blocks of ~8 batches: enough to stream and to show progress, few enough to keep overhead low.
-    n_blocks = max(n_actors, -(-unique.num_rows // (8 * cfg.batch_size)))
-    # Blocks cut here, not by a repartition task: with every CPU held by an actor, a CPU task
-    # would wait for ever (the pipeline stalls).
-    step = -(-unique.num_rows // n_blocks)
+    # Windows cut here, not by a repartition task: a CPU task the actors leave no room for would
+    # wait for ever. The driver has already ordered the texts by length, so each window holds texts
+    # of similar length; the tokenizer then orders each window by its token lengths.
+    step = cfg.batch_size
     ds = ray.data.from_arrow([unique.slice(i, step) for i in range(0, unique.num_rows, step)])
+    logger.info("encoding %d texts in %d windows: %s", unique.num_rows, -(-unique.num_rows // step), plan)
     start = time.perf_counter()
-    out = ds.map_batches(
+    tokens = ds.map_batches(
+        Tokenizer,
+        fn_constructor_kwargs=dict(
+            model_path=model_path, pooling=cfg.pooling, max_length=cfg.max_length,
+            trust_remote_code=cfg.trust_remote_code, prompt_template=cfg.prompt_template,
+            add_eos=cfg.add_eos),
+        batch_size=None, batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=plan["tokenize_actors"]),
+        num_cpus=plan["tokenize_cpus"],
+    )
+    out = tokens.map_batches(
         Encoder,
         fn_constructor_kwargs=dict(
             model_path=model_path, pooling=cfg.pooling, max_length=cfg.max_length,
-            normalize=cfg.normalize, device="cuda" if use_gpu else "cpu", dtype=cfg.dtype,
-            trust_remote_code=cfg.trust_remote_code,
-            num_threads=None if use_gpu else max(1, int(cfg.cpus_per_actor)),
+            normalize=cfg.normalize, device="cuda" if plan["use_gpu"] else "cpu", dtype=cfg.dtype,
+            trust_remote_code=cfg.trust_remote_code, num_threads=plan["threads"],
             layers=cfg.layers, prompt_template=cfg.prompt_template, add_eos=cfg.add_eos,
-            allow_unsafe_weights=cfg.allow_unsafe_weights, token_budget=cfg.token_budget),
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=n_actors, max_size=n_actors),
-        num_cpus=cfg.cpus_per_actor,
-        num_gpus=1 if use_gpu else 0,
+            allow_unsafe_weights=cfg.allow_unsafe_weights, token_budget=plan["token_budget"]),
+        batch_size=None, batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=plan["num_actors"]),
+        num_cpus=plan["actor_cpus"],
+        num_gpus=plan["actor_gpus"],
     )
     vectors = pa.concat_tables(ray.get(out.to_arrow_refs()))
     elapsed = time.perf_counter() - start
@@ -313,6 +424,7 @@ def encode_texts(text_rows: pa.Table, cfg, use_gpu: bool | None = None,
         cache.add(vectors)
     n_tok = int(pc.sum(vectors.column("n_tokens")).as_py())
     stats.update(encoded=unique.num_rows, tokens=n_tok, seconds=round(elapsed, 2),
+                 actors=plan["num_actors"], device="cuda" if plan["use_gpu"] else "cpu",
                  padding_efficiency=round(n_tok / max(padded_tokens, 1), 4),
                  truncated=int(pc.sum(vectors.column("truncated")).as_py()),
                  tokens_per_s=round(n_tok / max(elapsed, 1e-9), 1),

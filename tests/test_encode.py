@@ -118,3 +118,84 @@ def test_windows_are_bucketed_with_high_padding_efficiency(minilm):
     alone = np.stack([enc(pa.table({"text_hash": ["x"], "text": [t]})).column("embedding")[0].as_py()
                       for t in texts[:10]])
     np.testing.assert_allclose(np.stack(out.column("embedding").to_pylist()[:10]), alone, atol=1e-5)
+
+
+def test_pipeline_vectors_equal_direct_encoding(ray_session, minilm):
+    """Tokenizer actors -> encoder actors over several windows gives the vectors a single Encoder
+    gives, one row per distinct text, and counts every token."""
+    rng = np.random.default_rng(1)
+    words = ["space", "heist", "romance", "robot", "war", "comedy", "night", "city"]
+    texts = [" ".join(rng.choice(words, int(n))) for n in rng.integers(1, 40, 50)]
+    cfg = EncodeConfig(batch_size=8, cpus_per_actor=1, token_budget=64, dtype="float32")
+    rows = pa.table({"text": texts, "text_hash": text_hashes(pa.array(texts), encoder_key(cfg))})
+    vectors, stats = encode_texts(rows, cfg)
+    distinct = len(set(texts))
+    assert vectors.num_rows == distinct == stats["encoded"] and stats["padding_efficiency"] > 0.5
+    direct = Encoder(minilm, "mean", max_length=256, normalize=True, device="cpu", dtype="float32")
+    ref = direct(rows)
+    want = dict(zip(ref.column("text_hash").to_pylist(), ref.column("embedding").to_pylist()))
+    got = dict(zip(vectors.column("text_hash").to_pylist(), vectors.column("embedding").to_pylist()))
+    assert set(got) == set(want)
+    for h, v in got.items():
+        np.testing.assert_allclose(v, want[h], atol=1e-5)
+    n_tok = dict(zip(ref.column("text_hash").to_pylist(), ref.column("n_tokens").to_pylist()))
+    assert stats["tokens"] == sum(n_tok.values())
+
+
+def test_tokenizer_stage_sorts_each_window_and_keeps_every_row(minilm):
+    from llmrec_ray.encode import TOKENIZED, Tokenizer
+
+    tok = Tokenizer(minilm, "mean", max_length=6)
+    out = tok(pa.table({"text_hash": ["a", "b", "c", "d"],
+                        "text": ["hi", "a much longer text than six tokens", "two words", ""]}))
+    assert out.schema == TOKENIZED
+    assert out.column("text_hash").to_pylist() == ["b", "c", "a", "d"]  # longest first, stable
+    assert out.column("n_tokens").to_pylist() == [6, 4, 3, 2]
+    assert out.column("truncated").to_pylist() == [True, False, False, False]
+    ids = out.column("input_ids").to_pylist()
+    assert ids[3] == [tok.tokenizer.cls_token_id, tok.tokenizer.sep_token_id]
+    assert ids[0][-1] == tok.tokenizer.sep_token_id  # truncation keeps [SEP]
+
+
+def test_pad_batch_left_and_right():
+    from llmrec_ray.encode import pad_batch
+
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, left=False)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=9, left=True)
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("resources, overrides, want", [
+    # this machine: 2 CPUs, one actor; it reserves what the tokenizer leaves and keeps 2 threads
+    ({"CPU": 2}, {}, dict(use_gpu=False, num_actors=1, actor_cpus=1.75, threads=2, tokenize_actors=1,
+                          token_budget=4096)),
+    # a 16-CPU node: as many 2-CPU actors as fit beside their tokenizers
+    ({"CPU": 16}, {}, dict(num_actors=7, actor_cpus=2.0, tokenize_actors=7, threads=2)),
+    # 4 GPUs: one actor per GPU, 1 CPU each, GPU-sized batches
+    ({"CPU": 32, "GPU": 4}, {}, dict(use_gpu=True, num_actors=4, actor_gpus=1.0, actor_cpus=1.0,
+                                     threads=None, token_budget=32768)),
+    # a small model: 4 actors share each of 2 GPUs
+    ({"CPU": 32, "GPU": 2}, {"gpus_per_actor": 0.25}, dict(num_actors=8, actor_gpus=0.25)),
+    # device=cpu ignores GPUs
+    ({"CPU": 8, "GPU": 2}, {"device": "cpu", "num_actors": 2}, dict(use_gpu=False, num_actors=2)),
+    # never more actors than windows of work
+    ({"CPU": 64}, {"batch_size": 100}, dict(num_actors=1, tokenize_actors=1)),
+])
+def test_plan_pool(resources, overrides, want):
+    from llmrec_ray.encode import plan_pool
+
+    n_texts = 100 if "batch_size" in overrides else 10_000
+    plan = plan_pool(EncodeConfig(**overrides), resources, n_texts)
+    assert {k: plan[k] for k in want} == want
+
+
+def test_plan_pool_refuses_what_cannot_be_placed():
+    from llmrec_ray.encode import plan_pool
+
+    with pytest.raises(RuntimeError, match="no GPU"):
+        plan_pool(EncodeConfig(device="cuda"), {"CPU": 8}, 1000)
+    with pytest.raises(ValueError, match="gpus_per_actor"):
+        plan_pool(EncodeConfig(num_actors=3), {"CPU": 8, "GPU": 2}, 10_000)
+    with pytest.raises(ValueError, match="tokenize_cpus"):
+        plan_pool(EncodeConfig(tokenize_cpus=1.0), {"CPU": 1}, 1000)

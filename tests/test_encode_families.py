@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from llmrec_ray.encode import Encoder, prepare_inputs, resolve_model
+from llmrec_ray.encode import Encoder, pad_batch, resolve_model, tokenize
 
 TEXTS = ["space opera", "a crew of thieves plans one last robbery in a casino vault at night",
          "romance", "the detective finds the missing heiress"]
@@ -99,8 +99,7 @@ def test_decoders_pad_left_and_end_with_eos(tiny):
     tok = enc.tokenizer
     assert enc.decoder == (family in DECODERS)
     assert tok.pad_token is not None
-    inputs, _ = prepare_inputs(tok, TEXTS[:2], 64, enc.append_eos)
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    ids, mask = pad_batch(tokenize(tok, TEXTS[:2], 64, enc.append_eos)[0], tok.pad_token_id, enc.left_pad)
     if family in DECODERS:
         assert tok.padding_side == "left"
         assert mask[0, 0] == 0 and mask[0, -1] == 1  # the shorter text is padded on the left
@@ -121,8 +120,8 @@ def test_truncation_keeps_eos_and_is_counted(tiny):
     out = enc(pa.table({"text_hash": ["a", "b"], "text": ["hi", TEXTS[1]]}))
     assert out.column("truncated").to_pylist() == [False, True]
     assert out.column("n_tokens").to_pylist()[1] == 6
-    inputs, n_full = prepare_inputs(enc.tokenizer, [TEXTS[1]], 6, True)
-    assert inputs["input_ids"][0, -1] == enc.tokenizer.eos_token_id and n_full[0] > 6
+    ids, n_full = tokenize(enc.tokenizer, [TEXTS[1]], 6, True)
+    assert len(ids[0]) == 6 and ids[0][-1] == enc.tokenizer.eos_token_id and n_full[0] > 6
 
 
 def test_prompt_template_is_applied(tiny):
