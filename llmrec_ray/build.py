@@ -18,8 +18,10 @@ import pyarrow.parquet as pq
 from llmrec_ray import serialize
 from llmrec_ray.datasets import Dataset, load_dataset
 from llmrec_ray.encode import encode_texts, encoder_key, resolve_model, text_hashes
-from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
-                                     FeatureRepo)
+from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW,
+                                     USER_HISTORY_VIEW, USER_STATS_VIEW, VIEWS, open_repo)
+from llmrec_ray.serialize import parse_duration_us
+from llmrec_ray.stats import item_stats, user_stats
 from llmrec_ray.schemas import TIMESTAMP
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,12 @@ def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
     return {ITEM_TEXT_VIEW: item_view, ITEM_METADATA_VIEW: meta, USER_HISTORY_VIEW: user_view}, stats
 
 
+def stats_tables(ds: Dataset, views: dict[str, pa.Table], every: str) -> dict[str, pa.Table]:
+    """User stats at the user snapshot times, item stats from each item's start (Ray Data)."""
+    return {USER_STATS_VIEW: user_stats(ds.interactions, views[USER_HISTORY_VIEW]),
+            ITEM_STATS_VIEW: item_stats(ds.interactions, views[ITEM_TEXT_VIEW], parse_duration_us(every))}
+
+
 def build_features(cfg) -> dict:
     """The whole feature build; returns the summary (row counts per stage)."""
     ds = load_dataset(cfg.data)
@@ -98,20 +106,26 @@ def build_features(cfg) -> dict:
     save_dataset(ds, cfg.run_dir)
     views, stats = feature_tables(ds, cfg)
     summary["encode"] = stats
+    views.update(stats_tables(ds, views, cfg.featurestore.stats_every))
 
-    repo = FeatureRepo(cfg.featurestore.repo_path, cfg.featurestore.offline_store)
+    repo = open_repo(cfg.featurestore)
+    key = encoder_key(cfg.encode)
+    _, model_id = resolve_model(cfg.encode.model)
     for name, table in views.items():
-        repo.write_view(name, table)
+        embedding = VIEWS[name].embedding
+        repo.write_view(name, table, encoder_key=key if embedding else None,
+                        tags={"model": model_id, "run": cfg.name} if embedding else {"run": cfg.name})
     summary["feast_objects"] = repo.apply()
+    # Online = the state just after the data ends. Item stats rows later than that (popularity
+    # windows emptying) go online as time passes, with `llmrec materialize --incremental`.
     ts = pa.concat_arrays([t.column("event_timestamp").combine_chunks().cast(TIMESTAMP)
-                           for t in views.values()])
+                           for name, t in views.items() if name != ITEM_STATS_VIEW])
     start = pc.min(ts).as_py() - timedelta(seconds=1)
     end = pc.max(ts).as_py() + timedelta(seconds=1)
     summary["online"] = repo.materialize(start, end)
     summary["views"] = {name: t.num_rows for name, t in views.items()}
-    _, model_id = resolve_model(cfg.encode.model)
     repo.write_manifest({
-        "run": cfg.name, "dataset": ds.name, "encoder_key": encoder_key(cfg.encode),
+        "run": cfg.name, "dataset": ds.name, "encoder_key": key,
         "model": model_id, "dim": stats.get("dim"), "views": summary["views"],
         "materialized": [start.isoformat(), end.isoformat()], "run_dir": str(cfg.run_dir.resolve()),
         "built_at": datetime.now(timezone.utc).isoformat(),

@@ -2,6 +2,7 @@
 
     llmrec run --config configs/synthetic.yaml [--set train.epochs=5 ...]
     llmrec build-features | train | evaluate [--out FILE] | recommend --user U -k 10
+    llmrec materialize [--incremental] [--end 2026-01-01T00:00:00+00:00]
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     add("train", "fit the two-tower model on features from Feast with Ray Train")
     e = add("evaluate", "full-ranking metrics for the model and the popularity baseline")
     e.add_argument("--out", help="write the metrics JSON here (default <run_dir>/metrics.json)")
+    m = add("materialize", "load the feature views into the online store (SQLite or Redis), "
+            "then check the counts")
+    m.add_argument("--incremental", action="store_true",
+                   help="only what is new since each view's last materialization")
+    m.add_argument("--start", help="ISO time (full materialization; default: the earliest row)")
+    m.add_argument("--end", help="ISO time (default: now)")
     r = add("recommend", "top-K items for a user from the online store")
     r.add_argument("--user", required=True, help="user id")
     r.add_argument("-k", type=int, default=10, help="how many items")
@@ -82,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[evaluate] {s['protocol']}; {n} test users; full ranking, seen items masked")
             print(s["table"])
             print(f"metrics written to {s['path']}")
+        if args.command == "materialize":
+            counts = pipeline.materialize_stage(cfg, args.incremental, args.start, args.end)
+            print("  online rows   " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " (verified)")
         if args.command == "recommend":
             recs = pipeline.recommend_stage(cfg, args.user, args.k)
             if args.json:

@@ -129,6 +129,14 @@ class FeatureStoreConfig(Strict):
     offline_store: Literal["ray", "file"] | None = Field(None, description=(
         "Offline store for point-in-time joins: None = as feature_store.yaml declares (ray); "
         "file = Feast's single-process (dask) store, much faster on one machine (see README)."))
+    online_store: Literal["sqlite", "redis"] | None = Field(None, description=(
+        "Online store: None = as feature_store.yaml declares (sqlite); redis = the Redis server "
+        "whose connection string is in the environment variable redis_connection_env."))
+    redis_connection_env: str = Field("LLMREC_REDIS", description=(
+        "Environment variable holding the Redis connection string, host:port[,password=...] "
+        "(secrets stay in the environment: never in configs, logs or the registry)."))
+    stats_every: str = Field("1d", description=(
+        "Cadence of the item statistics snapshots (popularity windows move at this step)."))
 
 
 class TrainConfig(Strict):

@@ -8,86 +8,267 @@ Feast has been seen to swallow write errors and to collapse repeated entity rows
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
-from datetime import datetime
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from llmrec_ray.schemas import EMBEDDING, TIMESTAMP
 
 logger = logging.getLogger(__name__)
 
 ITEM_TEXT_VIEW = "item_text_embedding"
 ITEM_METADATA_VIEW = "item_metadata"
 USER_HISTORY_VIEW = "user_history_embedding"
-VIEW_KEYS = {ITEM_TEXT_VIEW: "item_id", ITEM_METADATA_VIEW: "item_id", USER_HISTORY_VIEW: "user_id"}
+USER_STATS_VIEW = "user_stats"
+ITEM_STATS_VIEW = "item_stats"
 MANIFEST = "manifest.json"
+SOURCES = "sources.json"  # view -> source directory and tags; features.py reads it
+PARTITION = "month"  # hive partition column of every view's parquet (from event_timestamp)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """What a view's source parquet must hold besides its key and event_timestamp."""
+
+    key: str
+    columns: dict
+    embedding: bool = False  # vectors of one encoder: written under a directory of that encoder
+
+
+def _stats_columns(windows):
+    return {"n_interactions": pa.int64(), "mean_rating": pa.float32(),
+            "last_interaction_unix": pa.int64(), **{f"n_{w}": pa.int64() for w in windows}}
+
+
+VIEWS = {
+    ITEM_TEXT_VIEW: ViewSpec("item_id", {"embedding": EMBEDDING, "n_tokens": pa.int64(),
+                                         "truncated": pa.bool_()}, embedding=True),
+    ITEM_METADATA_VIEW: ViewSpec("item_id", {"title": pa.string(), "genres": pa.string()}),
+    USER_HISTORY_VIEW: ViewSpec("user_id", {"embedding": EMBEDDING, "n_tokens": pa.int64(),
+                                            "truncated": pa.bool_(), "n_history": pa.int64()},
+                                embedding=True),
+    USER_STATS_VIEW: ViewSpec("user_id", _stats_columns(("30d",))),
+    ITEM_STATS_VIEW: ViewSpec("item_id", _stats_columns(("7d", "30d"))),
+}
+VIEW_KEYS = {name: spec.key for name, spec in VIEWS.items()}
+
+
+def encoder_id(encoder_key: str | None) -> str:
+    """Short, stable directory name of an encoder's vectors."""
+    return "enc-" + hashlib.sha256((encoder_key or "unspecified").encode()).hexdigest()[:12]
+
+
+def validate_view(view: str, table: pa.Table) -> pa.Table:
+    """The view's table conformed to its spec, or a ValueError naming the view, column and row.
+
+    Checked before anything is written: every declared column present and castable (no other
+    columns), the entity key a string, event_timestamp timezone-aware, no null key or timestamp,
+    one row per (key, event_timestamp), and for embedding views one non-empty vector length.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"unknown feature view {view!r} (known: {sorted(VIEWS)})")
+    spec = VIEWS[view]
+    wanted = {spec.key: pa.string(), "event_timestamp": TIMESTAMP, **spec.columns}
+    missing = [c for c in wanted if c not in table.column_names]
+    extra = [c for c in table.column_names if c not in wanted]
+    if missing or extra:
+        raise ValueError(f"{view}: schema mismatch: missing columns {missing}, unexpected columns "
+                         f"{extra} (expected {list(wanted)})")
+    key_type = table.schema.field(spec.key).type
+    if not (pa.types.is_string(key_type) or pa.types.is_large_string(key_type)):
+        raise ValueError(f"{view}: entity key {spec.key!r} has type {key_type}; the Feast entity is a "
+                         "STRING (cast the ids to strings)")
+    ts_type = table.schema.field("event_timestamp").type
+    if not pa.types.is_timestamp(ts_type) or ts_type.tz is None:
+        raise ValueError(f"{view}: event_timestamp has type {ts_type}; expected a timezone-aware "
+                         "timestamp (UTC)")
+    columns = {}
+    for name, typ in wanted.items():
+        try:
+            columns[name] = table.column(name).cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ValueError(f"{view}: column {name!r} of type {table.schema.field(name).type} "
+                             f"cannot be read as {typ}: {e}") from None
+    out = pa.table(columns)
+    for name in (spec.key, "event_timestamp"):
+        nulls = out.column(name).is_null()
+        if pc.any(nulls).as_py():
+            row = pc.index(nulls, True).as_py()
+            raise ValueError(f"{view}: {name} is null in row {row}")
+    pairs = out.select([spec.key, "event_timestamp"])
+    counted = pairs.group_by([spec.key, "event_timestamp"]).aggregate([([], "count_all")])
+    if counted.num_rows != out.num_rows:
+        dup = counted.filter(pc.greater(counted.column("count_all"), 1)).slice(0, 1).to_pylist()[0]
+        raise ValueError(f"{view}: duplicate ({spec.key}, event_timestamp) rows, e.g. "
+                         f"{dup[spec.key]!r} at {dup['event_timestamp']} ({dup['count_all']} rows); "
+                         "the point-in-time join would be ambiguous")
+    if spec.embedding and out.num_rows:
+        lengths = pc.list_value_length(out.column("embedding"))
+        bad = pc.or_kleene(lengths.is_null(), pc.equal(lengths, 0))
+        if pc.any(bad).as_py():
+            raise ValueError(f"{view}: row {pc.index(bad, True).as_py()} has no vector")
+        lo, hi = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+        if lo != hi:
+            raise ValueError(f"{view}: vectors of different lengths ({lo} and {hi}): two encoders mixed")
+    return out
 
 
 class FeatureRepo:
     """One Feast repository directory."""
 
-    def __init__(self, repo_path: str | Path, offline_store: str | None = None):
+    def __init__(self, repo_path: str | Path, offline_store: str | None = None,
+                 online_store: str | None = None, redis_connection: str | None = None):
         self.path = Path(repo_path).resolve()
         if not (self.path / "feature_store.yaml").exists():
             raise FileNotFoundError(f"featurestore.repo_path: {self.path} has no feature_store.yaml")
+        if online_store == "redis" and not redis_connection:
+            raise ValueError("featurestore.online_store=redis needs a connection string "
+                             "(host:port[,password=...]) in the environment variable named by "
+                             "featurestore.redis_connection_env")
         self.data_dir = self.path / "data"
-        self.offline_store = offline_store
+        self.offline_store, self.online_store = offline_store, online_store
+        self._redis = redis_connection
         self._store = None
+        self._recover()
 
     @property
     def store(self):
-        """The Feast FeatureStore of this repo; `offline_store` ("ray"/"file") overrides the YAML's."""
+        """The Feast FeatureStore of this repo. `offline_store` ("ray"/"file") and `online_store`
+        ("sqlite"/"redis") override the YAML's; the Redis connection (a secret) stays in memory."""
         if self._store is None:
             from feast import FeatureStore
 
-            if self.offline_store is None:
+            if self.offline_store is None and self.online_store is None:
                 self._store = FeatureStore(repo_path=str(self.path))
             else:
                 import yaml
                 from feast.repo_config import RepoConfig
 
                 data = yaml.safe_load((self.path / "feature_store.yaml").read_text())
-                declared = data.get("offline_store") or {}
-                if declared.get("type") != self.offline_store:
+                if self.offline_store and (data.get("offline_store") or {}).get("type") != self.offline_store:
                     data["offline_store"] = {"type": self.offline_store}
+                if self.online_store == "redis":
+                    data["online_store"] = {"type": "redis", "connection_string": self._redis}
+                elif self.online_store == "sqlite" and (data.get("online_store") or {}).get("type") != "sqlite":
+                    data["online_store"] = {"type": "sqlite", "path": "data/online_store.db"}
                 self._store = FeatureStore(config=RepoConfig(repo_path=self.path, **data),
                                            repo_path=str(self.path))
         return self._store
 
     # ---- writing -------------------------------------------------------------------------------
-    def source_path(self, view: str) -> Path:
-        return self.data_dir / f"{view}.parquet"
+    def sources(self) -> dict:
+        path = self.data_dir / SOURCES
+        return json.loads(path.read_text()) if path.exists() else {}
 
-    def write_view(self, view: str, table: pa.Table) -> Path:
-        """Write a view's source parquet atomically; one row per (key, event_timestamp) required."""
-        key = VIEW_KEYS[view]
-        for col in (key, "event_timestamp"):
-            if col not in table.column_names:
-                raise ValueError(f"{view}: column {col!r} missing (columns: {table.column_names})")
-        pairs = pa.table({"k": table.column(key), "t": table.column("event_timestamp")})
-        if pairs.group_by(["k", "t"]).aggregate([]).num_rows != table.num_rows:
-            raise ValueError(f"{view}: duplicate ({key}, event_timestamp) rows; the join would be "
-                             "ambiguous")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def source_path(self, view: str) -> Path:
+        """The directory of the view's current source parquet (partitioned by month)."""
+        entry = self.sources().get(view)
+        return self.path / entry["path"] if entry else self.data_dir / view
+
+    def read_view(self, view: str, columns: list[str] | None = None) -> pa.Table:
+        """The view's current source rows (without the partition column)."""
         path = self.source_path(view)
-        tmp = path.with_suffix(f".parquet.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        logger.info("wrote %s: %d rows -> %s", view, table.num_rows, path)
-        return path
+        if not path.exists():
+            raise FileNotFoundError(f"feature view {view!r}: its source {path} does not exist; "
+                                    "run `llmrec build-features` first")
+        ds = pads.dataset(str(path), format="parquet", partitioning="hive")
+        names = [c for c in ds.schema.names if c != PARTITION] if columns is None else columns
+        return ds.to_table(columns=names)
+
+    def write_view(self, view: str, table: pa.Table, encoder_key: str | None = None,
+                   tags: dict | None = None) -> Path:
+        """Validate, then replace the view's source with `table`, partitioned by month.
+
+        Idempotent: the same table written twice leaves the same rows (a build replaces its views,
+        it never appends). Atomic: the partitions go to a temp directory that then takes the
+        place of the old one, so a reader sees the old rows or the new ones, never a mix. An
+        embedding view lives under a directory of its encoder (`enc-<hash>`), with the encoder
+        in its tags: a build with another model writes beside, never into, the old vectors, and
+        the online rows of the old model are dropped on the next `apply`.
+        """
+        table = validate_view(view, table)
+        spec = VIEWS[view]
+        tags = {**(tags or {})}
+        dest = self.data_dir / view
+        if spec.embedding:
+            dest = dest / encoder_id(encoder_key)
+            dim = len(table.column("embedding")[0]) if table.num_rows else 0
+            tags.update(encoder_key=encoder_key or "unspecified", dim=str(dim))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+        month = pc.strftime(table.column("event_timestamp"), format="%Y-%m")
+        try:
+            if table.num_rows:
+                pads.write_dataset(table.append_column(PARTITION, month), tmp, format="parquet",
+                                   partitioning=[PARTITION], partitioning_flavor="hive",
+                                   basename_template="part-{i}.parquet")
+            else:  # an empty view is still a view: one empty file carries its schema
+                tmp.mkdir()
+                pq.write_table(table, tmp / "part-0.parquet")
+            if dest.exists():
+                old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        sources = self.sources()
+        previous = sources.get(view, {}).get("tags", {}).get("encoder_key")
+        if spec.embedding and previous not in (None, tags["encoder_key"]):
+            self._drop_online.add(view)
+        sources[view] = {"path": str(dest.relative_to(self.path)), "rows": table.num_rows,
+                         "tags": {k: str(v) for k, v in tags.items()}}
+        self._write_json(SOURCES, sources)
+        logger.info("wrote %s: %d rows -> %s", view, table.num_rows, dest)
+        return dest
+
+    def _recover(self) -> None:
+        """Finish a swap a crash interrupted: an `.X.old-*` directory without `X` goes back."""
+        self._drop_online: set[str] = set()
+        if not self.data_dir.exists():
+            return
+        import time
+
+        # only leftovers older than a minute: a swap in flight in another process is not touched
+        cutoff = time.time() - 60
+        for old in self.data_dir.glob("**/.*.old-*"):
+            dest = old.parent / old.name[1:].split(".old-")[0]
+            if old.stat().st_mtime > cutoff:
+                continue
+            if dest.exists():
+                shutil.rmtree(old)
+            else:
+                os.replace(old, dest)
+                logger.warning("restored %s from an interrupted write", dest)
+        for tmp in self.data_dir.glob("**/.*.tmp-*"):
+            if tmp.stat().st_mtime < cutoff:
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+    def _write_json(self, name: str, data: dict) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.data_dir / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, self.data_dir / name)
 
     def write_manifest(self, manifest: dict) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.data_dir / f"{MANIFEST}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
-        os.replace(tmp, self.data_dir / MANIFEST)
+        self._write_json(MANIFEST, manifest)
 
     def read_manifest(self) -> dict:
         path = self.data_dir / MANIFEST
@@ -106,23 +287,94 @@ class FeatureRepo:
         spec.loader.exec_module(module)
         return [v for v in vars(module).values() if isinstance(v, (Entity, FeatureView, FeatureService))]
 
+    def check_sources(self, views=None) -> None:
+        """Every feature view's source exists (a view pointing to a missing file is named)."""
+        from feast import FeatureView
+
+        for fv in views or [o for o in self.declarations() if isinstance(o, FeatureView)]:
+            path = Path(fv.batch_source.path)
+            path = path if path.is_absolute() else self.path / path
+            if not path.exists():
+                raise FileNotFoundError(f"feature view {fv.name!r}: source {path} does not exist; "
+                                        "run `llmrec build-features` (or fix the path in features.py)")
+
     def apply(self) -> list[str]:
+        """Register the declarations (after checking their sources exist). The online rows of a
+        view whose encoder changed since they were written are dropped first, so the online store
+        never serves vectors of two models."""
+        from feast import FeatureView
+
         objects = self.declarations()
+        views = [o for o in objects if isinstance(o, FeatureView)]
+        self.check_sources(views)
+        stale = [v for v in views if v.name in self._drop_online]
+        if stale:
+            try:
+                registered = [self.store.get_feature_view(v.name) for v in stale]
+            except Exception:  # never applied: nothing online to drop
+                registered = []
+            if registered:
+                self.store._get_provider().update_infra(
+                    self.store.project, tables_to_delete=registered, tables_to_keep=[],
+                    entities_to_delete=[], entities_to_keep=[], partial=True)
+                logger.info("encoder changed: online rows of %s dropped", [v.name for v in registered])
         self.store.apply(objects)
+        self._drop_online.clear()
         names = sorted(o.name for o in objects)
         logger.info("feast apply: %s", ", ".join(names))
         return names
 
+    def check_encoder(self, encoder_key: str) -> None:
+        """The registered embedding views hold vectors of `encoder_key` (from their tags)."""
+        for view, spec in VIEWS.items():
+            if not spec.embedding:
+                continue
+            tags = self.store.get_feature_view(view).tags or {}
+            if tags.get("encoder_key") != encoder_key:
+                raise ValueError(f"feature view {view!r} holds vectors of encoder "
+                                 f"{tags.get('encoder_key')!r}, not {encoder_key!r}: rebuild the "
+                                 "features with this encoder (`llmrec build-features`)")
+
     # ---- online --------------------------------------------------------------------------------
     def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict:
-        """Materialize [start, end] and check that every entity with a row by `end` is online."""
+        """Materialize [start, end], then check that every entity with a row by `end` is online."""
         views = views or list(VIEW_KEYS)
         self.store.materialize(start_date=start, end_date=end, feature_views=views)
         return {v: self.verify_online(v, end) for v in views}
 
+    def materialize_incremental(self, end: datetime, views: list[str] | None = None) -> dict:
+        """Materialize what is new since each view's last materialization up to `end`, then check.
+
+        Not Feast's `materialize_incremental`: for a view never materialized and without TTL it
+        starts one year before *now* (so older data never goes online), and Feast 0.67's Ray store
+        fails on a window without rows. Here a view starts at its earliest row the first time, at
+        its last materialized end after that, and a window without new rows is skipped.
+        """
+        views = views or list(VIEW_KEYS)
+        for view in views:
+            ts = self.read_view(view, columns=["event_timestamp"]).column("event_timestamp")
+            last = self.store.get_feature_view(view).most_recent_end_time
+            if last is None:
+                first = pc.min(ts).as_py()
+                if first is None:
+                    continue
+                start = first - timedelta(seconds=1)
+            else:
+                start = last if last.tzinfo else last.replace(tzinfo=timezone.utc)
+            if start >= end:
+                continue
+            window = pc.and_(pc.greater(ts, pa.scalar(start, ts.type)), pc.less_equal(ts, pa.scalar(end, ts.type)))
+            if not pc.any(window).as_py():
+                logger.info("materialize %s: no rows in (%s, %s]", view, start, end)
+                continue
+            self.store.materialize(start_date=start, end_date=end, feature_views=[view])
+        return {v: self.verify_online(v, end) for v in views}
+
     def verify_online(self, view: str, end: datetime) -> int:
+        """Count check: every entity with a source row at or before `end` has an online row, and
+        online rows are the newest of the offline ones (checked on the first entities)."""
         key = VIEW_KEYS[view]
-        table = pq.read_table(self.source_path(view), columns=[key, "event_timestamp"])
+        table = self.read_view(view)
         ts = table.column("event_timestamp")
         valid = table.filter(pc.less_equal(ts, pa.scalar(end, ts.type)))
         expected = pc.unique(valid.column(key)).to_pylist()
@@ -135,6 +387,16 @@ class FeatureRepo:
         if found != len(expected):
             raise RuntimeError(f"materialize {view}: {found} of {len(expected)} entities are in the "
                                "online store; the write lost rows")
+        if expected:  # spot check: the online value is the newest offline one
+            newest = valid.sort_by([(key, "ascending"), ("event_timestamp", "descending")])
+            first = pc.index_in(pa.array(expected[:20]), newest.column(key))
+            want = newest.take(first).column(feature).to_pylist()
+            got = self.store.get_online_features(features=[f"{view}:{feature}"],
+                                                 entity_rows=[{key: k} for k in expected[:20]]).to_dict()
+            for k, w, g in zip(expected, want, got[feature]):
+                if not _same(w, g):
+                    raise RuntimeError(f"materialize {view}: online {feature} of {key}={k!r} is not "
+                                       "the newest offline row")
         logger.info("online %s: %d entities verified", view, found)
         return found
 
@@ -158,7 +420,9 @@ class FeatureRepo:
         result = entity_df.copy()
         result["event_timestamp"] = pd.to_datetime(result["event_timestamp"], utc=True)
         for view, refs in self._refs_by_view(features).items():
-            keys = self.store.get_feature_view(view).join_keys
+            fv = self.store.get_feature_view(view)
+            keys = fv.join_keys
+            ttl = fv.ttl if fv.ttl and fv.ttl > timedelta(0) else None
             missing = [k for k in keys if k not in result.columns]
             if missing:
                 raise ValueError(f"entity_df lacks {missing} needed by feature view {view!r}")
@@ -166,16 +430,43 @@ class FeatureRepo:
             job = self.store.get_historical_features(entity_df=distinct, features=refs,
                                                      full_feature_names=True)
             got = job.to_df()
-            if len(got) != len(distinct):
+            # With a TTL, Feast's file store drops the rows whose feature expired (instead of
+            # returning nulls); they come back as nulls from the left merge below.
+            if len(got) > len(distinct) or (len(got) < len(distinct) and ttl is None):
                 raise RuntimeError(f"get_historical_features({view}) returned {len(got)} rows for "
                                    f"{len(distinct)} distinct entity rows")
             got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
             columns = [f"{view}__{r.split(':', 1)[1]}" for r in refs]
             result = result.merge(got[keys + ["event_timestamp"] + columns],
                                   on=keys + ["event_timestamp"], how="left", validate="many_to_one")
+            if ttl is not None:
+                result = self._expire(result, view, keys, ttl, columns, row_id)
         if len(result) != len(entity_df):
             raise RuntimeError(f"point-in-time join returned {len(result)} rows for {len(entity_df)}")
         return ray.data.from_pandas(result)
+
+    def _expire(self, result: pd.DataFrame, view: str, keys: list[str], ttl: timedelta,
+                columns: list[str], row_id: str) -> pd.DataFrame:
+        """Null the features of rows whose newest feature row is older than the view's TTL.
+
+        Feast 0.67's Ray offline store ignores the TTL (it returns rows of any age), so the age is
+        computed here from the view's keys and timestamps alone (no feature values are read).
+        """
+        src = self.read_view(view, columns=keys + ["event_timestamp"]).to_pandas()
+        src = src.rename(columns={"event_timestamp": "_feature_ts"})
+        src["_feature_ts"] = pd.to_datetime(src["_feature_ts"], utc=True).astype("datetime64[ns, UTC]")
+        left = result[[row_id] + keys + ["event_timestamp"]].sort_values("event_timestamp")
+        left["event_timestamp"] = left["event_timestamp"].astype("datetime64[ns, UTC]")
+        asof = pd.merge_asof(left, src.sort_values("_feature_ts"), left_on="event_timestamp",
+                             right_on="_feature_ts", by=keys, direction="backward")
+        age = asof.set_index(row_id)["event_timestamp"] - asof.set_index(row_id)["_feature_ts"]
+        expired = (age.isna() | (age > ttl)).reindex(result[row_id]).to_numpy()
+        if expired.any():
+            result = result.copy()
+            for c in columns:
+                result[c] = result[c].astype(object)
+                result.loc[expired, c] = None
+        return result
 
     def _refs_by_view(self, features) -> dict[str, list[str]]:
         """A feature service name, a FeatureService or "view:feature" refs -> refs per view."""
@@ -188,6 +479,25 @@ class FeatureRepo:
         for ref in features:
             out.setdefault(ref.split(":", 1)[0], []).append(ref)
         return out
+
+
+def open_repo(fs_cfg) -> FeatureRepo:
+    """The FeatureRepo a `FeatureStoreConfig` describes (Redis connection from the environment)."""
+    from llmrec_ray.config import expand_env
+
+    redis = os.environ.get(fs_cfg.redis_connection_env) if fs_cfg.online_store == "redis" else None
+    if fs_cfg.online_store == "redis" and not redis:
+        raise ValueError(f"featurestore.online_store=redis: set the environment variable "
+                         f"{fs_cfg.redis_connection_env} to host:port[,password=...]")
+    return FeatureRepo(expand_env(fs_cfg.repo_path), fs_cfg.offline_store, fs_cfg.online_store, redis)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a == b or (a != a and b != b) or np.isclose(a, b, rtol=1e-6)
+    if isinstance(a, list):
+        return b is not None and np.allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-6)
+    return a == b
 
 
 def embedding_matrix(column) -> np.ndarray:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from llmrec_ray.build import build_features, load_saved_dataset
 from llmrec_ray.evaluate import evaluate, format_table, write_results
-from llmrec_ray.featurestore import FeatureRepo
+from llmrec_ray.featurestore import FeatureRepo, open_repo
 from llmrec_ray.split import user_temporal_split
 
 logger = logging.getLogger(__name__)
@@ -41,13 +41,14 @@ def feature_repo(cfg) -> FeatureRepo:
     """The run's feature repo, checked to hold features built by this run with this encoder."""
     from llmrec_ray.encode import encoder_key
 
-    repo = FeatureRepo(cfg.featurestore.repo_path, cfg.featurestore.offline_store)
+    repo = open_repo(cfg.featurestore)
     manifest = repo.read_manifest()
     if manifest["run"] != cfg.name or manifest["encoder_key"] != encoder_key(cfg.encode):
         raise ValueError(
             f"{repo.path}: features were built by run {manifest['run']!r} with encoder "
             f"{manifest['encoder_key']!r}; this is run {cfg.name!r} with {encoder_key(cfg.encode)!r}. "
             "Run `llmrec build-features` with this config first.")
+    repo.check_encoder(manifest["encoder_key"])
     return repo
 
 
@@ -115,3 +116,32 @@ def recommend_stage(cfg, user_id: str, k: int) -> list[dict]:
     seen = set(inter.filter(pc.equal(inter.column("user_id"), user_id)).column("item_id").to_pylist())
     return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir),
                               user_id, seen, k)
+
+
+def materialize_stage(cfg, incremental: bool, start: str | None, end: str | None) -> dict:
+    """Materialize the views into the configured online store (full or incremental), checked."""
+    from datetime import datetime, timezone
+
+    import pyarrow.compute as pc
+
+    init_ray(cfg.ray)
+    repo = feature_repo(cfg)
+    end_t = datetime.fromisoformat(end) if end else datetime.now(timezone.utc)
+    if end_t.tzinfo is None:
+        raise ValueError(f"--end {end}: give a timezone (e.g. +00:00)")
+    repo.apply()
+    if incremental:
+        return repo.materialize_incremental(end_t)
+    if start:
+        start_t = datetime.fromisoformat(start)
+        if start_t.tzinfo is None:
+            raise ValueError(f"--start {start}: give a timezone (e.g. +00:00)")
+    else:
+        from datetime import timedelta
+
+        from llmrec_ray.featurestore import VIEWS
+
+        firsts = [pc.min(repo.read_view(v, columns=["event_timestamp"]).column("event_timestamp")).as_py()
+                  for v in VIEWS]
+        start_t = min(t for t in firsts if t is not None) - timedelta(seconds=1)
+    return repo.materialize(start_t, end_t)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
@@ -22,8 +21,7 @@ def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k
         raise KeyError(f"user {user_id!r} is not in the online store ({USER_HISTORY_VIEW}); known "
                        "users are those with interactions in the built dataset")
     user_emb = np.asarray(got["embedding"][0], dtype=np.float32)[None, :]  # (1, H)
-    item_ids = pc.unique(pq.read_table(repo.source_path(ITEM_TEXT_VIEW), columns=["item_id"])
-                         .column("item_id")).to_pylist()
+    item_ids = pc.unique(repo.read_view(ITEM_TEXT_VIEW, columns=["item_id"]).column("item_id")).to_pylist()
     rows = [{"item_id": i} for i in item_ids]
     items = repo.online([f"{ITEM_TEXT_VIEW}:embedding", f"{ITEM_METADATA_VIEW}:title"], rows)
     item_emb = embedding_matrix(items["embedding"])  # (I, H)

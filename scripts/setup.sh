@@ -11,4 +11,16 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+# The Redis online-store tests start their own redis-server on loopback; install it if missing.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing redis-server (Debian package) for the Redis online-store tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q redis-server >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+  else
+    echo "note: redis-server not found (install it, e.g. apt-get install redis-server);" \
+         "the Redis tests will be skipped" >&2
+  fi
+fi
 echo "llmrec-ray installed in $(pwd)/.venv"

@@ -8,8 +8,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from llmrec_ray.featurestore import ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW, FeatureRepo
+from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW,
+                                     USER_HISTORY_VIEW, USER_STATS_VIEW, FeatureRepo)
 from llmrec_ray.schemas import EMBEDDING, TIMESTAMP
+from llmrec_ray.stats import ITEM_STATS, USER_STATS
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -35,14 +37,31 @@ def item_tables(ids):
     return emb, meta
 
 
+def stats_rows(schema, key, rows):
+    """(id, day, n_interactions) rows -> a stats table of `schema` (other columns derived)."""
+    data = {key: [r[0] for r in rows],
+            "event_timestamp": pa.array([T0 + timedelta(days=r[1]) for r in rows], TIMESTAMP),
+            "n_interactions": [r[2] for r in rows], "mean_rating": [3.0] * len(rows),
+            "last_interaction_unix": [0] * len(rows)}
+    for f in schema.names:
+        data.setdefault(f, [r[2] for r in rows])
+    return pa.table(data).cast(schema)
+
+
+def write_all(r, users=(("u1", 0, [0.0, 0.0], 0), ("u1", 2, [1.0, 0.0], 1), ("u2", 1, [0.0, 1.0], 0)),
+              items=("i1", "i2"), encoder_key="enc-A"):
+    r.write_view(USER_HISTORY_VIEW, user_table(list(users)), encoder_key=encoder_key)
+    emb, meta = item_tables(list(items))
+    r.write_view(ITEM_TEXT_VIEW, emb, encoder_key=encoder_key)
+    r.write_view(ITEM_METADATA_VIEW, meta)
+    r.write_view(USER_STATS_VIEW, stats_rows(USER_STATS, "user_id", [(u[0], u[1], u[3]) for u in users]))
+    r.write_view(ITEM_STATS_VIEW, stats_rows(ITEM_STATS, "item_id", [(i, 0, 0) for i in items]))
+
+
 @pytest.fixture
 def repo(repo_dir, ray_session):
     r = FeatureRepo(repo_dir)
-    r.write_view(USER_HISTORY_VIEW, user_table([("u1", 0, [0.0, 0.0], 0), ("u1", 2, [1.0, 0.0], 1),
-                                                ("u2", 1, [0.0, 1.0], 0)]))
-    emb, meta = item_tables(["i1", "i2"])
-    r.write_view(ITEM_TEXT_VIEW, emb)
-    r.write_view(ITEM_METADATA_VIEW, meta)
+    write_all(r)
     r.apply()
     return r
 
@@ -77,12 +96,13 @@ def test_historical_needs_unique_row_ids(repo):
 
 def test_materialize_verifies_online_counts(repo):
     counts = repo.materialize(T0 - timedelta(days=1), T0 + timedelta(days=3))
-    assert counts == {ITEM_TEXT_VIEW: 2, ITEM_METADATA_VIEW: 2, USER_HISTORY_VIEW: 2}
+    assert counts == {ITEM_TEXT_VIEW: 2, ITEM_METADATA_VIEW: 2, USER_HISTORY_VIEW: 2,
+                      USER_STATS_VIEW: 2, ITEM_STATS_VIEW: 2}
     got = repo.online([f"{USER_HISTORY_VIEW}:embedding"], [{"user_id": "u1"}])
     assert got["embedding"] == [[1.0, 0.0]]  # the newest snapshot
     # a row that was never materialized makes the check fail loudly
     emb, meta = item_tables(["i1", "i2", "i3"])
-    repo.write_view(ITEM_TEXT_VIEW, emb)
+    repo.write_view(ITEM_TEXT_VIEW, emb, encoder_key="enc-A")
     with pytest.raises(RuntimeError, match="2 of 3 entities"):
         repo.verify_online(ITEM_TEXT_VIEW, T0 + timedelta(days=3))
 
@@ -105,3 +125,217 @@ def test_ray_and_file_offline_stores_agree(repo):
     assert by_file[f"{USER_HISTORY_VIEW}__n_history"].tolist() == [0, 0, 0, 1, 0, 1]
     for a, b in zip(by_ray[f"{USER_HISTORY_VIEW}__embedding"], by_file[f"{USER_HISTORY_VIEW}__embedding"]):
         assert list(a) == list(b)
+
+
+# ---- writes: partitioned, idempotent, one encoder per directory ---------------------------------
+
+def test_writes_are_partitioned_and_idempotent(repo):
+    path = repo.source_path(USER_HISTORY_VIEW)
+    assert path.parent.name == USER_HISTORY_VIEW and path.name.startswith("enc-")
+    assert sorted(p.name for p in path.iterdir()) == ["month=2024-01"]
+    before = repo.read_view(USER_HISTORY_VIEW).sort_by([("user_id", "ascending"), ("event_timestamp", "ascending")])
+    write_all(repo)  # the same build again
+    after = repo.read_view(USER_HISTORY_VIEW).sort_by([("user_id", "ascending"), ("event_timestamp", "ascending")])
+    assert after.num_rows == before.num_rows == 3 and after.equals(before)
+    assert not [p for p in repo.data_dir.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_rows_spread_over_month_partitions(repo_dir):
+    r = FeatureRepo(repo_dir)
+    r.write_view(USER_STATS_VIEW, stats_rows(USER_STATS, "user_id", [("u1", 0, 0), ("u1", 40, 1), ("u2", 70, 0)]))
+    assert sorted(p.name for p in r.source_path(USER_STATS_VIEW).iterdir()) == [
+        "month=2024-01", "month=2024-02", "month=2024-03"]
+    assert r.read_view(USER_STATS_VIEW).num_rows == 3
+
+
+def test_a_new_encoder_never_mixes_with_the_old(repo):
+    repo.materialize(T0 - timedelta(days=1), T0 + timedelta(days=3))
+    old_dir = repo.source_path(ITEM_TEXT_VIEW)
+    repo.check_encoder("enc-A")
+    # the new model's build: other vectors, and item i2 is gone from the catalogue
+    r = FeatureRepo(repo.path)
+    write_all(r, items=("i1",), encoder_key="enc-B")
+    new_dir = r.source_path(ITEM_TEXT_VIEW)
+    assert new_dir != old_dir and old_dir.exists()  # beside, not into, the old vectors
+    r.apply()
+    with pytest.raises(ValueError, match="enc-A"):
+        r.check_encoder("enc-A")
+    r.check_encoder("enc-B")
+    assert r.store.get_feature_view(ITEM_TEXT_VIEW).tags["dim"] == "2"
+    # the online rows of the old model are gone: i2 (only in the old build) is not served
+    got = r.online([f"{ITEM_TEXT_VIEW}:embedding"], [{"item_id": "i1"}, {"item_id": "i2"}])
+    assert got["embedding"] == [None, None]
+    r.materialize(T0 - timedelta(days=1), T0 + timedelta(days=3))
+    got = r.online([f"{ITEM_TEXT_VIEW}:embedding"], [{"item_id": "i1"}, {"item_id": "i2"}])
+    assert got["embedding"][0] is not None and got["embedding"][1] is None
+
+
+# ---- bad input: a clear error before anything is written ---------------------------------------
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t: t.drop_columns(["n_history"]), "missing columns \\['n_history'\\]"),
+    (lambda t: t.append_column("extra", pa.array([1] * t.num_rows)), "unexpected columns \\['extra'\\]"),
+    (lambda t: t.set_column(0, "user_id", pa.array([1, 1, 2])), "entity key 'user_id' has type int64"),
+    (lambda t: t.set_column(1, "event_timestamp", t.column("event_timestamp").cast(pa.timestamp("us"))),
+     "timezone-aware"),
+    (lambda t: t.set_column(5, "n_history", pa.array(["a", "b", "c"])), "column 'n_history' of type string"),
+    (lambda t: t.set_column(0, "user_id", pa.array(["u1", None, "u2"])), "user_id is null in row 1"),
+    (lambda t: t.set_column(2, "embedding", pa.array([[0.0, 1.0], [1.0], [0.0, 1.0]], EMBEDDING)),
+     "different lengths"),
+    (lambda t: t.set_column(2, "embedding", pa.array([[0.0, 1.0], None, [0.0, 1.0]], EMBEDDING)),
+     "row 1 has no vector"),
+])
+def test_bad_view_tables_are_refused_before_writing(repo_dir, mutate, message):
+    r = FeatureRepo(repo_dir)
+    table = mutate(user_table([("u1", 0, [0.0, 0.0], 0), ("u1", 2, [1.0, 0.0], 1), ("u2", 1, [0.0, 1.0], 0)]))
+    with pytest.raises(ValueError, match=message):
+        r.write_view(USER_HISTORY_VIEW, table, encoder_key="enc-A")
+    assert not r.data_dir.exists() or not list(r.data_dir.rglob("*.parquet"))
+
+
+def test_duplicates_are_named(repo_dir):
+    r = FeatureRepo(repo_dir)
+    with pytest.raises(ValueError, match="'u1' at 2024-01-01 00:00:00\\+00:00 \\(2 rows\\)"):
+        r.write_view(USER_HISTORY_VIEW, user_table([("u1", 0, [0.0], 0), ("u1", 0, [1.0], 1)]))
+
+
+def test_a_view_pointing_to_a_missing_source_is_named(repo):
+    import shutil
+
+    shutil.rmtree(repo.source_path(ITEM_METADATA_VIEW))
+    with pytest.raises(FileNotFoundError, match="feature view 'item_metadata': source .* does not exist"):
+        FeatureRepo(repo.path).apply()
+
+
+def test_an_interrupted_swap_is_recovered(repo):
+    path = repo.source_path(ITEM_METADATA_VIEW)
+    old = path.parent / f".{path.name}.old-deadbeef"
+    path.rename(old)  # a crash between the two renames of a swap, a while ago
+    import os
+    import time
+
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    FeatureRepo(repo.path)
+    assert path.exists() and not old.exists()
+
+
+# ---- point in time: TTL, incremental materialization ------------------------------------------
+
+def test_ttl_is_respected(repo_dir, ray_session):
+    """A view with a 1-day TTL: a row older than that is invisible to the join."""
+    decl = (repo_dir / "features.py").read_text().replace(
+        'name="user_stats", entities=[user], ttl=timedelta(0)', 'name="user_stats", entities=[user], ttl=timedelta(days=1)')
+    (repo_dir / "features.py").write_text(decl)
+    r = FeatureRepo(repo_dir)
+    write_all(r)
+    r.apply()
+    df = pd.DataFrame({"row_id": [0, 1, 2], "user_id": ["u1", "u1", "u1"],
+                       "event_timestamp": pd.to_datetime([T0 + timedelta(hours=12), T0 + timedelta(days=1, hours=1),
+                                                          T0 + timedelta(days=2, hours=12)], utc=True)})
+    for store in ("ray", "file"):  # Feast 0.67: the Ray store ignores TTL, the file store drops rows
+        out = FeatureRepo(repo_dir, offline_store=store).historical(
+            df, [f"{USER_STATS_VIEW}:n_interactions", f"{USER_HISTORY_VIEW}:n_history"]).to_pandas()
+        out = out.sort_values("row_id")
+        n = out[f"{USER_STATS_VIEW}__n_interactions"].tolist()
+        # 12 h after the day-0 row: visible; 25 h after: expired; 12 h after the day-2 row: visible
+        assert n[0] == 0 and pd.isna(n[1]) and n[2] == 1, store
+        # a view without TTL keeps its rows
+        assert out[f"{USER_HISTORY_VIEW}__n_history"].tolist() == [0, 0, 1], store
+
+
+def test_materialize_incremental_picks_up_new_rows(repo):
+    first = repo.materialize_incremental(T0 + timedelta(days=1, hours=12))
+    assert first[USER_HISTORY_VIEW] == 2
+    got = repo.online([f"{USER_HISTORY_VIEW}:n_history"], [{"user_id": "u1"}])
+    assert got["n_history"] == [0]  # the day-2 snapshot is not due yet
+    second = repo.materialize_incremental(T0 + timedelta(days=3))
+    assert second[USER_HISTORY_VIEW] == 2
+    assert repo.online([f"{USER_HISTORY_VIEW}:n_history"], [{"user_id": "u1"}])["n_history"] == [1]
+
+
+# ---- Redis online store -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server on loopback (CI installs it; see scripts/setup.sh)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("LLMREC_REQUIRE_REDIS"):
+            pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_redis_online_store_serves_the_offline_values(repo, redis_server):
+    r = FeatureRepo(repo.path, online_store="redis", redis_connection=redis_server)
+    r.apply()
+    counts = r.materialize(T0 - timedelta(days=1), T0 + timedelta(days=3))
+    assert counts[USER_HISTORY_VIEW] == 2 and counts[ITEM_STATS_VIEW] == 2
+    got = r.online([f"{USER_HISTORY_VIEW}:embedding", f"{USER_STATS_VIEW}:n_interactions"],
+                   [{"user_id": "u1"}, {"user_id": "u2"}])
+    assert got["embedding"] == [[1.0, 0.0], [0.0, 1.0]] and got["n_interactions"] == [1, 0]
+    inc = r.materialize_incremental(T0 + timedelta(days=4))
+    assert inc[USER_HISTORY_VIEW] == 2
+    # the SQLite store of the same repo was not touched
+    assert repo.online([f"{USER_HISTORY_VIEW}:embedding"], [{"user_id": "u1"}])["embedding"] == [None]
+
+
+def test_redis_needs_a_connection_from_the_environment(repo_dir, monkeypatch):
+    from llmrec_ray.config import FeatureStoreConfig
+    from llmrec_ray.featurestore import open_repo
+
+    monkeypatch.delenv("LLMREC_REDIS", raising=False)
+    cfg = FeatureStoreConfig(repo_path=str(repo_dir), online_store="redis")
+    with pytest.raises(ValueError, match="LLMREC_REDIS"):
+        open_repo(cfg)
+    monkeypatch.setenv("LLMREC_REDIS", "127.0.0.1:1,password=s3cret")
+    r = open_repo(cfg)
+    assert "s3cret" not in (repo_dir / "feature_store.yaml").read_text()
+    assert r.store.config.online_store.type == "redis"
+
+
+# ---- the Feast CLI on the repo as the project leaves it ----------------------------------------
+
+def test_feast_cli_works_on_the_repo(repo):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    feast = str(Path(sys.executable).parent / "feast")
+
+    def run(*args):
+        proc = subprocess.run([feast, "-c", str(repo.path), *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    assert "No changes to registry" in run("plan") or "plan" in run("plan").lower()
+    run("apply")
+    listed = run("feature-views", "list")
+    for view in (ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW, ITEM_METADATA_VIEW):
+        assert view in listed
+    run("materialize", (T0 - timedelta(days=1)).isoformat(), (T0 + timedelta(days=3)).isoformat(),
+        "--views", ITEM_METADATA_VIEW)
+    assert FeatureRepo(repo.path).online([f"{ITEM_METADATA_VIEW}:title"], [{"item_id": "i1"}])["title"] == ["ti1"]

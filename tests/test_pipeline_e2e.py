@@ -48,13 +48,16 @@ def test_build_counts_every_row(e2e):
     assert enc["cached"] == 0  # a fresh cache
     assert enc["dim"] == 384
     # every user and item is online, verified against the parquet
-    assert build["online"] == {"item_text_embedding": 40, "item_metadata": 40, "user_history_embedding": 30}
+    assert build["online"] == {"item_text_embedding": 40, "item_metadata": 40, "user_history_embedding": 30,
+                               "user_stats": 30, "item_stats": 40}
+    # user stats rows sit at exactly the user snapshot times
+    assert build["views"]["user_stats"] == build["views"]["user_history_embedding"]
 
 
 def test_online_vector_equals_offline(e2e):
     cfg, *_ = e2e
     repo = FeatureRepo(cfg.featurestore.repo_path)
-    offline = pq.read_table(repo.source_path(USER_HISTORY_VIEW)).to_pandas()
+    offline = repo.read_view(USER_HISTORY_VIEW).to_pandas()
     latest = offline.sort_values("event_timestamp").groupby("user_id").tail(1).set_index("user_id")
     users = sorted(latest.index)[:5]
     got = repo.online([f"{USER_HISTORY_VIEW}:embedding", f"{USER_HISTORY_VIEW}:n_history"],
@@ -69,7 +72,9 @@ def test_feast_registry_lists_views(e2e):
     cfg, *_ = e2e
     store = FeatureRepo(cfg.featurestore.repo_path).store
     assert sorted(v.name for v in store.list_feature_views()) == [
-        "item_metadata", "item_text_embedding", "user_history_embedding"]
+        "item_metadata", "item_stats", "item_text_embedding", "user_history_embedding", "user_stats"]
+    tags = store.get_feature_view("item_text_embedding").tags
+    assert tags["dim"] == "384" and tags["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert {s.name for s in store.list_feature_services()} == {"training", "serving"}
 
 
