@@ -123,7 +123,7 @@ def run_merge_asof(repo: Path, args) -> dict:
     df = entity_rows(args.rows, args.users, args.seed)
     start = time.perf_counter()
     view = FeatureRepo(repo).read_view(USER_HISTORY_VIEW, columns=["user_id", "event_timestamp", "embedding"]).to_pandas()
-    view["event_timestamp"] = pd.to_datetime(view["event_timestamp"], utc=True)
+    view["event_timestamp"] = pd.to_datetime(view["event_timestamp"], utc=True).astype(df["event_timestamp"].dtype)
     out = pd.merge_asof(df.sort_values("event_timestamp"), view.sort_values("event_timestamp"),
                         on="event_timestamp", by="user_id", direction="backward")
     wall = time.perf_counter() - start

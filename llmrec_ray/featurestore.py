@@ -439,18 +439,19 @@ class FeatureRepo:
             columns = [f"{view}__{r.split(':', 1)[1]}" for r in refs]
             result = result.merge(got[keys + ["event_timestamp"] + columns],
                                   on=keys + ["event_timestamp"], how="left", validate="many_to_one")
-            if ttl is not None:
-                result = self._expire(result, view, keys, ttl, columns, row_id)
+            result = self._check_presence(result, view, keys, ttl, columns, row_id)
         if len(result) != len(entity_df):
             raise RuntimeError(f"point-in-time join returned {len(result)} rows for {len(entity_df)}")
         return ray.data.from_pandas(result)
 
-    def _expire(self, result: pd.DataFrame, view: str, keys: list[str], ttl: timedelta,
-                columns: list[str], row_id: str) -> pd.DataFrame:
-        """Null the features of rows whose newest feature row is older than the view's TTL.
+    def _check_presence(self, result: pd.DataFrame, view: str, keys: list[str], ttl: timedelta | None,
+                        columns: list[str], row_id: str) -> pd.DataFrame:
+        """Check Feast's answer against the view's keys and timestamps (no feature values read).
 
-        Feast 0.67's Ray offline store ignores the TTL (it returns rows of any age), so the age is
-        computed here from the view's keys and timestamps alone (no feature values are read).
+        A row whose newest feature row at or before it exists (and, with a TTL, is young enough)
+        must have its features; a row without one must have none. Feast 0.67's Ray store ignores
+        TTLs (so expired features are nulled here) and was seen to return a row without its
+        vector on a 100k-row join (so a missing feature raises instead of reaching training).
         """
         src = self.read_view(view, columns=keys + ["event_timestamp"]).to_pandas()
         src = src.rename(columns={"event_timestamp": "_feature_ts"})
@@ -458,14 +459,23 @@ class FeatureRepo:
         left = result[[row_id] + keys + ["event_timestamp"]].sort_values("event_timestamp")
         left["event_timestamp"] = left["event_timestamp"].astype("datetime64[ns, UTC]")
         asof = pd.merge_asof(left, src.sort_values("_feature_ts"), left_on="event_timestamp",
-                             right_on="_feature_ts", by=keys, direction="backward")
-        age = asof.set_index(row_id)["event_timestamp"] - asof.set_index(row_id)["_feature_ts"]
-        expired = (age.isna() | (age > ttl)).reindex(result[row_id]).to_numpy()
-        if expired.any():
+                             right_on="_feature_ts", by=keys, direction="backward").set_index(row_id)
+        age = asof["event_timestamp"] - asof["_feature_ts"]
+        absent = age.isna() if ttl is None else (age.isna() | (age > ttl))
+        absent = absent.reindex(result[row_id]).to_numpy()
+        probe = next((c for c in columns if c.endswith("__embedding")), columns[0])
+        lost = ~absent & result[probe].isna().to_numpy()
+        if lost.any():
+            first = result.loc[lost, row_id].iloc[0]
+            raise RuntimeError(f"get_historical_features({view}): {int(lost.sum())} rows have a feature "
+                               f"row at or before them but came back without {probe} (first: "
+                               f"{row_id}={first}); the offline store lost them")
+        if absent.any():
             result = result.copy()
             for c in columns:
-                result[c] = result[c].astype(object)
-                result.loc[expired, c] = None
+                if not result.loc[absent, c].isna().all():
+                    result[c] = result[c].astype(object)
+                    result.loc[absent, c] = None
         return result
 
     def _refs_by_view(self, features) -> dict[str, list[str]]:

@@ -339,3 +339,24 @@ def test_feast_cli_works_on_the_repo(repo):
     run("materialize", (T0 - timedelta(days=1)).isoformat(), (T0 + timedelta(days=3)).isoformat(),
         "--views", ITEM_METADATA_VIEW)
     assert FeatureRepo(repo.path).online([f"{ITEM_METADATA_VIEW}:title"], [{"item_id": "i1"}])["title"] == ["ti1"]
+
+
+def test_a_feature_lost_by_the_offline_store_fails_loudly(repo, monkeypatch):
+    """Feast returning a row without its vector (seen with the Ray store at 100k rows) is an error."""
+    real = repo.store.get_historical_features
+
+    class Lossy:
+        def __init__(self, job):
+            self.job = job
+
+        def to_df(self):
+            df = self.job.to_df()
+            df[f"{USER_HISTORY_VIEW}__embedding"] = df[f"{USER_HISTORY_VIEW}__embedding"].astype(object)
+            df.loc[df.index[-1], f"{USER_HISTORY_VIEW}__embedding"] = None
+            return df
+
+    monkeypatch.setattr(repo.store, "get_historical_features", lambda **kw: Lossy(real(**kw)))
+    df = pd.DataFrame({"row_id": [0, 1], "user_id": ["u1", "u1"],
+                       "event_timestamp": pd.to_datetime([T0 + timedelta(days=1), T0 + timedelta(days=3)], utc=True)})
+    with pytest.raises(RuntimeError, match="came back without user_history_embedding__embedding"):
+        repo.historical(df.sort_values("event_timestamp"), [f"{USER_HISTORY_VIEW}:embedding"])
