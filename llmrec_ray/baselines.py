@@ -102,10 +102,10 @@ def implicit_als(train: pa.Table, users: list[str], item_ids: list[str], factors
     from threadpoolctl import threadpool_limits
 
     m = interaction_matrix(train, users, item_ids) * alpha
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization,
-                                    iterations=iterations, random_state=seed,
-                                    calculate_training_loss=False)
     with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, single-threaded BLAS
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization,
+                                        iterations=iterations, random_state=seed,
+                                        calculate_training_loss=False)
         model.fit(m.tocsr(), show_progress=False)
     return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
 

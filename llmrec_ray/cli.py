@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}, {s['seconds']}s")
         if args.command in ("run", "evaluate"):
             s = pipeline.evaluate_stage(cfg, getattr(args, "out", None))
-            n = s["metrics"]["two_tower"]["users"]
+            n = next(iter(s["metrics"]["all"].values()))["users"]
             print(f"[evaluate] {s['protocol']}; {n} test users; full ranking, seen items masked")
             print(s["table"])
             print(f"metrics written to {s['path']}")

@@ -153,6 +153,17 @@ class TrainConfig(Strict):
     out_dim: int = Field(64, ge=1, description="Output (scoring) dimension of each tower.")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature of the InfoNCE loss.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the towers.")
+    model: Literal["two_tower", "hybrid"] = Field("two_tower", description=(
+        "two_tower: MLP towers over the LLM features; hybrid: plus learned user and item ID "
+        "embeddings (IDs help warm items, text carries cold ones)."))
+    user_stats: bool = Field(True, description="Feed the user statistics (Feast user_stats) to "
+                             "the user tower.")
+    logq: bool = Field(True, description="Correct in-batch negatives by each item's log share "
+                       "of the training rows (sampling-bias correction).")
+    id_dim: int = Field(32, ge=1, description="hybrid: width of the ID embeddings.")
+    id_dropout: float = Field(0.2, ge=0, le=1, description=(
+        "hybrid: probability that an item's ID is replaced by the unknown ID in training, so the "
+        "item tower also learns to rank from text alone (cold-start items)."))
 
 
 class EvalConfig(Strict):
@@ -161,6 +172,11 @@ class EvalConfig(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Last share of each user's "
                                  "interactions (in time order) held out as test.")
     ks: list[int] = Field([10, 20], description="Cut-offs for the metrics.")
+    baselines: list[str] | None = Field(None, description=(
+        "Baselines in the same run: popularity, bpr_mf, implicit_als (needs the als extra), "
+        "zero_shot_cosine; None = all whose packages are installed."))
+    light_user_max: int = Field(20, ge=0, description="light_users slice: users with at most this "
+                                "many training interactions.")
 
     @field_validator("ks")
     @classmethod

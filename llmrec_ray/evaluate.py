@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,38 +61,135 @@ def truth_sets(test: pa.Table, users: list[str], item_ids: list[str]) -> list[se
     return truth
 
 
+BASELINES = ("popularity", "bpr_mf", "implicit_als", "zero_shot_cosine")
+
+
+def available_baselines(requested: list[str] | None) -> list[str]:
+    """The baselines to run: the requested ones (an unavailable one is an error), or by default all
+    whose packages are installed (implicit ALS needs the `als` extra)."""
+    if requested is not None:
+        unknown = [b for b in requested if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"evaluate.baselines: unknown {unknown} (known: {list(BASELINES)})")
+        if "implicit_als" in requested:
+            import implicit  # noqa: F401  (a clear ImportError names the package)
+        return list(requested)
+    try:
+        import implicit  # noqa: F401
+        return list(BASELINES)
+    except ImportError:
+        logger.warning("implicit is not installed: the implicit_als baseline is skipped "
+                       "(pip install 'llmrec-ray[als]')")
+        return [b for b in BASELINES if b != "implicit_als"]
+
+
+def slices(truth: list[set[int]], train: pa.Table, users: list[str], item_ids: list[str],
+           light_user_max: int) -> dict[str, list[set[int]]]:
+    """Test items per user for each slice (a user with an empty set is not evaluated in it).
+
+    all: every test user. cold_items: only test items without any training interaction (their only
+    representation is their text). light_users: users with at most `light_user_max` training
+    interactions.
+    """
+    trained = set(train.column("item_id").to_pylist())
+    cold = {k for k, i in enumerate(item_ids) if i not in trained}
+    counts = pc.value_counts(train.column("user_id"))
+    n_train = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+    light = [n_train.get(u, 0) <= light_user_max for u in users]
+    return {"all": truth,
+            "cold_items": [t & cold for t in truth],
+            "light_users": [t if is_light else set() for t, is_light in zip(truth, light)]}
+
+
+def model_inputs(repo: FeatureRepo, model, users: list[str], times: list, item_ids: list[str],
+                 end, model_dir: Path | None) -> dict:
+    """What the trained model scores: user features as of each user's time (Feast, point in
+    time), item text vectors as of `end`, and for a hybrid the user and item ID indices (items
+    without training interactions get the unknown ID)."""
+    from llmrec_ray.featurestore import USER_STATS_VIEW, embedding_matrix
+    from llmrec_ray.train import user_extra_features
+
+    df = pd.DataFrame({"row_id": np.arange(len(users)), "user_id": users,
+                       "event_timestamp": pd.to_datetime(times, utc=True)})
+    refs = [f"{USER_HISTORY_VIEW}:embedding"]
+    extra = model.hparams.get("user_extra_dim", 0) > 0
+    if extra:
+        refs += [f"{USER_STATS_VIEW}:{f}" for f in ("n_interactions", "mean_rating", "n_30d",
+                                                    "last_interaction_unix")]
+    out = repo.historical(df, refs).to_pandas().sort_values("row_id")
+    inputs = {"user_emb": torch.from_numpy(embedding_matrix(out[f"{USER_HISTORY_VIEW}__embedding"]))}
+    if extra:
+        inputs["user_extra"] = torch.from_numpy(user_extra_features(out))
+    inputs["item_emb"] = torch.from_numpy(
+        _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW))
+    if getattr(model, "hybrid", False):
+        known_users = json.loads((model_dir / "users.json").read_text())
+        trained = set(json.loads((model_dir / "trained_items.json").read_text()))
+        u_index = {u: k for k, u in enumerate(known_users)}
+        missing = [u for u in users if u not in u_index]
+        if missing:
+            raise KeyError(f"users {missing[:5]} have no ID embedding (not in the training rows)")
+        inputs["user_idx"] = torch.tensor([u_index[u] for u in users])
+        inputs["item_idx"] = torch.tensor([k if i in trained else -1 for k, i in enumerate(item_ids)])
+    return inputs
+
+
 def evaluate(repo: FeatureRepo, model, train: pa.Table, test: pa.Table, cuts: pa.Table,
-             items: pa.Table, item_ids: list[str], ks: list[int]) -> dict[str, dict[str, float]]:
-    """Metrics per model: {"two_tower": {...}, "popularity": {...}}."""
+             items: pa.Table, item_ids: list[str], ks: list[int], baselines: list[str] | None = None,
+             light_user_max: int = 20, seed: int = 0,
+             model_dir: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """{slice: {model: metrics}} for the trained model and the baselines, all fitted on `train`
+    and ranked over every item available at each user's split time, training items masked."""
+    from llmrec_ray import baselines as base
+
     users = cuts.column("user_id").to_pylist()
     times = cuts.column("split_time").to_pylist()
     split_us = cuts.column("split_time").cast(pa.int64()).to_numpy()
-    user_emb = _features_as_of(repo, "user_id", users, times, USER_HISTORY_VIEW)  # (U, H)
     end = max(times)
-    item_emb = _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW)  # (I, H)
+    inputs = model_inputs(repo, model, users, times, item_ids, end, model_dir)
+    user_emb, item_emb = inputs["user_emb"].numpy(), inputs["item_emb"].numpy()  # (U, H), (I, H)
     mask = masks(item_ids, users, train, items, split_us)
     truth = truth_sets(test, users, item_ids)
     k_max = max(ks)
 
+    scores: dict[str, np.ndarray] = {}
+    name = "hybrid" if getattr(model, "hybrid", False) else "two_tower"
     with torch.inference_mode():
-        scores = model.score(torch.from_numpy(user_emb), torch.from_numpy(item_emb)).numpy()  # (U, I)
-    results = {"two_tower": ranking_metrics(top_k(scores, mask, k_max), truth, ks)}
-
-    counts = pc.value_counts(train.column("item_id"))
-    pop = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-    pop_scores = np.array([pop.get(i, 0) for i in item_ids], dtype=np.float64)
-    pop_scores = np.broadcast_to(pop_scores, (len(users), len(item_ids)))
-    results["popularity"] = ranking_metrics(top_k(pop_scores, mask, k_max), truth, ks)
+        scores[name] = model.score(inputs["user_emb"], inputs["item_emb"], inputs.get("user_extra"),
+                                   inputs.get("user_idx"), inputs.get("item_idx")).numpy()
+    for name in available_baselines(baselines):
+        start = time.perf_counter()
+        if name == "popularity":
+            scores[name] = base.popularity(train, users, item_ids)
+        elif name == "bpr_mf":
+            scores[name] = base.bpr_mf(train, users, item_ids, seed=seed)
+        elif name == "implicit_als":
+            scores[name] = base.implicit_als(train, users, item_ids, seed=seed)
+        elif name == "zero_shot_cosine":
+            scores[name] = base.zero_shot_cosine(user_emb, item_emb)
+        logger.info("baseline %s fitted and scored in %.1fs", name, time.perf_counter() - start)
+    groups = slices(truth, train, users, item_ids, light_user_max)
+    results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in groups}
+    for name, sc in scores.items():
+        ranked = top_k(sc, mask, k_max)
+        for slice_name, slice_truth in groups.items():
+            results[slice_name][name] = ranking_metrics(ranked, slice_truth, ks)
     return results
 
 
-def format_table(results: dict[str, dict[str, float]], ks: list[int]) -> str:
-    """Markdown table: one row per model, Recall/NDCG/HR/Precision/F1 at each K."""
-    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "hr", "precision", "f1")]
-    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
-    return "\n".join(lines)
+def format_table(results: dict[str, dict[str, dict[str, float]]], ks: list[int]) -> str:
+    """Markdown: one table per slice, one row per model, Recall/NDCG/HR/Precision/F1/MRR at each K."""
+    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "hr", "precision", "f1", "mrr")]
+    out = []
+    for slice_name, models in results.items():
+        users = next(iter(models.values()))["users"] if models else 0
+        out.append(f"**{slice_name}** ({users} users)\n")
+        out.append("| model | " + " | ".join(cols) + " |")
+        out.append("|---|" + "---:|" * len(cols))
+        for name, m in models.items():
+            out.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def write_results(results: dict, path: Path) -> None:

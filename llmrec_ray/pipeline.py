@@ -96,8 +96,9 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
     start = time.perf_counter()
     tables, train, test, cuts, item_ids = _split(cfg)
     model = load_model(cfg.run_dir)
-    results = evaluate(feature_repo(cfg), model, train, test, cuts,
-                       tables["items"], item_ids, cfg.evaluate.ks)
+    results = evaluate(feature_repo(cfg), model, train, test, cuts, tables["items"], item_ids,
+                       cfg.evaluate.ks, cfg.evaluate.baselines, cfg.evaluate.light_user_max, cfg.seed,
+                       cfg.run_dir / "model")
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
     write_results(results, path)
     summary = {"metrics": results, "table": format_table(results, cfg.evaluate.ks),
@@ -115,7 +116,7 @@ def recommend_stage(cfg, user_id: str, k: int) -> list[dict]:
     inter = tables["interactions"]
     seen = set(inter.filter(pc.equal(inter.column("user_id"), user_id)).column("item_id").to_pylist())
     return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir),
-                              user_id, seen, k)
+                              user_id, seen, k, cfg.run_dir / "model")
 
 
 def materialize_stage(cfg, incremental: bool, start: str | None, end: str | None) -> dict:

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, FeatureRepo
+from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, FeatureRepo
 from llmrec_ray.models.two_tower import TwoTower
 
 logger = logging.getLogger(__name__)
@@ -29,12 +29,31 @@ ITEM_EMB = f"{ITEM_TEXT_VIEW}__embedding"
 MODEL_FILE = "model.pt"
 
 
-def entity_frame(interactions: pa.Table, item_index: dict[str, int]) -> pd.DataFrame:
-    """Interactions -> Feast entity_df: row_id (unique), user_id, item_id, event_timestamp, item_idx."""
+USER_EXTRA_DIM = 4
+
+
+def entity_frame(interactions: pa.Table, item_index: dict[str, int],
+                 user_index: dict[str, int] | None = None) -> pd.DataFrame:
+    """Interactions -> Feast entity_df: row_id (unique), user_id, item_id, event_timestamp,
+    item_idx (and user_idx with a `user_index`)."""
     df = interactions.select(["user_id", "item_id", "event_timestamp"]).to_pandas()
     df.insert(0, "row_id", np.arange(len(df), dtype=np.int64))
     df["item_idx"] = df["item_id"].map(item_index).astype(np.int64)
+    if user_index is not None:
+        df["user_idx"] = df["user_id"].map(user_index).astype(np.int64)
     return df
+
+
+def user_extra_features(frame: pd.DataFrame) -> np.ndarray:
+    """User statistics as of each row (Feast's user_stats columns) -> (N, 4) float32: log counts,
+    mean rating / 5, log days since the last interaction (0 for a user without one)."""
+    n = frame[f"{USER_STATS_VIEW}__n_interactions"].fillna(0).to_numpy(np.float64)
+    mean = frame[f"{USER_STATS_VIEW}__mean_rating"].fillna(0).to_numpy(np.float64)
+    n30 = frame[f"{USER_STATS_VIEW}__n_30d"].fillna(0).to_numpy(np.float64)
+    last = frame[f"{USER_STATS_VIEW}__last_interaction_unix"].fillna(0).to_numpy(np.float64)
+    now = pd.to_datetime(frame["event_timestamp"], utc=True).astype("int64").to_numpy() / 1e9
+    days = np.where(n > 0, np.maximum(now - last, 0) / 86_400, 0.0)
+    return np.stack([np.log1p(n), mean / 5.0, np.log1p(n30), np.log1p(days)], axis=1).astype(np.float32)
 
 
 def _stack(column) -> np.ndarray:
@@ -49,13 +68,19 @@ def to_training_batch(batch: pd.DataFrame) -> dict[str, np.ndarray]:
             row = batch.loc[missing, "row_id"].iloc[0]
             raise ValueError(f"training row_id {row}: no {col} at its timestamp (point-in-time join "
                              "found no feature row)")
-    return {"user_emb": _stack(batch[USER_EMB]), "item_emb": _stack(batch[ITEM_EMB]),
-            "item_idx": batch["item_idx"].to_numpy(np.int64)}
+    out = {"user_emb": _stack(batch[USER_EMB]), "item_emb": _stack(batch[ITEM_EMB]),
+           "item_idx": batch["item_idx"].to_numpy(np.int64)}
+    if f"{USER_STATS_VIEW}__n_interactions" in batch.columns:
+        out["user_extra"] = user_extra_features(batch)
+    if "user_idx" in batch.columns:
+        out["user_idx"] = batch["user_idx"].to_numpy(np.int64)
+    return out
 
 
-def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict[str, int]):
-    """get_historical_features -> Ray Dataset of (user_emb, item_emb, item_idx)."""
-    entity_df = entity_frame(interactions, item_index)
+def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict[str, int],
+                     user_index: dict[str, int] | None = None):
+    """get_historical_features (the `training` feature service) -> Ray Dataset of model inputs."""
+    entity_df = entity_frame(interactions, item_index, user_index)
     ds = repo.historical(entity_df, "training")
     return ds.map_batches(to_training_batch, batch_format="pandas")
 
@@ -101,17 +126,28 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
     from ray.train.torch import TorchTrainer
 
     item_index = {item: i for i, item in enumerate(item_ids)}
-    ds = training_dataset(repo, train_interactions, item_index)
-    dim = repo.read_manifest()["dim"]
     t = cfg.train
+    users = sorted(set(train_interactions.column("user_id").to_pylist()))
+    user_index = {u: k for k, u in enumerate(users)}
+    ds = training_dataset(repo, train_interactions, item_index, user_index)
+    dim = repo.read_manifest()["dim"]
+    model_kwargs = dict(user_dim=dim, item_dim=dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
+                        dropout=t.dropout, temperature=t.temperature,
+                        user_extra_dim=USER_EXTRA_DIM if t.user_stats else 0)
+    if t.model == "hybrid":
+        model_kwargs.update(n_users=len(users), n_items=len(item_ids), id_dim=t.id_dim,
+                            id_dropout=t.id_dropout)
+    if t.logq:
+        counts = np.bincount(entity_frame(train_interactions, item_index)["item_idx"].to_numpy(),
+                             minlength=len(item_ids)).astype(np.float64)
+        model_kwargs["logq"] = np.log(np.maximum(counts, 1) / counts.sum()).tolist()
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "seed": cfg.seed, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
             "weight_decay": t.weight_decay,
-            "model": dict(user_dim=dim, item_dim=dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
-                          dropout=t.dropout, temperature=t.temperature),
+            "model": model_kwargs,
         },
         datasets={"train": ds},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
@@ -128,8 +164,12 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
         state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
     torch.save(state, out / MODEL_FILE)
     (out / "items.json").write_text(json.dumps(item_ids))
+    (out / "users.json").write_text(json.dumps(users))
+    trained = sorted(set(train_interactions.column("item_id").to_pylist()))
+    (out / "trained_items.json").write_text(json.dumps(trained))
     history = result.metrics_dataframe
     summary = {"rows": int(train_interactions.num_rows), "workers": t.num_workers, "use_gpu": use_gpu,
+               "model_kind": t.model,
                "epochs": t.epochs, "final_loss": float(result.metrics["loss"]),
                "first_loss": float(history["loss"].iloc[0]) if history is not None and len(history) else None,
                "model": str(out / MODEL_FILE)}

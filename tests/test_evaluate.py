@@ -34,9 +34,11 @@ def test_truth_sets():
 
 
 def test_format_table():
-    m = {f"{n}@{k}": 0.5 for n in ("recall", "ndcg", "hr", "precision", "f1") for k in (10, 20)}
-    text = format_table({"two_tower": m, "popularity": m}, [10, 20])
+    m = {f"{n}@{k}": 0.5 for n in ("recall", "ndcg", "hr", "precision", "f1", "mrr") for k in (10, 20)}
+    m["users"] = 7
+    text = format_table({"all": {"two_tower": m, "popularity": m}, "cold_items": {"two_tower": m}}, [10, 20])
     lines = text.splitlines()
-    assert lines[0].startswith("| model | recall@10 | ndcg@10")
-    assert lines[2] == "| two_tower | " + " | ".join(["0.5000"] * 10) + " |"
-    assert len(lines) == 4
+    assert lines[0] == "**all** (7 users)"
+    assert lines[2].startswith("| model | recall@10 | ndcg@10")
+    assert lines[4] == "| two_tower | " + " | ".join(["0.5000"] * 12) + " |"
+    assert lines[7] == "**cold_items** (7 users)" and len(lines) == 12

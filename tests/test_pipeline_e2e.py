@@ -105,13 +105,17 @@ def test_metrics_written_and_bounded(e2e):
     cfg, _, train, evaluation = e2e
     assert train["final_loss"] > 0 and np.isfinite(train["final_loss"])
     results = json.loads((cfg.run_dir / "metrics.json").read_text())
-    assert set(results) == {"two_tower", "popularity"}
-    for model, m in results.items():
-        assert m["users"] == evaluation["metrics"]["two_tower"]["users"] > 0
-        for k in cfg.evaluate.ks:
-            for name in METRICS:
-                assert 0.0 <= m[f"{name}@{k}"] <= 1.0, (model, name, k)
-            assert m[f"hr@{k}"] >= m[f"recall@{k}"]
+    assert set(results) == {"all", "cold_items", "light_users"}
+    assert set(results["all"]) == {"two_tower", "popularity", "bpr_mf", "implicit_als", "zero_shot_cosine"}
+    for slice_name, models in results.items():
+        for model, m in models.items():
+            assert m["users"] == results[slice_name]["two_tower"]["users"]
+            for k in cfg.evaluate.ks:
+                for name in METRICS:
+                    assert 0.0 <= m[f"{name}@{k}"] <= 1.0, (slice_name, model, name, k)
+                assert m[f"hr@{k}"] >= m[f"recall@{k}"]
+    assert results["all"]["two_tower"]["users"] == evaluation["metrics"]["all"]["two_tower"]["users"] > 0
+
 
 
 def test_recommend_excludes_seen(e2e):

@@ -33,7 +33,9 @@ def test_shapes_and_unit_vectors():
     torch.testing.assert_close(scores, u @ v.T / 0.1)
     assert scores.abs().max() <= 10 + 1e-5
     assert model.hparams == dict(user_dim=6, item_dim=4, hidden_dim=8, out_dim=3, dropout=0.1,
-                                 temperature=0.1)
+                                 temperature=0.1, user_extra_dim=0, n_users=0, n_items=0, id_dim=32,
+                                 id_dropout=0.2, logq=None)
+    assert not model.hybrid
 
 
 # Unit vectors; temperature 0.5.
@@ -115,3 +117,42 @@ def test_a_few_adamw_steps_reduce_the_loss():
     # the learned scores rank each user's own item first
     with torch.no_grad():
         assert model.score(batch["user_emb"], batch["item_emb"]).argmax(dim=1).tolist() == [0, 1, 2, 3]
+
+
+def test_logq_lowers_each_column_by_its_items_log_share():
+    """logits_ij - log q_j: the hand-computed loss of row 0 with q = (0.5, 0.25, 0.25)."""
+    model = model_with_identity_towers(0.5)
+    q = [math.log(0.5), math.log(0.25), math.log(0.25)]
+    model.logq = torch.tensor(q)
+    batch = {"user_emb": U, "item_emb": V, "item_idx": torch.tensor([0, 1, 2])}
+    row0 = [2.0 - q[0], 0.0 - q[1], 1.6 - q[2]]
+    row1 = [0.0 - q[0], 2.0 - q[1], 1.2 - q[2]]
+    row2 = [1.2 - q[0], 1.6 - q[1], 1.92 - q[2]]
+    want = sum(lse(*r) - r[i] for i, r in enumerate([row0, row1, row2])) / 3
+    assert model.loss(batch).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_hybrid_ids_unknown_item_and_id_dropout():
+    torch.manual_seed(0)
+    model = TwoTower(user_dim=4, item_dim=4, hidden_dim=8, out_dim=3, dropout=0.0, temperature=0.1,
+                     user_extra_dim=2, n_users=3, n_items=5, id_dim=2, id_dropout=1.0)
+    assert model.hybrid
+    model.eval()
+    emb = torch.randn(2, 4)
+    # an item never seen in training (-1 or out of range) is scored with the unknown ID
+    unknown = model.item_vectors(emb, torch.tensor([-1, 99]))
+    also_unknown = model.item_vectors(emb, torch.tensor([5, 5]))
+    torch.testing.assert_close(unknown, also_unknown)
+    assert not torch.allclose(model.item_vectors(emb, torch.tensor([0, 1])), unknown)
+    batch = {"user_emb": torch.randn(4, 4), "user_extra": torch.randn(4, 2),
+             "user_idx": torch.tensor([0, 1, 2, 0]), "item_emb": torch.randn(4, 4),
+             "item_idx": torch.tensor([0, 1, 2, 3])}
+    # id_dropout=1: in training every item is its unknown ID, so item ID rows get no gradient
+    model.train()
+    model.loss(batch).backward()
+    assert model.item_ids.weight.grad[:5].abs().sum() == 0
+    assert model.item_ids.weight.grad[5].abs().sum() > 0
+    assert model.user_ids.weight.grad[:3].abs().sum() > 0
+    scores = model.eval().score(batch["user_emb"], batch["item_emb"], batch["user_extra"],
+                                batch["user_idx"], batch["item_idx"])
+    assert scores.shape == (4, 4)

@@ -1,8 +1,15 @@
 """Two-tower recommender over LLM features, trained with in-batch negatives.
 
-User tower: MLP over the user-history embedding; item tower: MLP over the item-text embedding.
-Score = cosine(user, item) / temperature. Loss: softmax over the items of the batch (InfoNCE),
-where another row's copy of the same item is not counted as a negative.
+User tower: MLP over the user-history embedding (plus user statistics); item tower: MLP over the
+item-text embedding. Score = cosine(user, item) / temperature. Loss: softmax over the items of the
+batch (InfoNCE), where another row's copy of the same item is not counted as a negative.
+
+Hybrid (`n_users`, `n_items` > 0): learned ID embeddings join each tower's input. IDs help warm
+items; text carries cold ones: during training an item's ID is replaced by a shared "unknown" ID
+with probability `id_dropout`, and items never seen in training are scored with that ID, so the
+tower learns to rank from text alone. `logq` (log of each item's share of the training rows)
+corrects in-batch negatives for popularity: popular items are over-sampled as negatives, so
+their logit is lowered by log q during training (Yi et al., 2019), not at scoring.
 
 Interface (shared by every model): `loss(batch)`, `user_vectors`, `item_vectors`, `score`.
 """
@@ -21,29 +28,64 @@ def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
 
 class TwoTower(nn.Module):
     def __init__(self, user_dim: int, item_dim: int, hidden_dim: int = 256, out_dim: int = 64,
-                 dropout: float = 0.1, temperature: float = 0.05):
+                 dropout: float = 0.1, temperature: float = 0.05, user_extra_dim: int = 0,
+                 n_users: int = 0, n_items: int = 0, id_dim: int = 32, id_dropout: float = 0.2,
+                 logq: list[float] | None = None):
         super().__init__()
         self.hparams = dict(user_dim=user_dim, item_dim=item_dim, hidden_dim=hidden_dim,
-                            out_dim=out_dim, dropout=dropout, temperature=temperature)
-        self.user_tower = mlp(user_dim, hidden_dim, out_dim, dropout)
-        self.item_tower = mlp(item_dim, hidden_dim, out_dim, dropout)
+                            out_dim=out_dim, dropout=dropout, temperature=temperature,
+                            user_extra_dim=user_extra_dim, n_users=n_users, n_items=n_items,
+                            id_dim=id_dim, id_dropout=id_dropout, logq=None)
+        self.hybrid = n_users > 0 and n_items > 0
+        ids = id_dim if self.hybrid else 0
+        self.user_tower = mlp(user_dim + user_extra_dim + ids, hidden_dim, out_dim, dropout)
+        self.item_tower = mlp(item_dim + ids, hidden_dim, out_dim, dropout)
+        if self.hybrid:
+            self.user_ids = nn.Embedding(n_users, id_dim)
+            self.item_ids = nn.Embedding(n_items + 1, id_dim)  # the last row: the unknown item
+            nn.init.normal_(self.user_ids.weight, std=0.05)
+            nn.init.normal_(self.item_ids.weight, std=0.05)
+        self.n_items, self.id_dropout = n_items, id_dropout
         self.temperature = temperature
+        # logQ of each item index (training only); an empty buffer = no correction
+        self.register_buffer("logq", torch.tensor(logq if logq is not None else [], dtype=torch.float32),
+                             persistent=False)
 
-    def user_vectors(self, user_emb: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.user_tower(user_emb), dim=-1)  # (B, D)
+    def user_vectors(self, user_emb: torch.Tensor, user_extra: torch.Tensor | None = None,
+                     user_idx: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [user_emb]
+        if self.hparams["user_extra_dim"]:
+            parts.append(user_extra)
+        if self.hybrid:
+            parts.append(self.user_ids(user_idx))
+        return F.normalize(self.user_tower(torch.cat(parts, dim=-1)), dim=-1)  # (B, D)
 
-    def item_vectors(self, item_emb: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.item_tower(item_emb), dim=-1)  # (B, D)
+    def item_vectors(self, item_emb: torch.Tensor, item_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """`item_idx` < 0 (or >= n_items) means an item never seen in training: the unknown ID."""
+        parts = [item_emb]
+        if self.hybrid:
+            idx = torch.where((item_idx < 0) | (item_idx >= self.n_items),
+                              torch.full_like(item_idx, self.n_items), item_idx)
+            parts.append(self.item_ids(idx))
+        return F.normalize(self.item_tower(torch.cat(parts, dim=-1)), dim=-1)  # (B, D)
 
-    def score(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+    def score(self, user_emb: torch.Tensor, item_emb: torch.Tensor, user_extra: torch.Tensor | None = None,
+              user_idx: torch.Tensor | None = None, item_idx: torch.Tensor | None = None) -> torch.Tensor:
         """(U, Hu), (I, Hi) -> (U, I) scores."""
-        return self.user_vectors(user_emb) @ self.item_vectors(item_emb).T / self.temperature
+        return self.user_vectors(user_emb, user_extra, user_idx) @ \
+            self.item_vectors(item_emb, item_idx).T / self.temperature
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        u = self.user_vectors(batch["user_emb"])  # (B, D)
-        v = self.item_vectors(batch["item_emb"])  # (B, D)
-        logits = u @ v.T / self.temperature  # (B, B)
         idx = batch["item_idx"]
+        item_ids = idx
+        if self.hybrid and self.training and self.id_dropout > 0:
+            drop = torch.rand(idx.shape, device=idx.device) < self.id_dropout
+            item_ids = torch.where(drop, torch.full_like(idx, -1), idx)
+        u = self.user_vectors(batch["user_emb"], batch.get("user_extra"), batch.get("user_idx"))  # (B, D)
+        v = self.item_vectors(batch["item_emb"], item_ids if self.hybrid else None)  # (B, D)
+        logits = u @ v.T / self.temperature  # (B, B)
+        if self.logq.numel():
+            logits = logits - self.logq[idx].unsqueeze(0)  # column j: the sampling bias of item j
         same = idx.unsqueeze(0) == idx.unsqueeze(1)  # (B, B): duplicates of the positive item
         eye = torch.eye(len(idx), dtype=torch.bool, device=idx.device)
         logits = logits.masked_fill(same & ~eye, float("-inf"))
