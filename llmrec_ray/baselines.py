@@ -80,7 +80,7 @@ def bpr_mf(train: pa.Table, users: list[str], item_ids: list[str], factors: int 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         if epoch == 0 or (epoch + 1) % 10 == 0:
             logger.info("bpr_mf epoch %d: loss %.4f", epoch + 1, total / n)
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """`llmrec`: the command line. Subcommands run one stage each, or all of them (`run`).
 
     llmrec run --config configs/synthetic.yaml [--set train.epochs=5 ...]
-    llmrec build-features | train | evaluate [--out FILE] | recommend --user U -k 10
+    llmrec build-features | train | evaluate [--out FILE] | recommend (--user U | --text T) -k 10
     llmrec materialize [--incremental] [--end 2026-01-01T00:00:00+00:00]
 """
 
@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 import warnings
 
 from llmrec_ray.config import ConfigError, load_config
@@ -41,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--start", help="ISO time (full materialization; default: the earliest row)")
     m.add_argument("--end", help="ISO time (default: now)")
     r = add("recommend", "top-K items for a user from the online store")
-    r.add_argument("--user", required=True, help="user id")
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a known user id (features from the online store)")
+    who.add_argument("--text", help='a new user in words, e.g. "I love space operas and heist movies"')
     r.add_argument("-k", type=int, default=10, help="how many items")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -88,12 +91,13 @@ def main(argv: list[str] | None = None) -> int:
             n = next(iter(s["metrics"]["all"].values()))["users"]
             print(f"[evaluate] {s['protocol']}; {n} test users; full ranking, seen items masked")
             print(s["table"])
-            print(f"metrics written to {s['path']}")
+            print(f"metrics written to {s['path']} (+ markdown and one PNG chart per slice: "
+                  f"{', '.join(Path(f).name for f in s['files'][1:])})")
         if args.command == "materialize":
             counts = pipeline.materialize_stage(cfg, args.incremental, args.start, args.end)
             print("  online rows   " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " (verified)")
         if args.command == "recommend":
-            recs = pipeline.recommend_stage(cfg, args.user, args.k)
+            recs = pipeline.recommend_stage(cfg, args.user, args.k, args.text)
             if args.json:
                 print(json.dumps(recs, indent=2))
             else:

@@ -161,6 +161,8 @@ class TrainConfig(Strict):
     logq: bool = Field(True, description="Correct in-batch negatives by each item's log share "
                        "of the training rows (sampling-bias correction).")
     id_dim: int = Field(32, ge=1, description="hybrid: width of the ID embeddings.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the latest "
+                              "checkpoint) before the training fails.")
     id_dropout: float = Field(0.2, ge=0, le=1, description=(
         "hybrid: probability that an item's ID is replaced by the unknown ID in training, so the "
         "item tower also learns to rank from text alone (cold-start items)."))

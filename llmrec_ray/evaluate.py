@@ -192,6 +192,40 @@ def format_table(results: dict[str, dict[str, dict[str, float]]], ks: list[int])
     return "\n".join(out).rstrip()
 
 
-def write_results(results: dict, path: Path) -> None:
+def write_results(results: dict, path: Path) -> list[Path]:
+    """The metrics as JSON at `path`, the tables as markdown beside it (.md) and one bar chart
+    per slice (<stem>-<slice>.png: Recall@20 and NDCG@20 of every model). Returns the files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
+    ks = sorted({int(k.split("@")[1]) for m in next(iter(results.values())).values() for k in m if "@" in k})
+    md = path.with_suffix(".md")
+    md.write_text(format_table(results, ks) + "\n")
+    return [path, md] + plot_results(results, path.parent / path.stem, k=max(ks))
+
+
+def plot_results(results: dict, prefix: Path, k: int = 20) -> list[Path]:
+    """One PNG per slice: Recall@k and NDCG@k of every model, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for slice_name, models in results.items():
+        names = list(models)
+        x = np.arange(len(names))
+        fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
+        for offset, metric in ((-0.2, "recall"), (0.2, "ndcg")):
+            values = [models[n][f"{metric}@{k}"] for n in names]
+            bars = ax.bar(x + offset, values, width=0.4, label=f"{metric}@{k}")
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        users = models[names[0]]["users"] if names else 0
+        ax.set_xticks(x, names, rotation=20, ha="right")
+        ax.set_title(f"{slice_name} ({users} users)")
+        ax.legend()
+        fig.tight_layout()
+        out = Path(f"{prefix}-{slice_name}.png")
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        files.append(out)
+    return files

@@ -100,23 +100,30 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
                        cfg.evaluate.ks, cfg.evaluate.baselines, cfg.evaluate.light_user_max, cfg.seed,
                        cfg.run_dir / "model")
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
-    write_results(results, path)
+    files = write_results(results, path)
     summary = {"metrics": results, "table": format_table(results, cfg.evaluate.ks),
                "protocol": f"user-temporal, last {cfg.evaluate.test_fraction:.0%} of each user is test",
-               "path": str(path), "seconds": round(time.perf_counter() - start, 1)}
+               "path": str(path), "files": [str(f) for f in files],
+               "seconds": round(time.perf_counter() - start, 1)}
     _write_summary(cfg, "evaluate", {k: v for k, v in summary.items() if k != "table"})
     return summary
 
 
-def recommend_stage(cfg, user_id: str, k: int) -> list[dict]:
-    from llmrec_ray.recommend import recommend_for_user
+def recommend_stage(cfg, user_id: str | None, k: int, text: str | None = None) -> list[dict]:
+    """Top-k for a known user (online store), or for a new user described by `text`."""
+    from llmrec_ray.recommend import recommend_for_text, recommend_for_user
     from llmrec_ray.train import load_model
 
+    if (user_id is None) == (text is None):
+        raise ValueError("give exactly one of --user and --text")
+    model_dir = cfg.run_dir / "model"
+    if text is not None:
+        return recommend_for_text(feature_repo(cfg), load_model(cfg.run_dir), cfg.encode, text, k,
+                                  model_dir)
     tables = load_saved_dataset(cfg.run_dir)
     inter = tables["interactions"]
     seen = set(inter.filter(pc.equal(inter.column("user_id"), user_id)).column("item_id").to_pylist())
-    return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir),
-                              user_id, seen, k, cfg.run_dir / "model")
+    return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir), user_id, seen, k, model_dir)
 
 
 def materialize_stage(cfg, incremental: bool, start: str | None, end: str | None) -> dict:

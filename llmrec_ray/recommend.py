@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
@@ -19,36 +20,62 @@ from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HI
 from llmrec_ray.train import user_extra_features
 
 
+STATS = ["n_interactions", "mean_rating", "n_30d", "last_interaction_unix"]
+
+
 def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k: int,
                        model_dir: Path | None = None) -> list[dict]:
     """[{rank, item_id, title, score}] for `user_id`, best first, `seen` excluded."""
-    stats = ["n_interactions", "mean_rating", "n_30d", "last_interaction_unix"]
-    refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in stats]
+    refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STATS]
     got = repo.online(refs, [{"user_id": user_id}])
     if got["embedding"][0] is None:
         raise KeyError(f"user {user_id!r} is not in the online store ({USER_HISTORY_VIEW}); known "
                        "users are those with interactions in the built dataset")
     user_emb = np.asarray(got["embedding"][0], dtype=np.float32)[None, :]  # (1, H)
-    item_ids = pc.unique(repo.read_view(ITEM_TEXT_VIEW, columns=["item_id"]).column("item_id")).to_pylist()
-    rows = [{"item_id": i} for i in item_ids]
-    items = repo.online([f"{ITEM_TEXT_VIEW}:embedding", f"{ITEM_METADATA_VIEW}:title"], rows)
-    item_emb = embedding_matrix(items["embedding"])  # (I, H)
-    frame = pd.DataFrame({f"{USER_STATS_VIEW}__{f}": [got[f][0]] for f in stats})
+    frame = pd.DataFrame({f"{USER_STATS_VIEW}__{f}": [got[f][0]] for f in STATS})
     frame["event_timestamp"] = pd.Timestamp.now(tz="UTC")
-    user_extra = torch.from_numpy(user_extra_features(frame))
-    user_idx = item_idx = None
+    user_idx = None
     if getattr(model, "hybrid", False):
         known = json.loads((model_dir / "users.json").read_text())
-        if user_id not in known:
-            raise KeyError(f"user {user_id!r} has no ID embedding in this hybrid model")
+        user_idx = torch.tensor([known.index(user_id) if user_id in known else -1])
+    return _rank_items(repo, model, user_emb, user_extra_features(frame), user_idx, seen, k, model_dir)
+
+
+def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int,
+                       model_dir: Path | None = None) -> list[dict]:
+    """A brand-new user described in words: the text is encoded with the features' encoder (same
+    model, pooling, prompt) and scored as a user with no history (zero statistics, unknown ID)."""
+    from llmrec_ray.encode import Encoder, resolve_model
+
+    if not text.strip():
+        raise ValueError("--text is empty")
+    path, _ = resolve_model(encode_cfg.model)
+    enc = Encoder(path, encode_cfg.pooling, encode_cfg.max_length, encode_cfg.normalize,
+                  device="cpu" if encode_cfg.device == "cpu" else "auto", dtype=encode_cfg.dtype,
+                  trust_remote_code=encode_cfg.trust_remote_code, layers=encode_cfg.layers,
+                  prompt_template=encode_cfg.prompt_template, add_eos=encode_cfg.add_eos,
+                  allow_unsafe_weights=encode_cfg.allow_unsafe_weights)
+    out = enc(pa.table({"text_hash": ["query"], "text": [text]}))
+    user_emb = np.asarray(out.column("embedding")[0].as_py(), dtype=np.float32)[None, :]
+    user_extra = np.zeros((1, 4), dtype=np.float32)  # no interactions yet
+    return _rank_items(repo, model, user_emb, user_extra, None, set(), k, model_dir)
+
+
+def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.ndarray, user_idx,
+                seen: set[str], k: int, model_dir: Path | None) -> list[dict]:
+    """Score one user against every item in the online store; top k unseen, with titles."""
+    item_ids = pc.unique(repo.read_view(ITEM_TEXT_VIEW, columns=["item_id"]).column("item_id")).to_pylist()
+    items = repo.online([f"{ITEM_TEXT_VIEW}:embedding", f"{ITEM_METADATA_VIEW}:title"],
+                        [{"item_id": i} for i in item_ids])
+    item_emb = embedding_matrix(items["embedding"])  # (I, H)
+    item_idx = None
+    if getattr(model, "hybrid", False):
         trained = set(json.loads((model_dir / "trained_items.json").read_text()))
-        user_idx = torch.tensor([known.index(user_id)])
-        all_items = json.loads((model_dir / "items.json").read_text())
-        position = {i: n for n, i in enumerate(all_items)}
-        item_idx = torch.tensor([position[i] if i in trained else -1 for i in item_ids])
+        position = {i: n for n, i in enumerate(json.loads((model_dir / "items.json").read_text()))}
+        item_idx = torch.tensor([position.get(i, -1) if i in trained else -1 for i in item_ids])
     with torch.inference_mode():
-        scores = model.score(torch.from_numpy(user_emb), torch.from_numpy(item_emb), user_extra,
-                             user_idx, item_idx)[0].numpy()
+        scores = model.score(torch.from_numpy(user_emb), torch.from_numpy(item_emb),
+                             torch.from_numpy(user_extra), user_idx, item_idx)[0].numpy()
     order = np.argsort(-scores, kind="stable")
     out = []
     for i in order:

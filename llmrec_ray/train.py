@@ -9,8 +9,10 @@ loss and a checkpoint through `ray.train.report`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -85,8 +87,42 @@ def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict
     return ds.map_batches(to_training_batch, batch_format="pandas")
 
 
+def _restore(model: torch.nn.Module, opt, fingerprint: str) -> tuple[int, float | None]:
+    """Load the latest checkpoint of this run if it was made by the same training (fingerprint:
+    model, hyper-parameters and training data). Returns (epochs done, their last loss)."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, None
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        logger.warning("checkpoint %s belongs to another training (model, data or settings "
+                       "changed): starting from scratch", ckpt.path)
+        return 0, None
+    model.load_state_dict(state["state_dict"])
+    opt.load_state_dict(state["optimizer"])
+    logger.info("resumed from %s after epoch %d", ckpt.path, state["epoch"])
+    return int(state["epoch"]), state.get("loss")
+
+
+def _save(model, opt, epoch: int, loss: float, fingerprint: str, metrics: dict) -> None:
+    import ray.train
+
+    inner = model.module if hasattr(model, "module") else model
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({"state_dict": inner.state_dict(), "hparams": inner.hparams,
+                    "optimizer": opt.state_dict(), "epoch": epoch, "loss": loss,
+                    "fingerprint": fingerprint}, Path(tmp) / MODEL_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: resumes from this run's latest checkpoint (a restarted
+    worker group after a crash, or the same run started again), then one checkpoint per epoch."""
+    import os
+
     import ray.train
     import ray.train.torch
 
@@ -95,8 +131,27 @@ def train_loop_per_worker(config: dict) -> None:
     model = TwoTower(**config["model"])
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    inner = model.module if hasattr(model, "module") else model
+    start, last_loss = _restore(inner, opt, config["fingerprint"])
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(config["epochs"]):
+    fault = config.get("fault") or {}
+    if start >= config["epochs"]:  # finished before: hand back the same model
+        metrics = {"epoch": start, "loss": last_loss, "batches": 0, "resumed_from": start}
+        if ctx.get_world_rank() == 0:
+            _save(model, opt, start, last_loss, config["fingerprint"], metrics)
+        else:
+            ray.train.report(metrics)
+        return
+    for epoch in range(start, config["epochs"]):
+        if (fault.get("epoch") == epoch and ctx.get_world_rank() == 0
+                and not os.path.exists(fault["marker"])):
+            # fault injection (tests). The pause lets the controller register the last report:
+            # a real crash can lose it, and the run then resumes one epoch earlier.
+            import time
+
+            time.sleep(5)
+            Path(fault["marker"]).write_text("crashed once")
+            os._exit(1)
         model.train()
         total, batches = 0.0, 0
         for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
@@ -108,13 +163,10 @@ def train_loop_per_worker(config: dict) -> None:
             opt.step()
             total += float(loss.detach())
             batches += 1
-        metrics = {"epoch": epoch + 1, "loss": total / max(batches, 1), "batches": batches}
+        metrics = {"epoch": epoch + 1, "loss": total / max(batches, 1), "batches": batches,
+                   "resumed_from": start}
         if ctx.get_world_rank() == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                inner = model.module if hasattr(model, "module") else model
-                torch.save({"state_dict": inner.state_dict(), "hparams": inner.hparams},
-                           Path(tmp) / MODEL_FILE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            _save(model, opt, epoch + 1, metrics["loss"], config["fingerprint"], metrics)
         else:
             ray.train.report(metrics)
 
@@ -122,7 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
 def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str]) -> dict:
     """Fit on the training interactions; save the model under <run_dir>/model; return a summary."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     item_index = {item: i for i, item in enumerate(item_ids)}
@@ -142,18 +194,28 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
                              minlength=len(item_ids)).astype(np.float64)
         model_kwargs["logq"] = np.log(np.maximum(counts, 1) / counts.sum()).tolist()
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)
+    manifest = repo.read_manifest()
+    fingerprint = hashlib.sha256(json.dumps(
+        [model_kwargs, t.model_dump(), cfg.seed, manifest.get("built_at"), int(train_interactions.num_rows)],
+        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fault = None
+    if os.environ.get("LLMREC_FAULT_EPOCH"):  # fault injection for the tests: crash rank 0 once
+        fault = {"epoch": int(os.environ["LLMREC_FAULT_EPOCH"]), "marker": os.environ["LLMREC_FAULT_MARKER"]}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "seed": cfg.seed, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
-            "weight_decay": t.weight_decay,
+            "weight_decay": t.weight_decay, "fingerprint": fingerprint, "fault": fault,
             "model": model_kwargs,
         },
         datasets={"train": ds},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=RunConfig(name=f"{cfg.name}-two-tower",
-                             storage_path=str((cfg.run_dir / "ray_results").resolve())),
+        # The same name again resumes from the run's latest checkpoint (if the training matches);
+        # a crashed worker restarts the group from it, up to max_failures times.
+        run_config=RunConfig(name=f"{cfg.name}-{t.model}",
+                             storage_path=str((cfg.run_dir / "ray_results").resolve()),
+                             failure_config=FailureConfig(max_failures=t.max_failures)),
     )
     result = trainer.fit()
     if result.error:
@@ -169,7 +231,7 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
     (out / "trained_items.json").write_text(json.dumps(trained))
     history = result.metrics_dataframe
     summary = {"rows": int(train_interactions.num_rows), "workers": t.num_workers, "use_gpu": use_gpu,
-               "model_kind": t.model,
+               "model_kind": t.model, "resumed_from": int(result.metrics.get("resumed_from", 0)),
                "epochs": t.epochs, "final_loss": float(result.metrics["loss"]),
                "first_loss": float(history["loss"].iloc[0]) if history is not None and len(history) else None,
                "model": str(out / MODEL_FILE)}

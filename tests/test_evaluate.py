@@ -42,3 +42,19 @@ def test_format_table():
     assert lines[2].startswith("| model | recall@10 | ndcg@10")
     assert lines[4] == "| two_tower | " + " | ".join(["0.5000"] * 12) + " |"
     assert lines[7] == "**cold_items** (7 users)" and len(lines) == 12
+
+
+def test_write_results_json_markdown_and_charts(tmp_path):
+    import json
+
+    from llmrec_ray.evaluate import write_results
+
+    m = {f"{n}@{k}": 0.25 for n in ("recall", "ndcg", "hr", "precision", "f1", "mrr") for k in (10, 20)}
+    m["users"] = 3
+    results = {"all": {"hybrid": m, "popularity": m}, "cold_items": {"hybrid": m, "popularity": m}}
+    files = write_results(results, tmp_path / "metrics.json")
+    assert json.loads((tmp_path / "metrics.json").read_text()) == results
+    assert "**cold_items** (3 users)" in (tmp_path / "metrics.md").read_text()
+    pngs = [f for f in files if f.suffix == ".png"]
+    assert [p.name for p in pngs] == ["metrics-all.png", "metrics-cold_items.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

@@ -140,3 +140,34 @@ def test_other_run_cannot_use_these_features(e2e):
     other = cfg.model_copy(update={"name": "other"})
     with pytest.raises(ValueError, match="built by run 'tiny'"):
         pipeline.feature_repo(other)
+
+
+def test_recommend_for_a_new_user_described_in_words(e2e):
+    cfg, *_ = e2e
+    recs = pipeline.recommend_stage(cfg, None, 5, text="space battles and starships")
+    assert [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
+    assert all(r["title"] for r in recs) and recs[0]["score"] >= recs[-1]["score"]
+    other = pipeline.recommend_stage(cfg, None, 5, text="a quiet romance in a small village")
+    assert [r["item_id"] for r in recs] != [r["item_id"] for r in other]  # the text matters
+    with pytest.raises(ValueError, match="exactly one"):
+        pipeline.recommend_stage(cfg, "u1", 5, text="x")
+
+
+def test_training_started_again_resumes_from_its_checkpoint(e2e):
+    cfg, _, first, _ = e2e
+    again = pipeline.train_stage(cfg)
+    assert again["resumed_from"] == cfg.train.epochs  # nothing left to do: the same model back
+    assert again["final_loss"] == pytest.approx(first["final_loss"])
+
+
+def test_a_crashed_worker_restarts_from_the_checkpoint(e2e, monkeypatch, tmp_path):
+    cfg, *_ = e2e
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.epochs = 3  # another training: the earlier checkpoints are not reused
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv("LLMREC_FAULT_EPOCH", "1")  # rank 0 dies at the start of epoch 2, once
+    monkeypatch.setenv("LLMREC_FAULT_MARKER", str(marker))
+    summary = pipeline.train_stage(cfg)
+    assert marker.exists()  # the worker did crash
+    assert summary["resumed_from"] == 1 and summary["epochs"] == 3
+    assert np.isfinite(summary["final_loss"])

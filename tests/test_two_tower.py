@@ -152,7 +152,12 @@ def test_hybrid_ids_unknown_item_and_id_dropout():
     model.loss(batch).backward()
     assert model.item_ids.weight.grad[:5].abs().sum() == 0
     assert model.item_ids.weight.grad[5].abs().sum() > 0
-    assert model.user_ids.weight.grad[:3].abs().sum() > 0
+    assert model.user_ids.weight.grad[:3].abs().sum() == 0 and model.user_ids.weight.grad[3].abs().sum() > 0
+    # a brand-new user (no index) is scored with the unknown user ID
+    model.eval()
+    new = model.user_vectors(batch["user_emb"][:1], batch["user_extra"][:1])
+    torch.testing.assert_close(new, model.user_vectors(batch["user_emb"][:1], batch["user_extra"][:1],
+                                                       torch.tensor([-1])))
     scores = model.eval().score(batch["user_emb"], batch["item_emb"], batch["user_extra"],
                                 batch["user_idx"], batch["item_idx"])
     assert scores.shape == (4, 4)

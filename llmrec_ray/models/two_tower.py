@@ -5,9 +5,9 @@ item-text embedding. Score = cosine(user, item) / temperature. Loss: softmax ove
 batch (InfoNCE), where another row's copy of the same item is not counted as a negative.
 
 Hybrid (`n_users`, `n_items` > 0): learned ID embeddings join each tower's input. IDs help warm
-items; text carries cold ones: during training an item's ID is replaced by a shared "unknown" ID
-with probability `id_dropout`, and items never seen in training are scored with that ID, so the
-tower learns to rank from text alone. `logq` (log of each item's share of the training rows)
+items; text carries cold ones: during training a user's or item's ID is replaced by a shared
+"unknown" ID with probability `id_dropout`, and users and items never seen in training are scored
+with that ID, so the towers learn to rank from features alone. `logq` (log of each item's share of the training rows)
 corrects in-batch negatives for popularity: popular items are over-sampled as negatives, so
 their logit is lowered by log q during training (Yi et al., 2019), not at scoring.
 
@@ -41,11 +41,11 @@ class TwoTower(nn.Module):
         self.user_tower = mlp(user_dim + user_extra_dim + ids, hidden_dim, out_dim, dropout)
         self.item_tower = mlp(item_dim + ids, hidden_dim, out_dim, dropout)
         if self.hybrid:
-            self.user_ids = nn.Embedding(n_users, id_dim)
+            self.user_ids = nn.Embedding(n_users + 1, id_dim)  # the last row: the unknown user
             self.item_ids = nn.Embedding(n_items + 1, id_dim)  # the last row: the unknown item
             nn.init.normal_(self.user_ids.weight, std=0.05)
             nn.init.normal_(self.item_ids.weight, std=0.05)
-        self.n_items, self.id_dropout = n_items, id_dropout
+        self.n_users, self.n_items, self.id_dropout = n_users, n_items, id_dropout
         self.temperature = temperature
         # logQ of each item index (training only); an empty buffer = no correction
         self.register_buffer("logq", torch.tensor(logq if logq is not None else [], dtype=torch.float32),
@@ -57,7 +57,11 @@ class TwoTower(nn.Module):
         if self.hparams["user_extra_dim"]:
             parts.append(user_extra)
         if self.hybrid:
-            parts.append(self.user_ids(user_idx))
+            if user_idx is None:  # a brand-new user: the unknown ID
+                user_idx = torch.full((len(user_emb),), -1, dtype=torch.long, device=user_emb.device)
+            idx = torch.where((user_idx < 0) | (user_idx >= self.n_users),
+                              torch.full_like(user_idx, self.n_users), user_idx)
+            parts.append(self.user_ids(idx))
         return F.normalize(self.user_tower(torch.cat(parts, dim=-1)), dim=-1)  # (B, D)
 
     def item_vectors(self, item_emb: torch.Tensor, item_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,11 +81,14 @@ class TwoTower(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         idx = batch["item_idx"]
-        item_ids = idx
+        item_ids, user_ids = idx, batch.get("user_idx")
         if self.hybrid and self.training and self.id_dropout > 0:
+            # IDs dropped to the unknown ID: the towers also learn to work from features alone
             drop = torch.rand(idx.shape, device=idx.device) < self.id_dropout
             item_ids = torch.where(drop, torch.full_like(idx, -1), idx)
-        u = self.user_vectors(batch["user_emb"], batch.get("user_extra"), batch.get("user_idx"))  # (B, D)
+            drop = torch.rand(user_ids.shape, device=idx.device) < self.id_dropout
+            user_ids = torch.where(drop, torch.full_like(user_ids, -1), user_ids)
+        u = self.user_vectors(batch["user_emb"], batch.get("user_extra"), user_ids)  # (B, D)
         v = self.item_vectors(batch["item_emb"], item_ids if self.hybrid else None)  # (B, D)
         logits = u @ v.T / self.temperature  # (B, B)
         if self.logq.numel():
