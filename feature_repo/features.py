@@ -85,6 +85,24 @@ item_stats = FeatureView(
     online=True, description="Popularity: interactions so far and in the last 7 and 30 days, mean "
                              "rating, last interaction time (unix s, 0 = none).")
 
+# The trained towers' vectors, written by `llmrec train` (declared once a training exported them):
+# serving fetches them like any feature; tags name the encoder and the trained model.
+if "item_tower_embedding" in _SOURCES:
+    item_tower_embedding = FeatureView(
+        name="item_tower_embedding", entities=[item], ttl=timedelta(0),
+        source=FileSource(name="item_tower_embedding_source", path=_path("item_tower_embedding"),
+                          timestamp_field="event_timestamp"),
+        schema=[Field(name="embedding", dtype=Array(Float32))], online=True,
+        tags=_tags("item_tower_embedding"), description="Item vectors of the trained item tower.")
+if "user_tower_embedding" in _SOURCES:
+    user_tower_embedding = FeatureView(
+        name="user_tower_embedding", entities=[user], ttl=timedelta(0),
+        source=FileSource(name="user_tower_embedding_source", path=_path("user_tower_embedding"),
+                          timestamp_field="event_timestamp"),
+        schema=[Field(name="embedding", dtype=Array(Float32))], online=True,
+        tags=_tags("user_tower_embedding"),
+        description="User vectors of the trained user tower, at the user snapshot times.")
+
 training = FeatureService(
     name="training",
     features=[user_history_embedding[["embedding", "n_history"]], item_text_embedding[["embedding"]],

@@ -161,6 +161,9 @@ class TrainConfig(Strict):
     logq: bool = Field(True, description="Correct in-batch negatives by each item's log share "
                        "of the training rows (sampling-bias correction).")
     id_dim: int = Field(32, ge=1, description="hybrid: width of the ID embeddings.")
+    export: bool = Field(True, description="After training, write the towers' item and user "
+                         "vectors back as Feast views (item_tower_embedding, user_tower_embedding) "
+                         "and materialize them.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the latest "
                               "checkpoint) before the training fails.")
     id_dropout: float = Field(0.2, ge=0, le=1, description=(

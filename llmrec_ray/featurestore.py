@@ -35,6 +35,8 @@ ITEM_METADATA_VIEW = "item_metadata"
 USER_HISTORY_VIEW = "user_history_embedding"
 USER_STATS_VIEW = "user_stats"
 ITEM_STATS_VIEW = "item_stats"
+ITEM_TOWER_VIEW = "item_tower_embedding"  # written by `llmrec train` (the trained item tower)
+USER_TOWER_VIEW = "user_tower_embedding"
 MANIFEST = "manifest.json"
 SOURCES = "sources.json"  # view -> source directory and tags; features.py reads it
 PARTITION = "month"  # hive partition column of every view's parquet (from event_timestamp)
@@ -63,8 +65,12 @@ VIEWS = {
                                 embedding=True),
     USER_STATS_VIEW: ViewSpec("user_id", _stats_columns(("30d",))),
     ITEM_STATS_VIEW: ViewSpec("item_id", _stats_columns(("7d", "30d"))),
+    ITEM_TOWER_VIEW: ViewSpec("item_id", {"embedding": EMBEDDING}, embedding=True),
+    USER_TOWER_VIEW: ViewSpec("user_id", {"embedding": EMBEDDING}, embedding=True),
 }
 VIEW_KEYS = {name: spec.key for name, spec in VIEWS.items()}
+BUILT_VIEWS = (ITEM_TEXT_VIEW, ITEM_METADATA_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW)
+TEXT_VIEWS = (ITEM_TEXT_VIEW, USER_HISTORY_VIEW)  # the encoder's vectors
 
 
 def encoder_id(encoder_key: str | None) -> str:
@@ -326,9 +332,7 @@ class FeatureRepo:
 
     def check_encoder(self, encoder_key: str) -> None:
         """The registered embedding views hold vectors of `encoder_key` (from their tags)."""
-        for view, spec in VIEWS.items():
-            if not spec.embedding:
-                continue
+        for view in TEXT_VIEWS:
             tags = self.store.get_feature_view(view).tags or {}
             if tags.get("encoder_key") != encoder_key:
                 raise ValueError(f"feature view {view!r} holds vectors of encoder "
@@ -336,9 +340,14 @@ class FeatureRepo:
                                  "features with this encoder (`llmrec build-features`)")
 
     # ---- online --------------------------------------------------------------------------------
+    def present_views(self) -> list[str]:
+        """The built views, and the tower views once a training has exported them."""
+        written = self.sources()
+        return [v for v in VIEWS if v in BUILT_VIEWS or v in written]
+
     def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict:
         """Materialize [start, end], then check that every entity with a row by `end` is online."""
-        views = views or list(VIEW_KEYS)
+        views = views or self.present_views()
         self.store.materialize(start_date=start, end_date=end, feature_views=views)
         return {v: self.verify_online(v, end) for v in views}
 
@@ -350,7 +359,7 @@ class FeatureRepo:
         fails on a window without rows. Here a view starts at its earliest row the first time, at
         its last materialized end after that, and a window without new rows is skipped.
         """
-        views = views or list(VIEW_KEYS)
+        views = views or self.present_views()
         for view in views:
             ts = self.read_view(view, columns=["event_timestamp"]).column("event_timestamp")
             last = self.store.get_feature_view(view).most_recent_end_time

@@ -82,7 +82,14 @@ def train_stage(cfg) -> dict:
     init_ray(cfg.ray)
     start = time.perf_counter()
     tables, train, test, cuts, item_ids = _split(cfg)
-    summary = fit(cfg, feature_repo(cfg), train, item_ids)
+    repo = feature_repo(cfg)
+    summary = fit(cfg, repo, train, item_ids)
+    if cfg.train.export:
+        from llmrec_ray.encode import encoder_key
+        from llmrec_ray.train import export_towers, load_model
+
+        summary["exported_online"] = export_towers(repo, load_model(cfg.run_dir), cfg.run_dir / "model",
+                                                   encoder_key(cfg.encode), summary["fingerprint"])
     summary.update(split={"train": train.num_rows, "test": test.num_rows, "test_users": cuts.num_rows},
                    seconds=round(time.perf_counter() - start, 1))
     _write_summary(cfg, "train", summary)
@@ -147,9 +154,7 @@ def materialize_stage(cfg, incremental: bool, start: str | None, end: str | None
     else:
         from datetime import timedelta
 
-        from llmrec_ray.featurestore import VIEWS
-
         firsts = [pc.min(repo.read_view(v, columns=["event_timestamp"]).column("event_timestamp")).as_py()
-                  for v in VIEWS]
+                  for v in repo.present_views()]
         start_t = min(t for t in firsts if t is not None) - timedelta(seconds=1)
     return repo.materialize(start_t, end_t)

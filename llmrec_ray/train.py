@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from datetime import datetime, timezone
 import tempfile
 from pathlib import Path
 
@@ -232,6 +233,7 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
     history = result.metrics_dataframe
     summary = {"rows": int(train_interactions.num_rows), "workers": t.num_workers, "use_gpu": use_gpu,
                "model_kind": t.model, "resumed_from": int(result.metrics.get("resumed_from", 0)),
+               "fingerprint": fingerprint,
                "epochs": t.epochs, "final_loss": float(result.metrics["loss"]),
                "first_loss": float(history["loss"].iloc[0]) if history is not None and len(history) else None,
                "model": str(out / MODEL_FILE)}
@@ -248,3 +250,50 @@ def load_model(run_dir: Path) -> TwoTower:
     model = TwoTower(**state["hparams"])
     model.load_state_dict(state["state_dict"])
     return model.eval()
+
+
+def export_towers(repo: FeatureRepo, model: TwoTower, model_dir: Path, encoder_key: str,
+                  fingerprint: str) -> dict[str, int]:
+    """Write the trained towers' vectors back as Feast views and put them online.
+
+    item_tower_embedding: one vector per item text row; user_tower_embedding: one per user
+    snapshot (history embedding + statistics of that snapshot). Users and items unseen in
+    training get the unknown ID (hybrid). Tagged with the encoder and the trained model.
+    """
+    from datetime import timedelta
+
+    import pyarrow.compute as pc
+
+    from llmrec_ray.featurestore import ITEM_TOWER_VIEW, USER_TOWER_VIEW, embedding_matrix
+    from llmrec_ray.schemas import EMBEDDING
+
+    items = repo.read_view(ITEM_TEXT_VIEW, columns=["item_id", "event_timestamp", "embedding"])
+    users = repo.read_view(USER_HISTORY_VIEW, columns=["user_id", "event_timestamp", "embedding"])
+    stats = repo.read_view(USER_STATS_VIEW).to_pandas()
+    frame = users.select(["user_id", "event_timestamp"]).to_pandas().merge(
+        stats, on=["user_id", "event_timestamp"], how="left", validate="one_to_one")
+    frame = frame.rename(columns={c: f"{USER_STATS_VIEW}__{c}" for c in stats.columns
+                                  if c not in ("user_id", "event_timestamp")})
+    user_idx = item_idx = None
+    if model.hybrid:
+        known = {u: k for k, u in enumerate(json.loads((model_dir / "users.json").read_text()))}
+        position = {i: k for k, i in enumerate(json.loads((model_dir / "items.json").read_text()))}
+        trained = set(json.loads((model_dir / "trained_items.json").read_text()))
+        user_idx = torch.tensor([known.get(u, -1) for u in users.column("user_id").to_pylist()])
+        item_idx = torch.tensor([position[i] if i in trained else -1 for i in items.column("item_id").to_pylist()])
+    with torch.inference_mode():
+        v_items = model.item_vectors(torch.from_numpy(embedding_matrix(items.column("embedding"))),
+                                     item_idx).numpy()
+        v_users = model.user_vectors(torch.from_numpy(embedding_matrix(users.column("embedding"))),
+                                     torch.from_numpy(user_extra_features(frame)), user_idx).numpy()
+    key = f"{encoder_key}|model={fingerprint}"
+    tags = {"model_fingerprint": fingerprint, "dim": str(v_items.shape[1])}
+    for view, table, vectors in ((ITEM_TOWER_VIEW, items, v_items), (USER_TOWER_VIEW, users, v_users)):
+        out = table.select([0, 1]).append_column("embedding", pa.array(list(vectors), EMBEDDING))
+        repo.write_view(view, out, encoder_key=key, tags=tags)
+    repo.apply()
+    ts = pa.concat_arrays([items.column("event_timestamp").combine_chunks(),
+                           users.column("event_timestamp").combine_chunks()])
+    start = pc.min(ts).as_py() - timedelta(seconds=1)
+    end = max(pc.max(ts).as_py(), datetime.now(timezone.utc)) + timedelta(seconds=1)
+    return repo.materialize(start, end, [ITEM_TOWER_VIEW, USER_TOWER_VIEW])

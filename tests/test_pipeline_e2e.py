@@ -72,7 +72,8 @@ def test_feast_registry_lists_views(e2e):
     cfg, *_ = e2e
     store = FeatureRepo(cfg.featurestore.repo_path).store
     assert sorted(v.name for v in store.list_feature_views()) == [
-        "item_metadata", "item_stats", "item_text_embedding", "user_history_embedding", "user_stats"]
+        "item_metadata", "item_stats", "item_text_embedding", "item_tower_embedding",
+        "user_history_embedding", "user_stats", "user_tower_embedding"]  # towers: from training
     tags = store.get_feature_view("item_text_embedding").tags
     assert tags["dim"] == "384" and tags["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert {s.name for s in store.list_feature_services()} == {"training", "serving"}
@@ -151,6 +152,25 @@ def test_recommend_for_a_new_user_described_in_words(e2e):
     assert [r["item_id"] for r in recs] != [r["item_id"] for r in other]  # the text matters
     with pytest.raises(ValueError, match="exactly one"):
         pipeline.recommend_stage(cfg, "u1", 5, text="x")
+
+
+def test_tower_vectors_are_exported_as_feast_views(e2e):
+    from llmrec_ray.featurestore import ITEM_TOWER_VIEW, USER_TOWER_VIEW
+    from llmrec_ray.train import load_model
+
+    cfg, _, train, _ = e2e
+    assert train["exported_online"] == {ITEM_TOWER_VIEW: 40, USER_TOWER_VIEW: 30}
+    repo = FeatureRepo(cfg.featurestore.repo_path)
+    assert repo.store.get_feature_view(ITEM_TOWER_VIEW).tags["model_fingerprint"] == train["fingerprint"]
+    # the online item vector is the tower applied to the item's text vector
+    item = repo.read_view("item_text_embedding").slice(0, 1).to_pylist()[0]
+    got = repo.online([f"{ITEM_TOWER_VIEW}:embedding"], [{"item_id": item["item_id"]}])["embedding"][0]
+    import torch
+
+    model = load_model(cfg.run_dir)
+    with torch.inference_mode():
+        want = model.item_vectors(torch.tensor([item["embedding"]])).numpy()[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_training_started_again_resumes_from_its_checkpoint(e2e):
