@@ -360,3 +360,38 @@ def test_a_feature_lost_by_the_offline_store_fails_loudly(repo, monkeypatch):
                        "event_timestamp": pd.to_datetime([T0 + timedelta(days=1), T0 + timedelta(days=3)], utc=True)})
     with pytest.raises(RuntimeError, match="came back without user_history_embedding__embedding"):
         repo.historical(df.sort_values("event_timestamp"), [f"{USER_HISTORY_VIEW}:embedding"])
+
+
+def test_feast_ui_shows_the_views(repo):
+    """`feast ui` serves the registry: every view of the repo is listed by its API."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    feast = str(Path(sys.executable).parent / "feast")
+    proc = subprocess.Popen([feast, "-c", str(repo.path), "ui", "-h", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/feature_views?project=llmrec"
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    body = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        else:
+            pytest.fail("feast ui did not answer within 60 s")
+        names = {v["spec"]["name"] for v in body["featureViews"]}
+        assert names == {ITEM_TEXT_VIEW, ITEM_METADATA_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
