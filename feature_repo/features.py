@@ -87,21 +87,20 @@ item_stats = FeatureView(
 
 # The trained towers' vectors, written by `llmrec train` (declared once a training exported them):
 # serving fetches them like any feature; tags name the encoder and the trained model.
+def _tower_view(name: str, entity: Entity, description: str) -> FeatureView:
+    return FeatureView(
+        name=name, entities=[entity], ttl=timedelta(0),
+        source=FileSource(name=f"{name}_source", path=_path(name), timestamp_field="event_timestamp"),
+        schema=[Field(name="embedding", dtype=Array(Float32))], online=True, tags=_tags(name),
+        description=description)
+
+
 if "item_tower_embedding" in _SOURCES:
-    item_tower_embedding = FeatureView(
-        name="item_tower_embedding", entities=[item], ttl=timedelta(0),
-        source=FileSource(name="item_tower_embedding_source", path=_path("item_tower_embedding"),
-                          timestamp_field="event_timestamp"),
-        schema=[Field(name="embedding", dtype=Array(Float32))], online=True,
-        tags=_tags("item_tower_embedding"), description="Item vectors of the trained item tower.")
+    item_tower_embedding = _tower_view("item_tower_embedding", item,
+                                       "Item vectors of the trained item tower.")
 if "user_tower_embedding" in _SOURCES:
-    user_tower_embedding = FeatureView(
-        name="user_tower_embedding", entities=[user], ttl=timedelta(0),
-        source=FileSource(name="user_tower_embedding_source", path=_path("user_tower_embedding"),
-                          timestamp_field="event_timestamp"),
-        schema=[Field(name="embedding", dtype=Array(Float32))], online=True,
-        tags=_tags("user_tower_embedding"),
-        description="User vectors of the trained user tower, at the user snapshot times.")
+    user_tower_embedding = _tower_view("user_tower_embedding", user,
+                                       "User vectors of the trained user tower, at the user snapshot times.")
 
 training = FeatureService(
     name="training",

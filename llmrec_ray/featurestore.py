@@ -149,6 +149,7 @@ class FeatureRepo:
         self.offline_store, self.online_store = offline_store, online_store
         self._redis = redis_connection
         self._store = None
+        self._drop_online: set[str] = set()  # views whose encoder changed: online rows to drop
         self._recover()
 
     @property
@@ -247,7 +248,6 @@ class FeatureRepo:
 
     def _recover(self) -> None:
         """Finish a swap a crash interrupted: an `.X.old-*` directory without `X` goes back."""
-        self._drop_online: set[str] = set()
         if not self.data_dir.exists():
             return
         import time

@@ -183,6 +183,10 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
     users = sorted(set(train_interactions.column("user_id").to_pylist()))
     user_index = {u: k for k, u in enumerate(users)}
     ds = training_dataset(repo, train_interactions, item_index, user_index)
+    if t.num_workers * t.cpus_per_worker > ray.cluster_resources().get("CPU", 0) - 1:
+        # The workers leave no CPU for the dataset's map tasks, which would wait for ever:
+        # run them now, before the workers take the cluster (the rows then sit in the object store).
+        ds = ds.materialize()
     dim = repo.read_manifest()["dim"]
     model_kwargs = dict(user_dim=dim, item_dim=dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
                         dropout=t.dropout, temperature=t.temperature,
