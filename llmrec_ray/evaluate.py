@@ -123,14 +123,13 @@ def model_inputs(repo: FeatureRepo, model, users: list[str], times: list, item_i
     inputs["item_emb"] = torch.from_numpy(
         _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW))
     if getattr(model, "hybrid", False):
-        known_users = json.loads((model_dir / "users.json").read_text())
-        trained = set(json.loads((model_dir / "trained_items.json").read_text()))
-        u_index = {u: k for k, u in enumerate(known_users)}
-        missing = [u for u in users if u not in u_index]
+        from llmrec_ray.train import item_id_index, user_id_index
+
+        inputs["user_idx"] = user_id_index(model_dir, users)
+        missing = [u for u, k in zip(users, inputs["user_idx"].tolist()) if k < 0]
         if missing:
             raise KeyError(f"users {missing[:5]} have no ID embedding (not in the training rows)")
-        inputs["user_idx"] = torch.tensor([u_index[u] for u in users])
-        inputs["item_idx"] = torch.tensor([k if i in trained else -1 for k, i in enumerate(item_ids)])
+        inputs["item_idx"] = item_id_index(model_dir, item_ids)
     return inputs
 
 

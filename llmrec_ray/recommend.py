@@ -6,7 +6,6 @@ online store; the trained towers score them; items the user already interacted w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 
 from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
                                      USER_STATS_VIEW, FeatureRepo, embedding_matrix)
-from llmrec_ray.train import user_extra_features
+from llmrec_ray.train import item_id_index, user_extra_features, user_id_index
 
 
 STATS = ["n_interactions", "mean_rating", "n_30d", "last_interaction_unix"]
@@ -36,8 +35,7 @@ def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k
     frame["event_timestamp"] = pd.Timestamp.now(tz="UTC")
     user_idx = None
     if getattr(model, "hybrid", False):
-        known = json.loads((model_dir / "users.json").read_text())
-        user_idx = torch.tensor([known.index(user_id) if user_id in known else -1])
+        user_idx = user_id_index(model_dir, [user_id])
     return _rank_items(repo, model, user_emb, user_extra_features(frame), user_idx, seen, k, model_dir)
 
 
@@ -70,9 +68,7 @@ def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.n
     item_emb = embedding_matrix(items["embedding"])  # (I, H)
     item_idx = None
     if getattr(model, "hybrid", False):
-        trained = set(json.loads((model_dir / "trained_items.json").read_text()))
-        position = {i: n for n, i in enumerate(json.loads((model_dir / "items.json").read_text()))}
-        item_idx = torch.tensor([position.get(i, -1) if i in trained else -1 for i in item_ids])
+        item_idx = item_id_index(model_dir, item_ids)
     with torch.inference_mode():
         scores = model.score(torch.from_numpy(user_emb), torch.from_numpy(item_emb),
                              torch.from_numpy(user_extra), user_idx, item_idx)[0].numpy()

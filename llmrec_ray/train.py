@@ -246,6 +246,19 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
     return summary
 
 
+def user_id_index(model_dir: Path, users: list[str]) -> torch.Tensor:
+    """Hybrid ID rows of `users`; -1 (the unknown ID) for a user absent from the training rows."""
+    known = {u: k for k, u in enumerate(json.loads((model_dir / "users.json").read_text()))}
+    return torch.tensor([known.get(u, -1) for u in users], dtype=torch.long)
+
+
+def item_id_index(model_dir: Path, item_ids: list[str]) -> torch.Tensor:
+    """Hybrid ID rows of `item_ids`; -1 (the unknown ID) for an item without training interactions."""
+    position = {i: k for k, i in enumerate(json.loads((model_dir / "items.json").read_text()))}
+    trained = set(json.loads((model_dir / "trained_items.json").read_text()))
+    return torch.tensor([position.get(i, -1) if i in trained else -1 for i in item_ids], dtype=torch.long)
+
+
 def load_model(run_dir: Path) -> TwoTower:
     path = run_dir / "model" / MODEL_FILE
     if not path.exists():
@@ -280,11 +293,8 @@ def export_towers(repo: FeatureRepo, model: TwoTower, model_dir: Path, encoder_k
                                   if c not in ("user_id", "event_timestamp")})
     user_idx = item_idx = None
     if model.hybrid:
-        known = {u: k for k, u in enumerate(json.loads((model_dir / "users.json").read_text()))}
-        position = {i: k for k, i in enumerate(json.loads((model_dir / "items.json").read_text()))}
-        trained = set(json.loads((model_dir / "trained_items.json").read_text()))
-        user_idx = torch.tensor([known.get(u, -1) for u in users.column("user_id").to_pylist()])
-        item_idx = torch.tensor([position[i] if i in trained else -1 for i in items.column("item_id").to_pylist()])
+        user_idx = user_id_index(model_dir, users.column("user_id").to_pylist())
+        item_idx = item_id_index(model_dir, items.column("item_id").to_pylist())
     with torch.inference_mode():
         v_items = model.item_vectors(torch.from_numpy(embedding_matrix(items.column("embedding"))),
                                      item_idx).numpy()

@@ -161,3 +161,15 @@ def test_hybrid_ids_unknown_item_and_id_dropout():
     scores = model.eval().score(batch["user_emb"], batch["item_emb"], batch["user_extra"],
                                 batch["user_idx"], batch["item_idx"])
     assert scores.shape == (4, 4)
+
+
+def test_id_indices_give_unknown_to_what_training_never_saw(tmp_path):
+    import json
+
+    from llmrec_ray.train import item_id_index, user_id_index
+
+    (tmp_path / "users.json").write_text(json.dumps(["u1", "u2"]))
+    (tmp_path / "items.json").write_text(json.dumps(["a", "b", "c"]))
+    (tmp_path / "trained_items.json").write_text(json.dumps(["a", "c"]))
+    assert user_id_index(tmp_path, ["u2", "new", "u1"]).tolist() == [1, -1, 0]
+    assert item_id_index(tmp_path, ["c", "b", "zzz", "a"]).tolist() == [2, -1, -1, 0]
