@@ -90,10 +90,26 @@ def bpr_mf(train: pa.Table, users: list[str], item_ids: list[str], factors: int 
         return (U.weight @ item_w.T).numpy()
 
 
+def rows_for(scores: np.ndarray, fitted_users: list[str], users: list[str]) -> np.ndarray:
+    """Score rows of `users` (repeats allowed) from a model fitted on `fitted_users`; a user the
+    model never saw gets all-zero scores (an ID model has nothing for them)."""
+    index = {u: k for k, u in enumerate(fitted_users)}
+    out = np.zeros((len(users), scores.shape[1]), dtype=scores.dtype)
+    known = np.array([index.get(u, -1) for u in users], dtype=np.int64)
+    out[known >= 0] = scores[known[known >= 0]]
+    return out
+
+
 def implicit_als(train: pa.Table, users: list[str], item_ids: list[str], factors: int = 64,
                  regularization: float = 0.05, iterations: int = 15, alpha: float = 1.0,
-                 seed: int = 0) -> np.ndarray:
-    """The `implicit` library's ALS (CPU) on the binary interaction matrix."""
+                 seed: int = 0, histories: list[list[str]] | None = None) -> np.ndarray:
+    """The `implicit` library's ALS (CPU) on the binary interaction matrix.
+
+    Without `histories`: the (U, I) scores of the fitted `users`. With `histories` (one list of
+    item ids per query): each query's user factors are recomputed from that history with the
+    fitted item factors (implicit's `recalculate_user`, the fold-in a serving system does), so
+    ALS, like the feature models, sees everything the user did before the query, and users who
+    arrived after the fit are served too. Returns (Q, I)."""
     try:
         from implicit.cpu.als import AlternatingLeastSquares
     except ImportError as e:
@@ -107,7 +123,18 @@ def implicit_als(train: pa.Table, users: list[str], item_ids: list[str], factors
                                         iterations=iterations, random_state=seed,
                                         calculate_training_loss=False)
         model.fit(m.tocsr(), show_progress=False)
-    return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
+        if histories is None:
+            return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
+        from scipy.sparse import csr_matrix
+
+        i_index = {i: k for k, i in enumerate(item_ids)}
+        cols = [sorted({i_index[i] for i in h}) for h in histories]
+        indptr = np.r_[0, np.cumsum([len(c) for c in cols])]
+        data = np.full(indptr[-1], alpha, np.float32)
+        hist = csr_matrix((data, np.concatenate(cols).astype(np.int32) if cols else np.array([], np.int32),
+                           indptr), shape=(len(histories), len(item_ids)))
+        user_factors = model.recalculate_user(np.arange(len(histories)), hist)
+    return np.asarray(user_factors) @ np.asarray(model.item_factors).T
 
 
 def zero_shot_cosine(user_emb: np.ndarray, item_emb: np.ndarray) -> np.ndarray:

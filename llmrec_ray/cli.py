@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     add("run", "all stages: build features, train, evaluate")
     add("build-features", "load, serialize, encode, write + apply + materialize the Feast repo")
     add("train", "fit the two-tower model on features from Feast with Ray Train")
-    e = add("evaluate", "full-ranking metrics for the model and the popularity baseline")
+    e = add("evaluate", "full-ranking metrics, per slice, for the model and the baselines")
     e.add_argument("--out", help="write the metrics JSON here (default <run_dir>/metrics.json)")
     m = add("materialize", "load the feature views into the online store (SQLite or Redis), "
             "then check the counts")
@@ -84,12 +84,18 @@ def main(argv: list[str] | None = None) -> int:
             _print_counts(s)
         if args.command in ("run", "train"):
             s = pipeline.train_stage(cfg)
-            print(f"[train] {s['rows']} rows, {s['workers']} worker(s), {s['epochs']} epochs, loss "
-                  f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}, {s['seconds']}s")
+            metric = f"valid_{cfg.train.early_stopping_metric}"
+            best = s.get(metric)
+            print(f"[train] {s['rows']} fit rows ({s['split']['protocol']}), {s['workers']} worker(s), "
+                  f"{s['epochs_run']}/{s['epochs']} epochs{' (early stop)' if s['stopped_early'] else ''}, "
+                  f"loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}, model of epoch {s['best_epoch']}"
+                  + (f" ({metric} {best:.4f})" if best is not None else "") + f", {s['seconds']}s")
         if args.command in ("run", "evaluate"):
             s = pipeline.evaluate_stage(cfg, getattr(args, "out", None))
             n = next(iter(s["metrics"]["all"].values()))["users"]
-            print(f"[evaluate] {s['protocol']}; {n} test users; full ranking, seen items masked")
+            p = s["protocol"]
+            print(f"[evaluate] {p['protocol']}: {p['fit']} fit / {p['valid']} validation / {p['test']} "
+                  f"test rows; {n} test queries; full ranking, items seen before each query masked")
             print(s["table"])
             print(f"metrics written to {s['path']} (+ markdown and one PNG chart per slice: "
                   f"{', '.join(Path(f).name for f in s['files'][1:])})")

@@ -166,9 +166,26 @@ class TrainConfig(Strict):
                          "and materialize them.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the latest "
                               "checkpoint) before the training fails.")
+    early_stopping_metric: str = Field("ndcg@20", description=(
+        "Validation metric (on the validation queries of the evaluation protocol) that picks the "
+        "epoch whose model is kept, and that early stopping watches."))
+    early_stopping_patience: int = Field(3, ge=0, description=(
+        "Stop after this many epochs without a better validation metric (0: run every epoch); "
+        "the best epoch's checkpoint is the model either way."))
     id_dropout: float = Field(0.2, ge=0, le=1, description=(
         "hybrid: probability that an item's ID is replaced by the unknown ID in training, so the "
         "item tower also learns to rank from text alone (cold-start items)."))
+
+
+    @field_validator("early_stopping_metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        from llmrec_ray.metrics import METRICS
+
+        name, _, k = v.partition("@")
+        if name not in METRICS or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"early_stopping_metric {v!r}: give <metric>@<k>, metric one of {list(METRICS)}")
+        return v
 
 
 class EvalConfig(Strict):
@@ -176,6 +193,17 @@ class EvalConfig(Strict):
 
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Last share of each user's "
                                  "interactions (in time order) held out as test.")
+    protocol: Literal["user-temporal", "global-temporal"] = Field("user-temporal", description=(
+        "user-temporal: per user in time order, the last test_fraction is test, the last "
+        "valid_fraction of the rest validation; global-temporal: global cuts at the "
+        "global_quantiles of time, every held-out interaction scored with the user's features "
+        "as of just before it (users new after the cut included)."))
+    valid_fraction: float = Field(0.1, ge=0, lt=1, description=(
+        "user-temporal: the last share of what remains after the test rows that is validation "
+        "(early stopping); 0 = no validation."))
+    global_quantiles: tuple[float, float] = Field((0.8, 0.9), description=(
+        "global-temporal: the quantiles of interaction time where fit ends and test begins "
+        "(validation in between)."))
     ks: list[int] = Field([10, 20], description="Cut-offs for the metrics.")
     baselines: list[str] | None = Field(None, description=(
         "Baselines in the same run: popularity, bpr_mf, implicit_als (needs the als extra), "

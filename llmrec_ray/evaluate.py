@@ -1,8 +1,9 @@
-"""Evaluate with the user-temporal protocol and full ranking, against a popularity baseline.
+"""Full-ranking evaluation of the trained model and the baselines on one split's test queries.
 
-Each test user is scored with their features as of their split time (fetched from Feast, point in
-time), against every item; the items the user saw in training and the items not yet available at
-the split time are masked. Metrics at each K for the model and for popularity (training counts).
+Each query (a user at a moment: the user-temporal split time, or in the global-temporal protocol
+the snapshot serving the user's next interactions) is scored with the user's features as of the
+query time (fetched from Feast, point in time) against every item; the items the user saw before
+it and the items not yet available are masked. Metrics at each K, per slice, for every model.
 """
 
 from __future__ import annotations
@@ -34,31 +35,26 @@ def _features_as_of(repo: FeatureRepo, key: str, ids: list[str], times: list, vi
     return embedding_matrix(out[f"{view}__embedding"])
 
 
-def masks(item_ids: list[str], users: list[str], train: pa.Table, items: pa.Table,
-          split_times: np.ndarray) -> np.ndarray:
-    """(U, I) True where an item is excluded: seen in training, or not yet available."""
+def masks(item_ids: list[str], seen: list[list[str]], items: pa.Table, query_times: np.ndarray) -> np.ndarray:
+    """(Q, I) True where an item is excluded from query q's ranking: the user saw it before the
+    query (`seen[q]`), or it is not yet available at the query time (µs since the epoch)."""
     index = {item: i for i, item in enumerate(item_ids)}
-    row = {u: k for k, u in enumerate(users)}
-    mask = np.zeros((len(users), len(item_ids)), dtype=bool)
-    for u, i in zip(train.column("user_id").to_pylist(), train.column("item_id").to_pylist()):
-        if u in row:
-            mask[row[u], index[i]] = True
+    mask = np.zeros((len(seen), len(item_ids)), dtype=bool)
+    for q, items_seen in enumerate(seen):
+        mask[q, [index[i] for i in items_seen]] = True
     avail = items.column("available_from")
     if avail.null_count < items.num_rows:
         order = pc.index_in(pa.array(item_ids), value_set=items.column("item_id").combine_chunks())
         a = avail.combine_chunks().take(order).cast(pa.int64()).to_numpy(zero_copy_only=False)
         a = np.nan_to_num(np.asarray(a, dtype=np.float64), nan=-np.inf)
-        mask |= a[None, :] > split_times[:, None]
+        mask |= a[None, :] > np.asarray(query_times, dtype=np.float64)[:, None]
     return mask
 
 
-def truth_sets(test: pa.Table, users: list[str], item_ids: list[str]) -> list[set[int]]:
+def truth_sets(truth: list[list[str]], item_ids: list[str]) -> list[set[int]]:
+    """Each query's test items as item indices."""
     index = {item: i for i, item in enumerate(item_ids)}
-    row = {u: k for k, u in enumerate(users)}
-    truth: list[set[int]] = [set() for _ in users]
-    for u, i in zip(test.column("user_id").to_pylist(), test.column("item_id").to_pylist()):
-        truth[row[u]].add(index[i])
-    return truth
+    return [{index[i] for i in items} for items in truth]
 
 
 BASELINES = ("popularity", "bpr_mf", "implicit_als", "zero_shot_cosine")
@@ -83,91 +79,122 @@ def available_baselines(requested: list[str] | None) -> list[str]:
         return [b for b in BASELINES if b != "implicit_als"]
 
 
-def slices(truth: list[set[int]], train: pa.Table, users: list[str], item_ids: list[str],
-           light_user_max: int) -> dict[str, list[set[int]]]:
-    """Test items per user for each slice (a user with an empty set is not evaluated in it).
+def slices(truth: list[set[int]], fit: pa.Table, users: list[str], item_ids: list[str],
+           light_user_max: int, new_users: bool = False) -> dict[str, list[set[int]]]:
+    """Test items per query for each slice (a query with an empty set is not evaluated in it).
 
-    all: every test user. cold_items: only test items without any training interaction (their only
-    representation is their text). light_users: users with at most `light_user_max` training
-    interactions.
+    all: every query. cold_items: only test items without any interaction in the fit rows (their
+    only representation is their text). light_users: users with at most `light_user_max` fit
+    interactions. new_users (with `new_users`): users with no fit interaction at all, who arrived
+    after the cut (global-temporal protocol).
     """
-    trained = set(train.column("item_id").to_pylist())
+    trained = set(fit.column("item_id").to_pylist())
     cold = {k for k, i in enumerate(item_ids) if i not in trained}
-    counts = pc.value_counts(train.column("user_id"))
-    n_train = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-    light = [n_train.get(u, 0) <= light_user_max for u in users]
-    return {"all": truth,
-            "cold_items": [t & cold for t in truth],
-            "light_users": [t if is_light else set() for t, is_light in zip(truth, light)]}
+    counts = pc.value_counts(fit.column("user_id"))
+    n_fit = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+    light = [n_fit.get(u, 0) <= light_user_max for u in users]
+    out = {"all": truth,
+           "cold_items": [t & cold for t in truth],
+           "light_users": [t if is_light else set() for t, is_light in zip(truth, light)]}
+    if new_users:
+        out["new_users"] = [t if u not in n_fit else set() for t, u in zip(truth, users)]
+    return out
 
 
-def model_inputs(repo: FeatureRepo, model, users: list[str], times: list, item_ids: list[str],
-                 end, model_dir: Path | None) -> dict:
-    """What the trained model scores: user features as of each user's time (Feast, point in
-    time), item text vectors as of `end`, and for a hybrid the user and item ID indices (items
-    without training interactions get the unknown ID)."""
+STAT_COLUMNS = ("n_interactions", "mean_rating", "n_30d", "last_interaction_unix")
+
+
+def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: list[str],
+                 model_dir: Path | None = None, user_index: dict[str, int] | None = None,
+                 trained_items: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every model input for ranking queries: user-history vectors and user statistics as of each
+    query time (Feast, point in time), item text vectors as of the last query time, and the hybrid
+    ID indices (from `model_dir`, or `user_index` / `trained_items`): users and items the fit rows
+    never saw get -1, the unknown ID."""
     from llmrec_ray.featurestore import USER_STATS_VIEW, embedding_matrix
-    from llmrec_ray.train import user_extra_features
+    from llmrec_ray.train import item_id_index, user_extra_features, user_id_index
 
     df = pd.DataFrame({"row_id": np.arange(len(users)), "user_id": users,
                        "event_timestamp": pd.to_datetime(times, utc=True)})
-    refs = [f"{USER_HISTORY_VIEW}:embedding"]
-    extra = model.hparams.get("user_extra_dim", 0) > 0
-    if extra:
-        refs += [f"{USER_STATS_VIEW}:{f}" for f in ("n_interactions", "mean_rating", "n_30d",
-                                                    "last_interaction_unix")]
+    refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STAT_COLUMNS]
     out = repo.historical(df, refs).to_pandas().sort_values("row_id")
-    inputs = {"user_emb": torch.from_numpy(embedding_matrix(out[f"{USER_HISTORY_VIEW}__embedding"]))}
-    if extra:
-        inputs["user_extra"] = torch.from_numpy(user_extra_features(out))
-    inputs["item_emb"] = torch.from_numpy(
-        _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW))
-    if getattr(model, "hybrid", False):
-        from llmrec_ray.train import item_id_index, user_id_index
-
+    # Item vectors as of the last query, or of the newest item row when items arrive later (those
+    # are masked until they are available: `masks`).
+    newest_item = pc.max(repo.read_view(ITEM_TEXT_VIEW, columns=["event_timestamp"])
+                         .column("event_timestamp")).as_py()
+    end = max([*df["event_timestamp"], pd.Timestamp(newest_item)])
+    inputs = {"user_emb": torch.from_numpy(embedding_matrix(out[f"{USER_HISTORY_VIEW}__embedding"])),
+              "user_extra": torch.from_numpy(user_extra_features(out)),
+              "item_emb": torch.from_numpy(
+                  _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW))}
+    if model_dir is not None:
         inputs["user_idx"] = user_id_index(model_dir, users)
-        missing = [u for u, k in zip(users, inputs["user_idx"].tolist()) if k < 0]
-        if missing:
-            raise KeyError(f"users {missing[:5]} have no ID embedding (not in the training rows)")
         inputs["item_idx"] = item_id_index(model_dir, item_ids)
+    elif user_index is not None:
+        inputs["user_idx"] = torch.tensor([user_index.get(u, -1) for u in users], dtype=torch.long)
+        inputs["item_idx"] = torch.tensor([k if i in trained_items else -1 for k, i in enumerate(item_ids)],
+                                          dtype=torch.long)
     return inputs
 
 
-def evaluate(repo: FeatureRepo, model, train: pa.Table, test: pa.Table, cuts: pa.Table,
-             items: pa.Table, item_ids: list[str], ks: list[int], baselines: list[str] | None = None,
-             light_user_max: int = 20, seed: int = 0,
+def model_scores(model, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    """(Q, I) scores of a two-tower / hybrid model for prepared `query_inputs`."""
+    hybrid = getattr(model, "hybrid", False)
+    extra = inputs["user_extra"] if model.hparams.get("user_extra_dim", 0) else None
+    with torch.inference_mode():
+        return model.score(inputs["user_emb"], inputs["item_emb"], extra,
+                           inputs.get("user_idx") if hybrid else None,
+                           inputs.get("item_idx") if hybrid else None).float().cpu().numpy()
+
+
+def validation_score(model, valid: dict, metric: str) -> float:
+    """`metric` (e.g. "ndcg@20") of `model` on prepared validation queries (`train.validation_data`)."""
+    k = int(metric.split("@")[1])
+    inputs = {name: torch.from_numpy(v) for name, v in valid["inputs"].items()}
+    device = next(model.parameters()).device
+    scores = model_scores(model, {name: v.to(device) for name, v in inputs.items()})
+    return ranking_metrics(top_k(scores, valid["mask"], k), valid["truth"], [k])[metric]
+
+
+def query_times_us(queries: pd.DataFrame) -> np.ndarray:
+    return pd.to_datetime(queries["query_time"], utc=True).astype("int64").to_numpy() // 1000
+
+
+def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ks: list[int],
+             baselines: list[str] | None = None, light_user_max: int = 20, seed: int = 0,
              model_dir: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """{slice: {model: metrics}} for the trained model and the baselines, all fitted on `train`
-    and ranked over every item available at each user's split time, training items masked."""
+    """{slice: {model: metrics}} over `split.test_queries` for the trained model and the
+    baselines, all fitted on `split.fit`, each query ranked over every item available at its
+    time, the items the user saw before it masked."""
     from llmrec_ray import baselines as base
 
-    users = cuts.column("user_id").to_pylist()
-    times = cuts.column("split_time").to_pylist()
-    split_us = cuts.column("split_time").cast(pa.int64()).to_numpy()
-    end = max(times)
-    inputs = model_inputs(repo, model, users, times, item_ids, end, model_dir)
-    user_emb, item_emb = inputs["user_emb"].numpy(), inputs["item_emb"].numpy()  # (U, H), (I, H)
-    mask = masks(item_ids, users, train, items, split_us)
-    truth = truth_sets(test, users, item_ids)
+    queries = split.test_queries
+    if queries.empty:
+        raise ValueError(f"{split.protocol}: no test queries (too few interactions for this split)")
+    users = queries["user_id"].tolist()
+    inputs = query_inputs(repo, users, queries["query_time"].tolist(), item_ids, model_dir)
+    mask = masks(item_ids, queries["seen"].tolist(), items, query_times_us(queries))
+    truth = truth_sets(queries["truth"].tolist(), item_ids)
     k_max = max(ks)
 
-    scores: dict[str, np.ndarray] = {}
     name = "hybrid" if getattr(model, "hybrid", False) else "two_tower"
-    with torch.inference_mode():
-        scores[name] = model.score(inputs["user_emb"], inputs["item_emb"], inputs.get("user_extra"),
-                                   inputs.get("user_idx"), inputs.get("item_idx")).numpy()
+    scores: dict[str, np.ndarray] = {name: model_scores(model, inputs)}
+    fit_users = sorted(set(split.fit.column("user_id").to_pylist()))
     for name in available_baselines(baselines):
         start = time.perf_counter()
         if name == "popularity":
-            scores[name] = base.popularity(train, users, item_ids)
+            scores[name] = base.popularity(split.fit, users, item_ids)
         elif name == "bpr_mf":
-            scores[name] = base.bpr_mf(train, users, item_ids, seed=seed)
+            scores[name] = base.rows_for(base.bpr_mf(split.fit, fit_users, item_ids, seed=seed),
+                                         fit_users, users)
         elif name == "implicit_als":
-            scores[name] = base.implicit_als(train, users, item_ids, seed=seed)
+            scores[name] = base.implicit_als(split.fit, fit_users, item_ids, seed=seed,
+                                             histories=queries["seen"].tolist())
         elif name == "zero_shot_cosine":
-            scores[name] = base.zero_shot_cosine(user_emb, item_emb)
+            scores[name] = base.zero_shot_cosine(inputs["user_emb"].numpy(), inputs["item_emb"].numpy())
         logger.info("baseline %s fitted and scored in %.1fs", name, time.perf_counter() - start)
-    groups = slices(truth, train, users, item_ids, light_user_max)
+    groups = slices(truth, split.fit, users, item_ids, light_user_max,
+                    new_users=split.protocol == "global-temporal")
     results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in groups}
     for name, sc in scores.items():
         ranked = top_k(sc, mask, k_max)

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 
 from llmrec_ray.build import build_features, load_saved_dataset
 from llmrec_ray.evaluate import evaluate, format_table, write_results
-from llmrec_ray.featurestore import FeatureRepo, open_repo
-from llmrec_ray.split import user_temporal_split
+from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo, open_repo
+from llmrec_ray.split import global_temporal_eval_split, user_temporal_eval_split
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,23 @@ def feature_repo(cfg) -> FeatureRepo:
     return repo
 
 
-def _split(cfg):
+def eval_split(cfg, tables: dict, repo: FeatureRepo):
+    """The evaluation protocol of `cfg.evaluate` over the saved interactions. The global protocol
+    groups held-out interactions by the user snapshot that serves them (the repo's user-history
+    rows)."""
+    e = cfg.evaluate
+    if e.protocol == "user-temporal":
+        return user_temporal_eval_split(tables["interactions"], e.test_fraction, e.valid_fraction)
+    snapshots = repo.read_view(USER_HISTORY_VIEW, columns=["user_id", "event_timestamp"])
+    return global_temporal_eval_split(tables["interactions"], tuple(e.global_quantiles), snapshots)
+
+
+def _split(cfg, repo: FeatureRepo):
     tables = load_saved_dataset(cfg.run_dir)
-    train, test, cuts = user_temporal_split(tables["interactions"], cfg.evaluate.test_fraction)
     item_ids = sorted(tables["items"].column("item_id").to_pylist())
-    return tables, train, test, cuts, item_ids
+    split = eval_split(cfg, tables, repo)
+    logger.info("split %s", split.summary())
+    return tables, split, item_ids
 
 
 def _write_summary(cfg, stage: str, summary: dict) -> None:
@@ -81,16 +93,16 @@ def train_stage(cfg) -> dict:
 
     init_ray(cfg.ray)
     start = time.perf_counter()
-    tables, train, test, cuts, item_ids = _split(cfg)
     repo = feature_repo(cfg)
-    summary = fit(cfg, repo, train, item_ids)
+    tables, split, item_ids = _split(cfg, repo)
+    summary = fit(cfg, repo, split, tables["items"], item_ids)
     if cfg.train.export:
         from llmrec_ray.encode import encoder_key
         from llmrec_ray.train import export_towers, load_model
 
         summary["exported_online"] = export_towers(repo, load_model(cfg.run_dir), cfg.run_dir / "model",
                                                    encoder_key(cfg.encode), summary["fingerprint"])
-    summary.update(split={"train": train.num_rows, "test": test.num_rows, "test_users": cuts.num_rows},
+    summary.update(split=split.summary(),
                    seconds=round(time.perf_counter() - start, 1))
     _write_summary(cfg, "train", summary)
     return summary
@@ -101,15 +113,15 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
 
     init_ray(cfg.ray)
     start = time.perf_counter()
-    tables, train, test, cuts, item_ids = _split(cfg)
+    repo = feature_repo(cfg)
+    tables, split, item_ids = _split(cfg, repo)
     model = load_model(cfg.run_dir)
-    results = evaluate(feature_repo(cfg), model, train, test, cuts, tables["items"], item_ids,
-                       cfg.evaluate.ks, cfg.evaluate.baselines, cfg.evaluate.light_user_max, cfg.seed,
-                       cfg.run_dir / "model")
+    results = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate.ks,
+                       cfg.evaluate.baselines, cfg.evaluate.light_user_max, cfg.seed, cfg.run_dir / "model")
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
     files = write_results(results, path)
     summary = {"metrics": results, "table": format_table(results, cfg.evaluate.ks),
-               "protocol": f"user-temporal, last {cfg.evaluate.test_fraction:.0%} of each user is test",
+               "protocol": split.summary(),
                "path": str(path), "files": [str(f) for f in files],
                "seconds": round(time.perf_counter() - start, 1)}
     _write_summary(cfg, "evaluate", {k: v for k, v in summary.items() if k != "table"})

@@ -1,5 +1,8 @@
 """Temporal splits. Pure functions over the interactions table.
 
+`user_temporal_eval_split` / `global_temporal_eval_split`: the two evaluation protocols
+(fit / validation / test rows and the ranking queries of each window), below.
+
 `user_temporal_split`: each user's interactions in time order (ties by item id), the last
 `test_fraction` of them (rounded down) are test. The user's split time is the timestamp of the first
 test interaction; features for evaluation are taken as of that time. A user with too few
@@ -8,7 +11,10 @@ interactions for one test row stays entirely in train.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,3 +44,134 @@ def user_temporal_split(interactions: pa.Table, test_fraction: float) -> tuple[p
     cuts = pa.table({"user_id": users.take(pa.array(first_test[has_test])),
                      "split_time": t.column("event_timestamp").take(pa.array(first_test[has_test]))})
     return train, test, cuts
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation splits: the rows every model fits on, validation (early stopping) and test, each
+# evaluation window turned into ranking queries.
+#
+# A query is one user at one moment: the user's features are taken as of `query_time` (point in
+# time, from the feature store), `truth` holds the items the user interacts with from then on in
+# the window the query covers, and `seen` the items the user interacted with before it (masked
+# from the ranking).
+# ---------------------------------------------------------------------------------------------
+
+QUERY_COLUMNS = ["user_id", "query_time", "truth", "seen"]
+
+
+@dataclass
+class EvalSplit:
+    """fit: the rows every model and baseline fits on; valid / test: the held-out interactions;
+    valid_queries / test_queries: pandas frames with QUERY_COLUMNS (truth and seen: lists of
+    item ids); info: the protocol and its cut points (JSON-able)."""
+
+    protocol: str
+    fit: pa.Table
+    valid: pa.Table
+    test: pa.Table
+    valid_queries: pd.DataFrame
+    test_queries: pd.DataFrame
+    info: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {**self.info, "fit": self.fit.num_rows, "valid": self.valid.num_rows,
+                "test": self.test.num_rows, "valid_queries": len(self.valid_queries),
+                "test_queries": len(self.test_queries)}
+
+
+def _ordered(interactions: pa.Table) -> pd.DataFrame:
+    """user_id, item_id, event_timestamp (UTC), pos: the row's place in (user, time, item) order."""
+    df = interactions.select(["user_id", "item_id", "event_timestamp"]).to_pandas()
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    df = df.sort_values(["user_id", "event_timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    df["pos"] = df.groupby("user_id", sort=False).cumcount()
+    return df
+
+
+def _queries(ordered: pd.DataFrame, window: np.ndarray, group: np.ndarray) -> pd.DataFrame:
+    """One query per (user, group) of the rows flagged by `window`: query_time = the group's first
+    interaction, truth = its items, seen = the user's items before that interaction (in order)."""
+    rows = ordered[window].assign(group=group[window])
+    if rows.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in QUERY_COLUMNS})
+    items_by_user = ordered.groupby("user_id", sort=False)["item_id"].agg(list)
+    out = []
+    for (user, _), g in rows.groupby(["user_id", "group"], sort=True):
+        first = int(g["pos"].min())
+        seen = items_by_user[user][:first]
+        seen_set = set(seen)
+        truth = list(dict.fromkeys(i for i in g["item_id"] if i not in seen_set))
+        if truth:
+            out.append((user, g["event_timestamp"].min(), truth, sorted(seen_set)))
+    q = pd.DataFrame(out, columns=QUERY_COLUMNS)
+    return q.sort_values(["query_time", "user_id"], kind="stable").reset_index(drop=True)
+
+
+def user_temporal_eval_split(interactions: pa.Table, test_fraction: float = 0.2,
+                             valid_fraction: float = 0.1) -> EvalSplit:
+    """Per user, in time order: the last `test_fraction` is test, the last `valid_fraction` of
+    what remains is validation, the rest is fit. One query per user and window, at the window's
+    first interaction (the user's split time)."""
+    if not 0 <= valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    df = _ordered(interactions)
+    size = df.groupby("user_id", sort=False)["pos"].transform("size").to_numpy()
+    pos = df["pos"].to_numpy()
+    n_test = np.floor(size * test_fraction + 1e-9).astype(np.int64)
+    n_valid = np.floor((size - n_test) * valid_fraction + 1e-9).astype(np.int64)
+    is_test = pos >= size - n_test
+    is_valid = ~is_test & (pos >= size - n_test - n_valid)
+    label = np.where(is_test, 2, np.where(is_valid, 1, 0))
+    table = _table_in_order(interactions, df)
+    one_group = np.zeros(len(df), dtype=np.int64)
+    return EvalSplit(
+        "user-temporal", table.filter(pa.array(label == 0)), table.filter(pa.array(label == 1)),
+        table.filter(pa.array(label == 2)), _queries(df, label == 1, one_group),
+        _queries(df, label == 2, one_group),
+        {"protocol": "user-temporal", "test_fraction": test_fraction, "valid_fraction": valid_fraction})
+
+
+def _table_in_order(interactions: pa.Table, ordered: pd.DataFrame) -> pa.Table:
+    order = pc.sort_indices(interactions, [("user_id", "ascending"), ("event_timestamp", "ascending"),
+                                           ("item_id", "ascending")])
+    t = interactions.take(order)
+    assert t.num_rows == len(ordered)
+    return t
+
+
+def global_temporal_eval_split(interactions: pa.Table, quantiles: tuple[float, float] = (0.8, 0.9),
+                               snapshots: pa.Table | None = None) -> EvalSplit:
+    """Global cuts at quantiles of time: before the first cut is fit, between the cuts is
+    validation, after the second is test. Every held-out interaction is scored with the user's
+    features as of just before it: interactions served by the same user snapshot (`snapshots`:
+    user_id, event_timestamp of the user-history feature rows; a snapshot at s covers what
+    happened before s) form one query; without snapshots, each distinct (user, time) does.
+    Users who arrive after the cut are queried like everyone else, from their features."""
+    q1, q2 = quantiles
+    if not 0 < q1 < q2 < 1:
+        raise ValueError(f"evaluate.global_quantiles must satisfy 0 < first < second < 1, got {quantiles}")
+    df = _ordered(interactions)
+    table = _table_in_order(interactions, df)
+    ts = df["event_timestamp"]
+    cut1, cut2 = ts.quantile(q1), ts.quantile(q2)
+    label = np.where(ts >= cut2, 2, np.where(ts >= cut1, 1, 0))
+    if snapshots is not None and snapshots.num_rows:
+        snaps = snapshots.select(["user_id", "event_timestamp"]).to_pandas()
+        snaps["snapshot"] = pd.to_datetime(snaps["event_timestamp"], utc=True)
+        snaps = snaps.drop(columns="event_timestamp").sort_values("snapshot")
+        probe = df[["user_id", "event_timestamp"]].reset_index().sort_values("event_timestamp")
+        joined = pd.merge_asof(probe, snaps, left_on="event_timestamp", right_on="snapshot",
+                               by="user_id", direction="backward", allow_exact_matches=True)
+        joined = joined.set_index("index").sort_index()
+        # no snapshot at or before the interaction (should not happen: the first is at the
+        # user's first interaction): the interaction is its own query
+        group = joined["snapshot"].fillna(joined["event_timestamp"]).astype("int64").to_numpy()
+    else:
+        group = ts.astype("int64").to_numpy()
+    fit_users = set(df.loc[label == 0, "user_id"])
+    test_q = _queries(df, label == 2, group)
+    return EvalSplit(
+        "global-temporal", table.filter(pa.array(label == 0)), table.filter(pa.array(label == 1)),
+        table.filter(pa.array(label == 2)), _queries(df, label == 1, group), test_q,
+        {"protocol": "global-temporal", "quantiles": [q1, q2], "cuts": [cut1.isoformat(), cut2.isoformat()],
+         "test_users_new_after_cut": int((~test_q["user_id"].isin(fit_users)).sum()) if len(test_q) else 0})

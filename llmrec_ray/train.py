@@ -88,42 +88,73 @@ def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict
     return ds.map_batches(to_training_batch, batch_format="pandas")
 
 
-def _restore(model: torch.nn.Module, opt, fingerprint: str) -> tuple[int, float | None]:
+def _restore(model: torch.nn.Module, opt, fingerprint: str) -> dict:
     """Load the latest checkpoint of this run if it was made by the same training (fingerprint:
-    model, hyper-parameters and training data). Returns (epochs done, their last loss)."""
+    model, hyper-parameters and training data). Returns the training state: epochs done, their
+    last loss and validation value, the best validation value and its epoch, epochs without
+    improvement, and whether early stopping ended the run."""
     import ray.train
 
+    state = {"epoch": 0, "loss": None, "valid": None, "best": None, "best_epoch": 0, "bad": 0,
+             "stopped": False}
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return 0, None
+        return state
     with ckpt.as_directory() as d:
-        state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint:
+        saved = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
+    if saved.get("fingerprint") != fingerprint:
         logger.warning("checkpoint %s belongs to another training (model, data or settings "
                        "changed): starting from scratch", ckpt.path)
-        return 0, None
-    model.load_state_dict(state["state_dict"])
-    opt.load_state_dict(state["optimizer"])
+        return state
+    model.load_state_dict(saved["state_dict"])
+    opt.load_state_dict(saved["optimizer"])
+    state.update(saved["train_state"])
     logger.info("resumed from %s after epoch %d", ckpt.path, state["epoch"])
-    return int(state["epoch"]), state.get("loss")
+    return state
 
 
-def _save(model, opt, epoch: int, loss: float, fingerprint: str, metrics: dict) -> None:
+def _save(model, opt, metrics: dict, fingerprint: str, state: dict | None = None) -> None:
+    """Report `metrics` with a checkpoint: weights, optimizer, and the training state."""
     import ray.train
 
     inner = model.module if hasattr(model, "module") else model
+    train_state = {"epoch": metrics["epoch"], "loss": metrics["loss"],
+                   "valid": next((v for k, v in metrics.items() if k.startswith("valid_")), None),
+                   "best": None, "best_epoch": metrics.get("best_epoch", 0), "bad": 0,
+                   "stopped": bool(metrics.get("stopped", False))}
+    if state is not None:
+        train_state.update(best=state["best"], bad=state["bad"])
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({"state_dict": inner.state_dict(), "hparams": inner.hparams,
-                    "optimizer": opt.state_dict(), "epoch": epoch, "loss": loss,
+                    "optimizer": opt.state_dict(), "train_state": train_state,
                     "fingerprint": fingerprint}, Path(tmp) / MODEL_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def _validate(model, valid, metric: str, ctx) -> float:
+    """The early-stopping metric on the validation queries: computed on rank 0, broadcast so that
+    every worker takes the same decision (DDP needs them to stop together)."""
+    import ray.train.torch
+
+    value = torch.zeros(1, device=ray.train.torch.get_device())
+    if ctx.get_world_rank() == 0:
+        from llmrec_ray.evaluate import validation_score
+
+        model.eval()
+        value[0] = validation_score(model, valid, metric)
+        model.train()
+    if ctx.get_world_size() > 1:
+        torch.distributed.broadcast(value, src=0)
+    return float(value[0])
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker: resumes from this run's latest checkpoint (a restarted
-    worker group after a crash, or the same run started again), then one checkpoint per epoch."""
+    worker group after a crash, or the same run started again), then one checkpoint per epoch,
+    each with the validation metric; stops early when it has not improved for `patience` epochs."""
     import os
 
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -133,13 +164,18 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     inner = model.module if hasattr(model, "module") else model
-    start, last_loss = _restore(inner, opt, config["fingerprint"])
+    state = _restore(inner, opt, config["fingerprint"])
+    start = state["epoch"]
     shard = ray.train.get_dataset_shard("train")
     fault = config.get("fault") or {}
-    if start >= config["epochs"]:  # finished before: hand back the same model
-        metrics = {"epoch": start, "loss": last_loss, "batches": 0, "resumed_from": start}
+    valid = ray.get(config["valid"]) if config.get("valid") is not None else None
+    metric, patience = config["metric"], config["patience"]
+    key = f"valid_{metric}"
+    if start >= config["epochs"] or state["stopped"]:  # finished before: hand back the same model
+        metrics = {"epoch": start, "loss": state["loss"], "batches": 0, "resumed_from": start,
+                   key: state["valid"], "best_epoch": state["best_epoch"], "stopped": state["stopped"]}
         if ctx.get_world_rank() == 0:
-            _save(model, opt, start, last_loss, config["fingerprint"], metrics)
+            _save(model, opt, metrics, config["fingerprint"], state)
         else:
             ray.train.report(metrics)
         return
@@ -166,20 +202,54 @@ def train_loop_per_worker(config: dict) -> None:
             batches += 1
         metrics = {"epoch": epoch + 1, "loss": total / max(batches, 1), "batches": batches,
                    "resumed_from": start}
+        if valid is not None:
+            value = _validate(inner, valid, metric, ctx)
+            if state["best"] is None or value > state["best"] + 1e-9:
+                state.update(best=value, best_epoch=epoch + 1, bad=0)
+            else:
+                state["bad"] += 1
+            state["stopped"] = patience > 0 and state["bad"] >= patience
+            metrics.update({key: value, "best_epoch": state["best_epoch"], "stopped": state["stopped"]})
+        else:
+            metrics.update({key: None, "best_epoch": epoch + 1, "stopped": False})
         if ctx.get_world_rank() == 0:
-            _save(model, opt, epoch + 1, metrics["loss"], config["fingerprint"], metrics)
+            _save(model, opt, metrics, config["fingerprint"], state)
         else:
             ray.train.report(metrics)
+        if state["stopped"]:
+            if ctx.get_world_rank() == 0:
+                logger.info("early stop after epoch %d: %s best %.4f at epoch %d", epoch + 1, key,
+                            state["best"], state["best_epoch"])
+            break
 
 
-def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str]) -> dict:
-    """Fit on the training interactions; save the model under <run_dir>/model; return a summary."""
+def validation_data(repo: FeatureRepo, split, items: pa.Table, item_ids: list[str],
+                    user_index: dict[str, int]) -> dict | None:
+    """The validation queries as the workers score them (numpy): inputs as of each query time
+    (Feast, point in time), the mask of seen / unavailable items, and the truth sets."""
+    from llmrec_ray.evaluate import masks, query_inputs, query_times_us, truth_sets
+
+    q = split.valid_queries
+    if q.empty:
+        return None
+    trained = set(split.fit.column("item_id").to_pylist())
+    inputs = query_inputs(repo, q["user_id"].tolist(), q["query_time"].tolist(), item_ids,
+                          user_index=user_index, trained_items=trained)
+    return {"inputs": {k: v.numpy() for k, v in inputs.items()},
+            "mask": masks(item_ids, q["seen"].tolist(), items, query_times_us(q)),
+            "truth": truth_sets(q["truth"].tolist(), item_ids)}
+
+
+def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> dict:
+    """Fit on the split's fit rows, early-stopped on its validation queries; save the best
+    epoch's model under <run_dir>/model; return a summary."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     item_index = {item: i for i, item in enumerate(item_ids)}
     t = cfg.train
+    train_interactions = split.fit
     users = sorted(set(train_interactions.column("user_id").to_pylist()))
     user_index = {u: k for k, u in enumerate(users)}
     ds = training_dataset(repo, train_interactions, item_index, user_index)
@@ -187,6 +257,7 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
         # The workers leave no CPU for the dataset's map tasks, which would wait for ever:
         # run them now, before the workers take the cluster (the rows then sit in the object store).
         ds = ds.materialize()
+    valid = validation_data(repo, split, items, item_ids, user_index)
     dim = repo.read_manifest()["dim"]
     model_kwargs = dict(user_dim=dim, item_dim=dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
                         dropout=t.dropout, temperature=t.temperature,
@@ -201,48 +272,64 @@ def fit(cfg, repo: FeatureRepo, train_interactions: pa.Table, item_ids: list[str
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)
     manifest = repo.read_manifest()
     fingerprint = hashlib.sha256(json.dumps(
-        [model_kwargs, t.model_dump(), cfg.seed, manifest.get("built_at"), int(train_interactions.num_rows)],
+        [model_kwargs, t.model_dump(), cfg.seed, manifest.get("built_at"), split.summary()],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     fault = None
     if os.environ.get("LLMREC_FAULT_EPOCH"):  # fault injection for the tests: crash rank 0 once
         fault = {"epoch": int(os.environ["LLMREC_FAULT_EPOCH"]), "marker": os.environ["LLMREC_FAULT_MARKER"]}
+    key = f"valid_{t.early_stopping_metric}"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "seed": cfg.seed, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
             "weight_decay": t.weight_decay, "fingerprint": fingerprint, "fault": fault,
-            "model": model_kwargs,
+            "model": model_kwargs, "valid": None if valid is None else ray.put(valid),
+            "metric": t.early_stopping_metric, "patience": t.early_stopping_patience,
         },
         datasets={"train": ds},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         # The same name again resumes from the run's latest checkpoint (if the training matches);
-        # a crashed worker restarts the group from it, up to max_failures times.
+        # a crashed worker restarts the group from it, up to max_failures times. Every epoch's
+        # checkpoint is kept and scored by the validation metric: the best one is the model.
         run_config=RunConfig(name=f"{cfg.name}-{t.model}",
                              storage_path=str((cfg.run_dir / "ray_results").resolve()),
-                             failure_config=FailureConfig(max_failures=t.max_failures)),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(
+                                 checkpoint_score_attribute=key if valid is not None else None,
+                                 checkpoint_score_order="max")),
     )
     result = trainer.fit()
     if result.error:
         raise result.error
+    best = result.get_best_checkpoint(key, "max") if valid is not None else result.checkpoint
     out = cfg.run_dir / "model"
     out.mkdir(parents=True, exist_ok=True)
-    with result.checkpoint.as_directory() as d:
+    with best.as_directory() as d:
         state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
     torch.save(state, out / MODEL_FILE)
     (out / "items.json").write_text(json.dumps(item_ids))
     (out / "users.json").write_text(json.dumps(users))
     trained = sorted(set(train_interactions.column("item_id").to_pylist()))
     (out / "trained_items.json").write_text(json.dumps(trained))
-    history = result.metrics_dataframe
+    history = result.metrics_dataframe  # one row per kept checkpoint, in score order
+    if history is not None and len(history):
+        history = history[history["batches"] > 0].sort_values("epoch").drop_duplicates("epoch", keep="last")
+    train_state = state["train_state"]
     summary = {"rows": int(train_interactions.num_rows), "workers": t.num_workers, "use_gpu": use_gpu,
                "model_kind": t.model, "resumed_from": int(result.metrics.get("resumed_from", 0)),
-               "fingerprint": fingerprint,
-               "epochs": t.epochs, "final_loss": float(result.metrics["loss"]),
+               "fingerprint": fingerprint, "epochs": t.epochs,
+               "epochs_run": int(result.metrics["epoch"]),
+               "stopped_early": bool(result.metrics.get("stopped", False)),
+               "best_epoch": int(train_state["epoch"]), key: train_state["valid"],
+               "final_loss": float(result.metrics["loss"]),
                "first_loss": float(history["loss"].iloc[0]) if history is not None and len(history) else None,
                "model": str(out / MODEL_FILE)}
-    logger.info("trained two-tower on %d rows: loss %.4f -> %.4f", summary["rows"],
-                summary["first_loss"] or float("nan"), summary["final_loss"])
+    if history is not None and key in history:
+        summary["valid_history"] = [None if v is None or v != v else float(v) for v in history[key]]
+    logger.info("trained %s on %d rows: loss %.4f -> %.4f; model of epoch %d (%s %s)", t.model,
+                summary["rows"], summary["first_loss"] or float("nan"), summary["final_loss"],
+                summary["best_epoch"], key, train_state["valid"])
     return summary
 
 

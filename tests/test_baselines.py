@@ -72,6 +72,36 @@ def test_slices_by_hand():
     assert got["all"] == truth
     assert got["cold_items"] == [{2}, {2}, set()]
     assert got["light_users"] == [set(), {0, 2}, set()]  # a has 3 training rows, b has 1
+    assert "new_users" not in got
+    # global-temporal: queries of users without any fit row (c, d) form the new_users slice
+    got = slices([{0}, {1}, {2}], train, ["a", "d", "b"], ["x", "y", "z"], light_user_max=1, new_users=True)
+    assert got["new_users"] == [set(), {1}, set()]
+
+
+def test_rows_for_repeats_users_and_zeroes_unknown_ones():
+    scores = np.array([[1.0, 2.0], [3.0, 4.0]])
+    got = baselines.rows_for(scores, ["a", "b"], ["b", "new", "a", "b"])
+    assert got.tolist() == [[3.0, 4.0], [0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]
+
+
+def test_als_fold_in_serves_histories_including_new_users():
+    """With histories, ALS recomputes each query's user factors from it (implicit's
+    recalculate_user): a fitted user's own history gives the fitted scores, and a user who never
+    appeared in the fit rows is served from their history like a community member."""
+    pytest.importorskip("implicit")
+    train, users, items = two_communities()
+    fitted = baselines.implicit_als(train, users, items, factors=4, iterations=30, seed=0)
+    history_u0 = [i for u, i in zip(train.column("user_id").to_pylist(), train.column("item_id").to_pylist())
+                  if u == users[0]]
+    folded = baselines.implicit_als(train, users, items, factors=4, iterations=30, seed=0,
+                                    histories=[history_u0, history_u0[:2], []])
+    assert folded.shape == (3, len(items))
+    np.testing.assert_allclose(folded[0], fitted[0], atol=0.05)
+    # a newcomer who saw two items of the first community is recommended that community
+    seen = [items.index(i) for i in history_u0[:2]]
+    ranked = [k for k in np.argsort(-folded[1]) if k not in seen][:5]
+    assert all(k < 10 for k in ranked), ranked
+    assert np.allclose(folded[2], 0)  # no history: nothing to go on
 
 
 def test_unknown_baseline_is_named():

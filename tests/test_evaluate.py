@@ -9,28 +9,23 @@ from llmrec_ray.evaluate import format_table, masks, truth_sets
 from llmrec_ray.schemas import TIMESTAMP
 
 
-def table(rows):
-    return pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows]})
-
-
 def test_masks_seen_and_not_yet_available():
     items = pa.table({"item_id": ["a", "b", "c"],
                       "available_from": pa.array([None, 0, 100], pa.int64()).cast(TIMESTAMP)})
-    train = table([("u1", "a"), ("u2", "b"), ("u3", "c")])  # u3 is not a test user
-    m = masks(["a", "b", "c"], ["u1", "u2"], train, items, np.array([50, 150]))
-    # u1 saw a; c comes out at 100 > 50. u2 saw b; c is out by 150.
-    assert m.tolist() == [[True, False, True], [False, True, False]]
+    # query 1 saw a; c comes out at 100 > 50. query 2 saw b; c is out by 150. query 3 (the same
+    # user as query 1, later) saw a and b.
+    m = masks(["a", "b", "c"], [["a"], ["b"], ["a", "b"]], items, np.array([50, 150, 200]))
+    assert m.tolist() == [[True, False, True], [False, True, False], [True, True, False]]
 
 
 def test_masks_without_availability():
     items = pa.table({"item_id": ["a", "b"], "available_from": pa.nulls(2, TIMESTAMP)})
-    m = masks(["a", "b"], ["u1"], table([("u1", "b")]), items, np.array([0]))
-    assert m.tolist() == [[False, True]]
+    m = masks(["a", "b"], [["b"], []], items, np.array([0, 0]))
+    assert m.tolist() == [[False, True], [False, False]]
 
 
 def test_truth_sets():
-    t = truth_sets(table([("u2", "b"), ("u1", "a"), ("u2", "a")]), ["u1", "u2", "u3"], ["a", "b"])
-    assert t == [{0}, {0, 1}, set()]
+    assert truth_sets([["a"], ["b", "a"], []], ["a", "b"]) == [{0}, {0, 1}, set()]
 
 
 def test_format_table():

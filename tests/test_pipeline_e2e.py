@@ -81,14 +81,23 @@ def test_feast_registry_lists_views(e2e):
 def test_training_rows_are_point_in_time(e2e, ray_session):
     """Every training row gets the newest snapshot at or before it, never one covering itself."""
     from llmrec_ray.build import load_saved_dataset
-    from llmrec_ray.split import user_temporal_split
+    from llmrec_ray.split import user_temporal_eval_split
     from llmrec_ray.train import entity_frame
 
     cfg, _, train_summary, _ = e2e
     repo = FeatureRepo(cfg.featurestore.repo_path)
     tables = load_saved_dataset(cfg.run_dir)
-    train, _, _ = user_temporal_split(tables["interactions"], cfg.evaluate.test_fraction)
+    split = user_temporal_eval_split(tables["interactions"], cfg.evaluate.test_fraction,
+                                     cfg.evaluate.valid_fraction)
+    train = split.fit
     assert train_summary["rows"] == train.num_rows
+    assert train_summary["split"]["fit"] + train_summary["split"]["valid"] + train_summary["split"]["test"] \
+        == tables["interactions"].num_rows
+    # validated every epoch; the kept model is the best epoch's
+    history = train_summary["valid_history"]
+    assert len(history) == train_summary["epochs_run"] == 2
+    assert train_summary["valid_ndcg@20"] == max(history)
+    assert history[train_summary["best_epoch"] - 1] == max(history)
     items = sorted(tables["items"].column("item_id").to_pylist())
     df = entity_frame(train, {i: k for k, i in enumerate(items)})
     out = repo.historical(df, "training").to_pandas().sort_values("row_id").reset_index(drop=True)

@@ -130,3 +130,53 @@ def test_empty_table():
 def test_bad_fraction_raises(fraction):
     with pytest.raises(ValueError, match="test_fraction"):
         user_temporal_split(interactions(ROWS), fraction)
+
+
+# ---- the evaluation protocols (fit / validation / test and their queries) ----
+
+from llmrec_ray.split import global_temporal_eval_split, user_temporal_eval_split  # noqa: E402
+
+
+def queries(q) -> list[tuple]:
+    return [(r.user_id, int(r.query_time.value // 1000), r.truth, r.seen) for r in q.itertuples()]
+
+
+def test_user_temporal_eval_split_by_hand():
+    # u1: 10 interactions at 10..100 -> test = last 2 (floor 2.0), valid = floor(8 * 0.25) = 2
+    rows = [("u1", f"i{k}", 10 * k) for k in range(1, 11)] + [("u2", "a", 5), ("u2", "b", 6)]
+    s = user_temporal_eval_split(interactions(rows), test_fraction=0.2, valid_fraction=0.25)
+    assert sorted(triples(s.test)) == [("u1", "i10", 100), ("u1", "i9", 90)]
+    assert sorted(triples(s.valid)) == [("u1", "i7", 70), ("u1", "i8", 80)]
+    assert s.fit.num_rows == 8 and ("u2", "a", 5) in triples(s.fit)  # u2: too few to hold out
+    assert s.fit.num_rows + s.valid.num_rows + s.test.num_rows == len(rows)
+    fit_items = [f"i{k}" for k in range(1, 7)]
+    assert queries(s.valid_queries) == [("u1", 70, ["i7", "i8"], sorted(fit_items))]
+    # the test query masks everything before it: fit and validation items
+    assert queries(s.test_queries) == [("u1", 90, ["i9", "i10"], sorted(fit_items + ["i7", "i8"]))]
+
+
+def test_global_temporal_eval_split_groups_by_serving_snapshot():
+    # 10 interactions at 10..100: quantile 0.8 -> 82, 0.9 -> 91 (linear interpolation)
+    rows = [("old", "a", 10), ("old", "b", 20), ("old", "c", 30), ("old", "d", 40),
+            ("new", "e", 50), ("old", "f", 60), ("old", "g", 70), ("old", "h", 80),
+            ("old", "i", 90), ("new2", "j", 100)]
+    snaps = pa.table({"user_id": ["old", "old", "old", "new", "new2"],
+                      "event_timestamp": pa.array([10, 35, 85, 50, 100], pa.int64()).cast(TIMESTAMP)})
+    s = global_temporal_eval_split(interactions(rows), (0.8, 0.9), snaps)
+    assert s.fit.num_rows == 8 and s.valid.num_rows == 1 and s.test.num_rows == 1
+    assert queries(s.valid_queries) == [("old", 90, ["i"], sorted("abcdfgh"))]
+    assert queries(s.test_queries) == [("new2", 100, ["j"], [])]
+    assert s.info["test_users_new_after_cut"] == 1
+    # one query per serving snapshot: old's 60, 70, 80 are all served by the snapshot at 35
+    s = global_temporal_eval_split(interactions(rows), (0.3, 0.4), snaps)
+    got = queries(s.test_queries)
+    assert ("old", 60, ["f", "g", "h"], ["a", "b", "c", "d"]) in got
+    assert ("old", 90, ["i"], sorted("abcdfgh")) in got  # the snapshot at 85 serves i
+    # without snapshots every distinct (user, time) is a query
+    s = global_temporal_eval_split(interactions(rows), (0.3, 0.4))
+    assert len(s.test_queries) == 6
+
+
+def test_global_temporal_rejects_bad_quantiles():
+    with pytest.raises(ValueError, match="global_quantiles"):
+        global_temporal_eval_split(interactions(ROWS), (0.9, 0.8))
