@@ -8,15 +8,19 @@ by its own name. Ids become strings. Timestamps (`event_timestamp`, `available_f
 - string columns are ISO-8601 when `timestamp_unit` is `iso`, integers in that unit otherwise;
   an ISO string with an offset is converted to UTC, a naive one (no offset) is taken as UTC;
 - timestamp columns are converted to UTC, naive ones taken as UTC; date columns are midnight UTC.
-A value that is present but cannot be parsed (a timestamp, a rating) rejects its row, with the
-0-based row index in its file (`_row`); a missing required column is a ValueError naming the file,
-the column and the columns the file has. Extra columns of items and users are kept.
+A value that is present but cannot be parsed (a timestamp, a rating) or is not valid UTF-8 rejects
+its row, with the 0-based row index in its file (`_row`); a missing required column is a ValueError
+naming the file, the column and the columns the file has; so is an empty (0-byte), header-only or
+unreadable file. Text fields have no length limit here (the encoder truncates at its max_length);
+a CSV row longer than the reader's block is read with a larger block. Extra columns of items and
+users are kept.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,8 @@ REQUIRED = {"interactions": ("user_id", "item_id", "event_timestamp"),
 TIMESTAMP_COLUMNS = ("event_timestamp", "available_from")
 UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000}
 MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
+CSV_BLOCK = 1 << 20  # pyarrow's default; grown (to CSV_MAX_BLOCK) while a row straddles two blocks
+CSV_MAX_BLOCK = 1 << 30
 INTEGER = r"^\s*[+-]?[0-9]{1,18}\s*$"
 NUMBER = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$"
 
@@ -63,6 +69,13 @@ def load_generic(cfg: DataConfig) -> Dataset:
     tables, rows_in = {}, {}
     for kind, path in paths.items():
         raw = _read(path, kind, cfg)
+        try:
+            _ = raw.column_names
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: the {kind} file's header (column names) is not valid "
+                             f"UTF-8: {e}") from None
+        if raw.num_rows == 0:
+            raise ValueError(f"{path}: {kind} file has no rows (columns: {raw.column_names})")
         rows_in[kind] = raw.num_rows
         tables[kind] = _canonical(raw, kind, path, cfg, rejects)
     sources = {kind: str(p) for kind, p in paths.items()}
@@ -88,20 +101,40 @@ def _source_name(cfg: DataConfig, canonical: str) -> str:
 
 
 def _read(path: Path, kind: str, cfg: DataConfig) -> pa.Table:
-    """Read parquet or CSV (by extension). CSV ids (and ISO timestamps) are read as strings, so
-    `007` stays `007`."""
+    """Read parquet or CSV (by extension); a file that cannot be read is a ValueError naming it.
+
+    CSV ids (and ISO timestamps) are read as bytes, so `007` stays `007` and invalid UTF-8 rejects
+    a row in `_canonical` instead of failing the whole read."""
     name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
-        return pq.read_table(path)
-    for ext, delimiter in ((".csv", ","), (".tsv", "\t")):
-        if name.endswith((ext, ext + ".gz", ext + ".bz2")):
-            as_text = [c for c in CANONICAL[kind] if c.endswith("_id")
-                       or (c in TIMESTAMP_COLUMNS and cfg.timestamp_unit == "iso")]
-            types = {_source_name(cfg, c): pa.string() for c in as_text}
-            return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter),
-                                 convert_options=pcsv.ConvertOptions(column_types=types))
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: {kind} file is empty (0 bytes)")
+    try:
+        if name.endswith((".parquet", ".pq")):
+            return pq.read_table(path)
+        for ext, delimiter in ((".csv", ","), (".tsv", "\t")):
+            if name.endswith((ext, ext + ".gz", ext + ".bz2")):
+                as_text = [c for c in CANONICAL[kind] if c.endswith("_id")
+                           or (c in TIMESTAMP_COLUMNS and cfg.timestamp_unit == "iso")]
+                types = {_source_name(cfg, c): pa.binary() for c in as_text}
+                return _read_csv(path, delimiter, types)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: cannot read the {kind} file: {e}") from e
     raise ValueError(f"{path}: unsupported file type; use .parquet, .pq, .csv or .tsv "
                      "(optionally .gz/.bz2 compressed)")
+
+
+def _read_csv(path: Path, delimiter: str, types: dict[str, pa.DataType]) -> pa.Table:
+    """pyarrow's CSV reader, with a larger block while a row (a long text) straddles two."""
+    block = CSV_BLOCK
+    while True:
+        try:
+            return pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block),
+                                 parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                                 convert_options=pcsv.ConvertOptions(column_types=types))
+        except pa.ArrowInvalid as e:
+            if "straddl" not in str(e) or block >= CSV_MAX_BLOCK:
+                raise
+            block *= 4
 
 
 def _canonical(raw: pa.Table, kind: str, path: Path, cfg: DataConfig,
@@ -120,6 +153,12 @@ def _canonical(raw: pa.Table, kind: str, path: Path, cfg: DataConfig,
         if src not in raw.column_names:
             continue
         col = raw.column(src)
+        if _is_binary(col.type):
+            col, bad = _utf8(col)
+            if bad is not None:
+                _reject_rows(rejects, kind, path, rows, ok, bad, raw.column(src), c,
+                             f"invalid UTF-8 in {c}")
+                ok &= ~bad
         if c.endswith("_id"):
             values, bad, reason = col.cast(pa.string()), None, ""
         elif c in TIMESTAMP_COLUMNS:
@@ -129,9 +168,7 @@ def _canonical(raw: pa.Table, kind: str, path: Path, cfg: DataConfig,
         else:
             values, bad, reason = _text(col), None, ""
         if bad is not None and bad.any():
-            idx = np.flatnonzero(bad & ok)
-            for i, value in zip(idx, col.take(pa.array(idx)).to_pylist()):
-                rejects.add(kind, str(path), int(rows[i]), c, reason.format(c=c), value)
+            _reject_rows(rejects, kind, path, rows, ok, bad, col, c, reason.format(c=c))
             ok &= ~bad
         columns[c] = values
     used = {_source_name(cfg, c) for c in columns}
@@ -145,6 +182,36 @@ def _canonical(raw: pa.Table, kind: str, path: Path, cfg: DataConfig,
         columns[extra] = raw.column(extra)
     columns["_row"] = pa.chunked_array([rows])
     return pa.table(columns).filter(pa.array(ok))
+
+
+def _reject_rows(rejects: Rejects, kind: str, path: Path, rows: np.ndarray, ok: np.ndarray,
+                 bad: np.ndarray, col: pa.ChunkedArray, column: str, reason: str) -> None:
+    """Add the rows where `bad` (and not already rejected) to the ledger, with their values."""
+    idx = np.flatnonzero(bad & ok)
+    for i, value in zip(idx, col.take(pa.array(idx)).to_pylist()):
+        rejects.add(kind, str(path), int(rows[i]), column, reason, value)
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+
+
+def _utf8(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray | None]:
+    """Bytes -> strings; (strings with invalid UTF-8 as null, mask of invalid values or None).
+    The per-value decode runs only when the vectorised cast finds invalid UTF-8."""
+    try:
+        return col.cast(pa.string()), None
+    except pa.ArrowInvalid:
+        pass
+    values, bad = [], []
+    for v in col.to_pylist():
+        try:
+            values.append(None if v is None else v.decode("utf-8"))
+            bad.append(False)
+        except UnicodeDecodeError:
+            values.append(None)
+            bad.append(True)
+    return pa.chunked_array([pa.array(values, pa.string())]), np.array(bad, dtype=bool)
 
 
 def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -213,11 +280,27 @@ def _from_numbers(col: pa.ChunkedArray, unit: str) -> tuple[pa.ChunkedArray, np.
 
 
 def _iso(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray, str]:
-    """ISO-8601 strings -> UTC; naive strings are taken as UTC."""
+    """ISO-8601 strings -> UTC; naive strings are taken as UTC. Dates beyond pandas' nanosecond
+    range (years before 1677 or after 2262, e.g. 9999-12-31) are parsed one by one."""
     series = col.to_pandas()
     parsed = pd.to_datetime(series, format="ISO8601", utc=True, errors="coerce")
     bad = parsed.isna().to_numpy() & ~_blank(col)
     array = pa.array(parsed, type=pa.timestamp("ns", tz="UTC")).cast(TIMESTAMP, safe=False)
+    if bad.any():
+        late = {}
+        for i in np.flatnonzero(bad):
+            try:
+                t = datetime.fromisoformat(series.iloc[i].strip())
+            except ValueError:
+                continue
+            if not pd.Timestamp.min.year < t.year < pd.Timestamp.max.year:
+                late[i] = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        if late:
+            mask = np.zeros(len(bad), dtype=bool)
+            mask[list(late)] = True
+            array = pc.replace_with_mask(array, pa.array(mask),
+                                         pa.array(list(late.values()), TIMESTAMP))
+            bad &= ~mask
     return pa.chunked_array([array]), bad, "unparseable ISO-8601 {c}"
 
 

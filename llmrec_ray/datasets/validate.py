@@ -1,4 +1,4 @@
-"""Validation shared by every loader: ids, duplicates, ratings, referential integrity.
+"""Validation shared by every loader: ids, duplicates, timestamps, ratings, referential integrity.
 
 Loaders parse their files into canonical tables (see `llmrec_ray.schemas`) and record parse errors
 in a `Rejects` ledger; `validate` then applies the rules every dataset must satisfy and moves each
@@ -7,11 +7,14 @@ failing row to the ledger with its reason. Nothing is dropped silently.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmrec_ray.schemas import INTERACTIONS, ITEMS, USERS, Rejects, conform
+from llmrec_ray.schemas import (INTERACTIONS, ITEM_TEXT_FIELDS, ITEMS, TIMESTAMP, USERS, Rejects,
+                                conform)
 
 
 def _blank(col: pa.ChunkedArray) -> np.ndarray:
@@ -54,6 +57,39 @@ def _duplicates(table: pa.Table, columns: list[str]) -> np.ndarray:
     return out
 
 
+def _first_of_key(table: pa.Table, column: str) -> np.ndarray:
+    """For every row, the index of the first row with the same `column` value."""
+    keys = table.select([column]).append_column("_i", pa.array(np.arange(table.num_rows)))
+    first = keys.group_by([column]).aggregate([("_i", "min")])
+    lookup = pc.index_in(table.column(column), value_set=first.column(column).combine_chunks())
+    first_rows = first.column("_i_min").combine_chunks().take(lookup)
+    return np.asarray(first_rows.to_numpy(zero_copy_only=False))
+
+
+def reject_conflicting_items(items: pa.Table, rejects: Rejects, source: str) -> pa.Table:
+    """Reject an item whose item_id repeats an earlier row's with a different text field (title,
+    genres or description; null and "" count as equal), naming the first field that differs.
+    Exact duplicates are left to `validate` ("duplicate item_id"), blank ids to its id rule."""
+    fields = [f for f in ITEM_TEXT_FIELDS if f in items.column_names]
+    if items.num_rows < 2 or "item_id" not in items.column_names or not fields:
+        return items
+    ids = items.column("item_id").cast(pa.string())
+    first = _first_of_key(pa.table({"item_id": ids}), "item_id")
+    later = (first != np.arange(items.num_rows)) & ~_blank(ids)
+    if not later.any():
+        return items
+    field = np.full(items.num_rows, -1)  # index in `fields` of the first differing field
+    for j, f in enumerate(fields):
+        text = pc.fill_null(items.column(f).cast(pa.string()), "")
+        same = np.asarray(pc.equal(text, text.take(pa.array(first))), dtype=bool)
+        field[later & (field < 0) & ~same] = j
+    for j, f in enumerate(fields):
+        items = _reject(items, field == j, rejects, "items", source, f,
+                        f"duplicate item_id with different {f}")
+        field = field[field != j]
+    return items
+
+
 def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, rejects: Rejects,
              sources: dict[str, str], rating_range: tuple[float, float]) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Apply the dataset rules; return (interactions, items, users) holding only accepted rows.
@@ -86,6 +122,11 @@ def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, re
                         f"null or empty {col}")
     inter = _reject(inter, np.asarray(pc.is_null(inter.column("event_timestamp"))), rejects,
                     "interactions", src, "event_timestamp", "null or unparseable event_timestamp")
+    # A feature store must not hold events from the future (a wrong unit or a clock error).
+    now = pa.scalar(datetime.now(timezone.utc), TIMESTAMP)
+    future = pc.fill_null(pc.greater(inter.column("event_timestamp"), now), False)
+    inter = _reject(inter, np.asarray(future), rejects, "interactions", src, "event_timestamp",
+                    "event_timestamp in the future")
     rating = inter.column("rating")
     lo, hi = rating_range
     out_of_range = pc.fill_null(pc.or_(pc.less(rating, lo), pc.greater(rating, hi)), False)
@@ -143,9 +184,12 @@ def finish_dataset(name: str, inter: pa.Table, items: pa.Table, users: pa.Table 
 
     `rows_in` counts each table's input rows; an extra "tags" entry (side table of tags) counts
     toward the reject fraction only. When `users` is None the users come from the interactions.
+    Items repeating an item_id with different text are rejected first (`reject_conflicting_items`);
+    no accepted interaction at all is a ValueError (there is nothing to build features from).
     """
     from llmrec_ray.datasets import Dataset
 
+    items = reject_conflicting_items(items, rejects, sources["items"])
     inter, items, users_out = validate(inter, items, users, rejects, sources, tuple(rating_range))
     accepted = {"interactions": inter.num_rows, "items": items.num_rows, "users": users_out.num_rows}
     if users is None:
@@ -154,6 +198,10 @@ def finish_dataset(name: str, inter: pa.Table, items: pa.Table, users: pa.Table 
     if "tags" in rows_in:
         counts["tags"] = {"in": rows_in.pop("tags"), "rejected": rejects.count("tags")}
     check_reject_fraction(counts, rejects, max_reject_fraction, sources)
+    if inter.num_rows == 0:
+        top = ", ".join(f"{r} ({n})" for r, n in rejects.reasons("interactions").most_common(3))
+        raise ValueError(f"{sources['interactions']}: no interactions accepted out of "
+                         f"{rows_in['interactions']}" + (f"; reasons: {top}" if top else ""))
     for table, n in accepted.items():
         if rows_in[table] != n + rejects.count(table):
             raise RuntimeError(f"{sources.get(table, table)}: {rows_in[table]} {table} rows in but "
