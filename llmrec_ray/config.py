@@ -117,6 +117,9 @@ class EncodeConfig(Strict):
         "auto = bfloat16 on CUDA GPUs that support it and on CPUs with AMX/AVX512-BF16, else float32."))
     trust_remote_code: bool = Field(False, description="Allow model code from the model repo.")
     cache: bool = Field(True, description="Reuse vectors of texts encoded before (by text_hash).")
+    cache_flush_rows: int = Field(4096, ge=1, description=(
+        "Vectors are written to the cache every this many rows while encoding: a build whose "
+        "driver dies resumes from them."))
     cache_dir: str | None = Field(None, description="Embedding cache directory; None = "
                                   "<output_dir>/embedding_cache (one cache serves every encoder).")
 

@@ -413,15 +413,29 @@ def encode_texts(text_rows: pa.Table, cfg, cache=None) -> tuple[pa.Table, dict]:
         num_cpus=plan["actor_cpus"],
         num_gpus=plan["actor_gpus"],
     )
-    vectors = pa.concat_tables(ray.get(out.to_arrow_refs()))
+    # Stream the output: vectors reach the cache every `cache_flush_rows` rows, so a build whose
+    # driver dies resumes from what was encoded (the next run finds those texts in the cache).
+    blocks, pending, done, last_log = [], [], 0, start
+    for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+        blocks.append(block)
+        pending.append(block)
+        done += block.num_rows
+        if cache is not None and sum(b.num_rows for b in pending) >= cfg.cache_flush_rows:
+            cache.add(pa.concat_tables(pending).select(VECTOR_ROWS.names).cast(VECTOR_ROWS))
+            pending = []
+        if time.perf_counter() - last_log > 10 or done == unique.num_rows:
+            last_log = time.perf_counter()
+            logger.info("encode progress: %d / %d texts (%.0f texts/s)", done, unique.num_rows,
+                        done / max(last_log - start, 1e-9))
+    vectors = pa.concat_tables(blocks) if blocks else pa.table({})
     elapsed = time.perf_counter() - start
     if vectors.num_rows != unique.num_rows or pc.count_distinct(vectors.column("text_hash")).as_py() != unique.num_rows:
         raise RuntimeError(f"encoder returned {vectors.num_rows} rows for {unique.num_rows} distinct "
                            "texts: rows were lost or duplicated")
     padded_tokens = int(pc.sum(vectors.column("padded_length")).as_py())
     vectors = vectors.select(VECTOR_ROWS.names).cast(VECTOR_ROWS)
-    if cache is not None:
-        cache.add(vectors)
+    if cache is not None and pending:
+        cache.add(pa.concat_tables(pending).select(VECTOR_ROWS.names).cast(VECTOR_ROWS))
     n_tok = int(pc.sum(vectors.column("n_tokens")).as_py())
     stats.update(encoded=unique.num_rows, tokens=n_tok, seconds=round(elapsed, 2),
                  actors=plan["num_actors"], device="cuda" if plan["use_gpu"] else "cpu",

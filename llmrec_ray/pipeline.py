@@ -32,7 +32,9 @@ def init_ray(ray_cfg) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False, log_to_driver=True,
+    # address="local": a new local instance even when another cluster runs on this machine
+    # (a bare ray.init() would join the latest `ray start` cluster and refuse the caps)
+    ray.init(address="local", num_cpus=ray_cfg.num_cpus, include_dashboard=False, log_to_driver=True,
              object_store_memory=None if ray_cfg.object_store_memory_mb is None
              else ray_cfg.object_store_memory_mb * 1024 * 1024)
 

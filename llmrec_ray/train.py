@@ -289,10 +289,12 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
         datasets={"train": ds},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
-        # The same name again resumes from the run's latest checkpoint (if the training matches);
-        # a crashed worker restarts the group from it, up to max_failures times. Every epoch's
-        # checkpoint is kept and scored by the validation metric: the best one is the model.
-        run_config=RunConfig(name=f"{cfg.name}-{t.model}",
+        # The run is named by the training's fingerprint: the same training started again resumes
+        # from its latest checkpoint, a changed one (model, settings, data) starts a run of its
+        # own; a crashed worker restarts the group from the latest checkpoint, up to
+        # max_failures times. Every epoch's checkpoint is kept and scored by the validation
+        # metric: the best one is the model.
+        run_config=RunConfig(name=f"{cfg.name}-{t.model}-{fingerprint}",
                              storage_path=str((cfg.run_dir / "ray_results").resolve()),
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(
