@@ -169,10 +169,21 @@ class TrainConfig(Strict):
                          "and materialize them.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the latest "
                               "checkpoint) before the training fails.")
+    id_mode: Literal["concat", "residual"] = Field("concat", description=(
+        "hybrid: concat = ID embeddings join each tower's input; residual = vector = "
+        "normalize(tower(features) + ID embedding), the unknown ID adding exactly 0, so an unseen "
+        "user or item is its feature vector in the same space (better on cold-start items, a "
+        "little worse on warm ones)."))
+    user_id_dropout: float | None = Field(None, ge=0, le=1, description=(
+        "hybrid: probability that a user's ID is replaced by the unknown ID in training; None = "
+        "id_dropout."))
+    text_aux: float = Field(0.0, ge=0, description=(
+        "hybrid: weight of an auxiliary InfoNCE loss that scores every item as if unseen (text "
+        "only), so the text path is trained on every row."))
     early_stopping_metric: str = Field("ndcg@20", description=(
         "Validation metric (on the validation queries of the evaluation protocol) that picks the "
         "epoch whose model is kept, and that early stopping watches."))
-    early_stopping_patience: int = Field(3, ge=0, description=(
+    early_stopping_patience: int = Field(5, ge=0, description=(
         "Stop after this many epochs without a better validation metric (0: run every epoch); "
         "the best epoch's checkpoint is the model either way."))
     id_dropout: float = Field(0.2, ge=0, le=1, description=(

@@ -264,7 +264,8 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
                         user_extra_dim=USER_EXTRA_DIM if t.user_stats else 0)
     if t.model == "hybrid":
         model_kwargs.update(n_users=len(users), n_items=len(item_ids), id_dim=t.id_dim,
-                            id_dropout=t.id_dropout)
+                            id_dropout=t.id_dropout, id_mode=t.id_mode,
+                            user_id_dropout=t.user_id_dropout, text_aux=t.text_aux)
     if t.logq:
         counts = np.bincount(entity_frame(train_interactions, item_index)["item_idx"].to_numpy(),
                              minlength=len(item_ids)).astype(np.float64)

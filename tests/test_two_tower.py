@@ -34,7 +34,8 @@ def test_shapes_and_unit_vectors():
     assert scores.abs().max() <= 10 + 1e-5
     assert model.hparams == dict(user_dim=6, item_dim=4, hidden_dim=8, out_dim=3, dropout=0.1,
                                  temperature=0.1, user_extra_dim=0, n_users=0, n_items=0, id_dim=32,
-                                 id_dropout=0.2, logq=None)
+                                 id_dropout=0.2, logq=None, id_mode="concat",
+                                 user_id_dropout=None, text_aux=0.0)
     assert not model.hybrid
 
 
@@ -161,6 +162,29 @@ def test_hybrid_ids_unknown_item_and_id_dropout():
     scores = model.eval().score(batch["user_emb"], batch["item_emb"], batch["user_extra"],
                                 batch["user_idx"], batch["item_idx"])
     assert scores.shape == (4, 4)
+
+
+def test_residual_ids_leave_unseen_items_their_text_vector_and_text_aux_adds_a_loss():
+    torch.manual_seed(0)
+    kw = dict(user_dim=4, item_dim=4, hidden_dim=8, out_dim=3, dropout=0.0, temperature=0.1,
+              n_users=3, n_items=5, id_dropout=0.0, id_mode="residual")
+    model = TwoTower(**kw).eval()
+    emb = torch.randn(2, 4)
+    text_only = torch.nn.functional.normalize(model.item_tower(emb), dim=-1)
+    # an unseen item (the unknown ID) is exactly its text vector; so is a known one at init (E = 0)
+    torch.testing.assert_close(model.item_vectors(emb, torch.tensor([-1, -1])), text_only)
+    with torch.no_grad():
+        model.item_ids.weight[0] += 1.0
+    assert not torch.allclose(model.item_vectors(emb, torch.tensor([0, 0])), text_only)
+    assert model.item_ids.weight[5].abs().sum() == 0  # the unknown row stays zero
+    batch = {"user_emb": torch.randn(4, 4), "user_idx": torch.tensor([0, 1, 2, 0]),
+             "item_emb": torch.randn(4, 4), "item_idx": torch.tensor([0, 1, 2, 3])}
+    torch.manual_seed(1)
+    plain = TwoTower(**kw).train()
+    torch.manual_seed(1)
+    aux = TwoTower(**{**kw, "text_aux": 0.5}).train()
+    # at init the ID rows are 0: the text-only loss equals the main one, so aux = 1.5 x plain
+    torch.testing.assert_close(aux.loss(batch), 1.5 * plain.loss(batch))
 
 
 def test_id_indices_give_unknown_to_what_training_never_saw(tmp_path):

@@ -30,22 +30,34 @@ class TwoTower(nn.Module):
     def __init__(self, user_dim: int, item_dim: int, hidden_dim: int = 256, out_dim: int = 64,
                  dropout: float = 0.1, temperature: float = 0.05, user_extra_dim: int = 0,
                  n_users: int = 0, n_items: int = 0, id_dim: int = 32, id_dropout: float = 0.2,
-                 logq: list[float] | None = None):
+                 logq: list[float] | None = None, id_mode: str = "concat",
+                 user_id_dropout: float | None = None, text_aux: float = 0.0):
         super().__init__()
         self.hparams = dict(user_dim=user_dim, item_dim=item_dim, hidden_dim=hidden_dim,
                             out_dim=out_dim, dropout=dropout, temperature=temperature,
                             user_extra_dim=user_extra_dim, n_users=n_users, n_items=n_items,
-                            id_dim=id_dim, id_dropout=id_dropout, logq=None)
+                            id_dim=id_dim, id_dropout=id_dropout, logq=None, id_mode=id_mode,
+                            user_id_dropout=user_id_dropout, text_aux=text_aux)
         self.hybrid = n_users > 0 and n_items > 0
-        ids = id_dim if self.hybrid else 0
+        # "residual": vector = normalize(tower(features) + E[id]), E zero-initialised and the unknown
+        # ID contributing exactly 0, so an unseen user/item is its feature vector, in the same space
+        self.residual = self.hybrid and id_mode == "residual"
+        ids = id_dim if self.hybrid and not self.residual else 0
         self.user_tower = mlp(user_dim + user_extra_dim + ids, hidden_dim, out_dim, dropout)
         self.item_tower = mlp(item_dim + ids, hidden_dim, out_dim, dropout)
-        if self.hybrid:
+        if self.residual:
+            self.user_ids = nn.Embedding(n_users + 1, out_dim, padding_idx=n_users)  # unknown row: 0
+            self.item_ids = nn.Embedding(n_items + 1, out_dim, padding_idx=n_items)
+            nn.init.zeros_(self.user_ids.weight)
+            nn.init.zeros_(self.item_ids.weight)
+        elif self.hybrid:
             self.user_ids = nn.Embedding(n_users + 1, id_dim)  # the last row: the unknown user
             self.item_ids = nn.Embedding(n_items + 1, id_dim)  # the last row: the unknown item
             nn.init.normal_(self.user_ids.weight, std=0.05)
             nn.init.normal_(self.item_ids.weight, std=0.05)
         self.n_users, self.n_items, self.id_dropout = n_users, n_items, id_dropout
+        self.user_id_dropout = id_dropout if user_id_dropout is None else user_id_dropout
+        self.text_aux = text_aux
         self.temperature = temperature
         # logQ of each item index (training only); an empty buffer = no correction
         self.register_buffer("logq", torch.tensor(logq if logq is not None else [], dtype=torch.float32),
@@ -61,6 +73,8 @@ class TwoTower(nn.Module):
                 user_idx = torch.full((len(user_emb),), -1, dtype=torch.long, device=user_emb.device)
             idx = torch.where((user_idx < 0) | (user_idx >= self.n_users),
                               torch.full_like(user_idx, self.n_users), user_idx)
+            if self.residual:
+                return F.normalize(self.user_tower(torch.cat(parts, dim=-1)) + self.user_ids(idx), dim=-1)
             parts.append(self.user_ids(idx))
         return F.normalize(self.user_tower(torch.cat(parts, dim=-1)), dim=-1)  # (B, D)
 
@@ -70,6 +84,8 @@ class TwoTower(nn.Module):
         if self.hybrid:
             idx = torch.where((item_idx < 0) | (item_idx >= self.n_items),
                               torch.full_like(item_idx, self.n_items), item_idx)
+            if self.residual:
+                return F.normalize(self.item_tower(item_emb) + self.item_ids(idx), dim=-1)
             parts.append(self.item_ids(idx))
         return F.normalize(self.item_tower(torch.cat(parts, dim=-1)), dim=-1)  # (B, D)
 
@@ -82,14 +98,21 @@ class TwoTower(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         idx = batch["item_idx"]
         item_ids, user_ids = idx, batch.get("user_idx")
-        if self.hybrid and self.training and self.id_dropout > 0:
+        if self.hybrid and self.training:
             # IDs dropped to the unknown ID: the towers also learn to work from features alone
             drop = torch.rand(idx.shape, device=idx.device) < self.id_dropout
             item_ids = torch.where(drop, torch.full_like(idx, -1), idx)
-            drop = torch.rand(user_ids.shape, device=idx.device) < self.id_dropout
+            drop = torch.rand(user_ids.shape, device=idx.device) < self.user_id_dropout
             user_ids = torch.where(drop, torch.full_like(user_ids, -1), user_ids)
         u = self.user_vectors(batch["user_emb"], batch.get("user_extra"), user_ids)  # (B, D)
         v = self.item_vectors(batch["item_emb"], item_ids if self.hybrid else None)  # (B, D)
+        loss = self._infonce(u, v, idx)
+        if self.hybrid and self.text_aux > 0:  # the same loss with every item as if unseen (text only)
+            v_text = self.item_vectors(batch["item_emb"], torch.full_like(idx, -1))
+            loss = loss + self.text_aux * self._infonce(u, v_text, idx)
+        return loss
+
+    def _infonce(self, u: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         logits = u @ v.T / self.temperature  # (B, B)
         if self.logq.numel():
             logits = logits - self.logq[idx].unsqueeze(0)  # column j: the sampling bias of item j
