@@ -167,6 +167,10 @@ class TrainConfig(Strict):
     export: bool = Field(True, description="After training, write the towers' item and user "
                          "vectors back as Feast views (item_tower_embedding, user_tower_embedding) "
                          "and materialize them.")
+    storage_path: str | None = Field(None, description=(
+        "Where Ray Train keeps the run's checkpoints: a path every node sees, or a filesystem "
+        "URI (s3://bucket/prefix, gs://...); None = <output_dir>/<name>/ray_results on the "
+        "driver's disk (one machine)."))
     max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the latest "
                               "checkpoint) before the training fails.")
     id_mode: Literal["concat", "residual"] = Field("concat", description=(

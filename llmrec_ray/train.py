@@ -240,6 +240,19 @@ def validation_data(repo: FeatureRepo, split, items: pa.Table, item_ids: list[st
             "truth": truth_sets(q["truth"].tolist(), item_ids)}
 
 
+def storage_path(cfg) -> str:
+    """Ray Train's storage: `train.storage_path` as given (a URI stays a URI; `local://` is
+    Ray's own prefix), or the run directory's ray_results as an absolute path."""
+    from llmrec_ray.config import expand_env
+    from llmrec_ray.storage import is_uri
+
+    given = cfg.train.storage_path
+    if given is None:
+        return str((cfg.run_dir / "ray_results").resolve())
+    given = expand_env(given)
+    return given if is_uri(given) or given.startswith("local://") else str(Path(given).expanduser().resolve())
+
+
 def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> dict:
     """Fit on the split's fit rows, early-stopped on its validation queries; save the best
     epoch's model under <run_dir>/model; return a summary."""
@@ -296,7 +309,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
         # max_failures times. Every epoch's checkpoint is kept and scored by the validation
         # metric: the best one is the model.
         run_config=RunConfig(name=f"{cfg.name}-{t.model}-{fingerprint}",
-                             storage_path=str((cfg.run_dir / "ray_results").resolve()),
+                             storage_path=storage_path(cfg),
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(
                                  checkpoint_score_attribute=key if valid is not None else None,

@@ -163,3 +163,13 @@ def test_every_config_model_has_a_docstring_and_forbids_extra_keys():
     for model in models:
         assert (model.__doc__ or "").strip(), model.__name__
         assert model.model_config.get("extra") == "forbid", model.__name__
+
+
+def test_train_storage_path_keeps_uris_and_resolves_paths(tmp_path):
+    from llmrec_ray.train import storage_path
+
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    assert storage_path(cfg) == str((tmp_path / "synthetic" / "ray_results").resolve())
+    for uri in ("s3://bucket/llmrec/ray_results", "gs://b/p", "local:///mnt/shared/ray_results"):
+        assert storage_path(load_config(None, [f"train.storage_path={uri}"])) == uri
+    assert storage_path(load_config(None, ["train.storage_path=rel/dir"])) == str(Path("rel/dir").resolve())

@@ -169,3 +169,26 @@ def test_config_errors(tmp_path: Path) -> None:
         load_generic(DataConfig(**{**base, "items": str(tmp_path / "nope.parquet")}))
     with pytest.raises(ValueError, match="data.interactions is not set"):
         load_generic(DataConfig(source="generic", items=str(tmp_path / "items.csv")))
+
+
+def test_files_given_as_filesystem_uris(tmp_path: Path) -> None:
+    """Input paths may be any pyarrow filesystem URI (s3://, gs://, ...): file:// here, a
+    gzip-compressed CSV read through the filesystem's stream, and Ray's local:// prefix."""
+    import gzip
+
+    with gzip.open(tmp_path / "events.csv.gz", "wt") as f:
+        f.write("user_id,item_id,event_timestamp,rating\nu1,a,1700000000,4\nu2,b,1700000100,5\n")
+    pq.write_table(pa.table({"item_id": ["a", "b"], "title": ["Alpha", "Beta"]}), tmp_path / "items.parquet")
+    cfg = DataConfig(source="generic", interactions=f"file://{tmp_path}/events.csv.gz",
+                     items=f"local://{tmp_path}/items.parquet")
+    ds = load_dataset(cfg)
+    assert ds.interactions.num_rows == 2 and ds.items.num_rows == 2
+    check_invariant(ds)
+    missing = DataConfig(source="generic", interactions=f"file://{tmp_path}/nope.csv",
+                         items=f"file://{tmp_path}/items.parquet")
+    with pytest.raises(FileNotFoundError, match="nope.csv does not exist"):
+        load_dataset(missing)
+    bad = DataConfig(source="generic", interactions="nosuchfs://bucket/events.csv",
+                     items=f"file://{tmp_path}/items.parquet")
+    with pytest.raises(ValueError, match="nosuchfs://bucket/events.csv: cannot open this filesystem URI"):
+        load_dataset(bad)

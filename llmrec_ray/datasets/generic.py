@@ -21,19 +21,20 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from llmrec_ray.config import DataConfig, expand_env
 from llmrec_ray.datasets import Dataset
 from llmrec_ray.datasets.validate import finish_dataset
 from llmrec_ray.schemas import TIMESTAMP, Rejects
+from llmrec_ray.storage import Location, locate
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +88,31 @@ def load_generic(cfg: DataConfig) -> Dataset:
     return dataset
 
 
-def _path(value: str | None, key: str) -> Path:
+def _path(value: str | None, key: str) -> Location:
+    """A local path or a filesystem URI (s3://, gs://, file://: `llmrec_ray.storage`)."""
     if not value:
         raise ValueError(f"{key} is not set (data.source is generic)")
-    path = Path(expand_env(value))
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}: file {path} does not exist")
-    return path
+    loc = locate(expand_env(value))
+    if loc.info().type != pafs.FileType.File:
+        raise FileNotFoundError(f"{key}: file {loc} does not exist")
+    return loc
 
 
 def _source_name(cfg: DataConfig, canonical: str) -> str:
     return cfg.columns.get(canonical, canonical)
 
 
-def _read(path: Path, kind: str, cfg: DataConfig) -> pa.Table:
+def _read(path: Location, kind: str, cfg: DataConfig) -> pa.Table:
     """Read parquet or CSV (by extension); a file that cannot be read is a ValueError naming it.
 
     CSV ids (and ISO timestamps) are read as bytes, so `007` stays `007` and invalid UTF-8 rejects
     a row in `_canonical` instead of failing the whole read."""
     name = path.name.lower()
-    if path.stat().st_size == 0:
+    if path.info().size == 0:
         raise ValueError(f"{path}: {kind} file is empty (0 bytes)")
     try:
         if name.endswith((".parquet", ".pq")):
-            return pq.read_table(path)
+            return pq.read_table(path.path, filesystem=path.fs)
         for ext, delimiter in ((".csv", ","), (".tsv", "\t")):
             if name.endswith((ext, ext + ".gz", ext + ".bz2")):
                 as_text = [c for c in CANONICAL[kind] if c.endswith("_id")
@@ -123,21 +125,22 @@ def _read(path: Path, kind: str, cfg: DataConfig) -> pa.Table:
                      "(optionally .gz/.bz2 compressed)")
 
 
-def _read_csv(path: Path, delimiter: str, types: dict[str, pa.DataType]) -> pa.Table:
+def _read_csv(path: Location, delimiter: str, types: dict[str, pa.DataType]) -> pa.Table:
     """pyarrow's CSV reader, with a larger block while a row (a long text) straddles two."""
     block = CSV_BLOCK
     while True:
         try:
-            return pcsv.read_csv(path, read_options=pcsv.ReadOptions(block_size=block),
-                                 parse_options=pcsv.ParseOptions(delimiter=delimiter),
-                                 convert_options=pcsv.ConvertOptions(column_types=types))
+            with path.open() as stream:
+                return pcsv.read_csv(stream, read_options=pcsv.ReadOptions(block_size=block),
+                                     parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                                     convert_options=pcsv.ConvertOptions(column_types=types))
         except pa.ArrowInvalid as e:
             if "straddl" not in str(e) or block >= CSV_MAX_BLOCK:
                 raise
             block *= 4
 
 
-def _canonical(raw: pa.Table, kind: str, path: Path, cfg: DataConfig,
+def _canonical(raw: pa.Table, kind: str, path: Location, cfg: DataConfig,
                rejects: Rejects) -> pa.Table:
     """Rename mapped columns, convert types, reject unparseable values; add `_row`."""
     for c in REQUIRED[kind]:
@@ -184,7 +187,7 @@ def _canonical(raw: pa.Table, kind: str, path: Path, cfg: DataConfig,
     return pa.table(columns).filter(pa.array(ok))
 
 
-def _reject_rows(rejects: Rejects, kind: str, path: Path, rows: np.ndarray, ok: np.ndarray,
+def _reject_rows(rejects: Rejects, kind: str, path: Location, rows: np.ndarray, ok: np.ndarray,
                  bad: np.ndarray, col: pa.ChunkedArray, column: str, reason: str) -> None:
     """Add the rows where `bad` (and not already rejected) to the ledger, with their values."""
     idx = np.flatnonzero(bad & ok)
