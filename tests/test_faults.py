@@ -54,7 +54,7 @@ def test_killed_encoder_actor_run_finishes_with_one_row_per_input(ray_session, t
     """SIGKILL the encoder actor's process once it has written vectors: Ray Data restarts it and
     retries its task; the output still has exactly one row per distinct input text."""
     cfg = EncodeConfig(batch_size=16, cpus_per_actor=1, num_actors=1, cache_flush_rows=32)
-    texts = _texts(900)
+    texts = _texts(600)
     rows = pa.table({"text": texts, "text_hash": text_hashes(pa.array(texts), encoder_key(cfg))})
     cache = EmbeddingCache(tmp_path / "cache")
     killed: list[int] = []
@@ -91,7 +91,7 @@ def test_killed_encoder_actor_run_finishes_with_one_row_per_input(ray_session, t
 
 
 def _config(tmp: Path, runs: Path, repo: Path, cache: Path) -> Path:
-    """A synthetic build big enough to take a while on 2 cores (a few thousand texts)."""
+    """A synthetic build that encodes for a while on 2 cores (several hundred texts)."""
     import shutil
 
     repo.mkdir(parents=True, exist_ok=True)
@@ -100,9 +100,9 @@ def _config(tmp: Path, runs: Path, repo: Path, cache: Path) -> Path:
     path = tmp / f"{repo.name}.yaml"
     path.write_text(json.dumps({
         "name": "resume", "output_dir": str(runs),
-        "data": {"source": "synthetic", "synthetic": {"n_users": 150, "n_items": 120,
-                                                      "interactions_per_user": 20}},
-        "encode": {"batch_size": 16, "cpus_per_actor": 1, "cache_flush_rows": 48,
+        "data": {"source": "synthetic", "synthetic": {"n_users": 60, "n_items": 60,
+                                                      "interactions_per_user": 15}},
+        "encode": {"batch_size": 8, "cpus_per_actor": 1, "cache_flush_rows": 24,
                    "cache_dir": str(cache)},
         "featurestore": {"repo_path": str(repo)},
         "ray": {"num_cpus": 2},
