@@ -199,3 +199,25 @@ def test_a_crashed_worker_restarts_from_the_checkpoint(e2e, monkeypatch, tmp_pat
     assert marker.exists()  # the worker did crash
     assert summary["resumed_from"] == 1 and summary["epochs"] == 3
     assert np.isfinite(summary["final_loss"])
+
+
+def test_global_temporal_protocol_end_to_end(e2e):
+    """Train and evaluate with global time cuts: held-out interactions are queried with the
+    features that served them, users who arrived after the cut form the new_users slice."""
+    cfg, *_ = e2e
+    cfg = cfg.model_copy(deep=True)
+    cfg.evaluate.protocol = "global-temporal"
+    cfg.train.export = False
+    train = pipeline.train_stage(cfg)
+    split = train["split"]
+    assert split["protocol"] == "global-temporal"
+    assert split["fit"] > split["valid"] > 0 and split["test"] > 0
+    assert train["rows"] == split["fit"] and train["valid_history"]
+    out = pipeline.evaluate_stage(cfg)
+    metrics = out["metrics"]
+    assert set(metrics) == {"all", "cold_items", "light_users", "new_users"}
+    assert out["protocol"]["test_queries"] == metrics["all"]["two_tower"]["users"] > 0
+    assert metrics["new_users"]["two_tower"]["users"] <= metrics["all"]["two_tower"]["users"]
+    for models in metrics.values():
+        for m in models.values():
+            assert 0.0 <= m["recall@20"] <= m["hr@20"] <= 1.0
