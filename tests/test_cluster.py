@@ -51,6 +51,14 @@ def _child(mode: str, tmp: Path) -> dict:
 # The child process side
 # ------------------------------------------------------------------------------------------
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_job(tmp: Path) -> dict:
     """A head node with its dashboard (the job server); submit `jobs/build_features.py` as a Ray
     job with a working dir and env vars, wait, and collect status, logs and output."""
@@ -58,16 +66,27 @@ def run_job(tmp: Path) -> dict:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     config = _write_config(tmp, "job")
+    # The job agent's HTTP port must be free: another Ray on this machine (the test session's)
+    # already holds the default 52365, and the job server then has no agent to submit to.
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": 0})
+        "dashboard_port": 0, "dashboard_agent_listen_port": _free_port()})
     try:
         address = cluster.head_node.address_info["webui_url"]
         client = JobSubmissionClient(f"http://{address}")
-        job_id = client.submit_job(
-            entrypoint=f"python jobs/build_features.py --config {config}",
-            runtime_env={"working_dir": str(ROOT),
-                         "env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "LLMREC_JOB_MARK": "job-test"}})
+        for attempt in range(30):  # the head's job agent takes a moment to come up
+            try:
+                job_id = client.submit_job(
+                    # this interpreter: the job's `python` would be whatever PATH finds first (in
+                    # CI the virtualenv is not activated); on a real cluster the image's python
+                    entrypoint=f"{sys.executable} jobs/build_features.py --config {config}",
+                    runtime_env={"working_dir": str(ROOT),
+                                 "env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}})
+                break
+            except RuntimeError as e:
+                if "No available agent" not in str(e) or attempt == 29:
+                    raise
+                time.sleep(2)
         deadline = time.time() + 600
         status = client.get_job_status(job_id)
         while time.time() < deadline and not status.is_terminal():
