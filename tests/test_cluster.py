@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -185,6 +186,7 @@ def run_multinode(tmp: Path) -> dict:
 # The tests
 # ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ray_job_submission_builds_features(tmp_path):
     out = _child("job", tmp_path)
     assert out["succeeded"], out["status"] + "\n" + out["logs"][-3000:]
@@ -197,6 +199,7 @@ def test_ray_job_submission_builds_features(tmp_path):
     assert out["summary"]["build_features"]["online"]["item_text_embedding"] == 40
 
 
+@pytest.mark.slow
 def test_multinode_build_spreads_encoders_and_equals_single_node(tmp_path):
     out = _child("multinode", tmp_path)
     assert out["nodes"] == 3 and out["resources"] == {"CPU": 5.0, "GPU": 1.0}

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyarrow as pa
 
 from llmrec_ray.cache import EmbeddingCache
@@ -128,6 +129,7 @@ def _views(repo: Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_killed_driver_build_resumes_and_equals_an_uninterrupted_build(tmp_path):
     """SIGKILL the driver (and its local Ray) in the middle of encoding, start the build again:
     it takes what was encoded from the cache, encodes only the rest, and writes the same
