@@ -91,10 +91,12 @@ def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
     return {ITEM_TEXT_VIEW: item_view, ITEM_METADATA_VIEW: meta, USER_HISTORY_VIEW: user_view}, stats
 
 
-def stats_tables(ds: Dataset, views: dict[str, pa.Table], every: str) -> dict[str, pa.Table]:
-    """User stats at the user snapshot times, item stats from each item's start (Ray Data)."""
-    return {USER_STATS_VIEW: user_stats(ds.interactions, views[USER_HISTORY_VIEW]),
-            ITEM_STATS_VIEW: item_stats(ds.interactions, views[ITEM_TEXT_VIEW], parse_duration_us(every))}
+def stats_tables(ds: Dataset, views: dict[str, pa.Table], fs_cfg) -> dict[str, pa.Table]:
+    """User stats at the user snapshot times, item stats from each item's start (on Ray Data from
+    `featurestore.stats_ray_min_rows` rows on)."""
+    every, min_rows = parse_duration_us(fs_cfg.stats_every), fs_cfg.stats_ray_min_rows
+    return {USER_STATS_VIEW: user_stats(ds.interactions, views[USER_HISTORY_VIEW], min_rows),
+            ITEM_STATS_VIEW: item_stats(ds.interactions, views[ITEM_TEXT_VIEW], every, min_rows)}
 
 
 def build_features(cfg) -> dict:
@@ -106,7 +108,7 @@ def build_features(cfg) -> dict:
     save_dataset(ds, cfg.run_dir)
     views, stats = feature_tables(ds, cfg)
     summary["encode"] = stats
-    views.update(stats_tables(ds, views, cfg.featurestore.stats_every))
+    views.update(stats_tables(ds, views, cfg.featurestore))
 
     repo = open_repo(cfg.featurestore)
     key = encoder_key(cfg.encode)

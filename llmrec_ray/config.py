@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llmrec_ray.stats import RAY_MIN_ROWS
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -140,6 +142,9 @@ class FeatureStoreConfig(Strict):
         "(secrets stay in the environment: never in configs, logs or the registry)."))
     stats_every: str = Field("1d", description=(
         "Cadence of the item statistics snapshots (popularity windows move at this step)."))
+    stats_ray_min_rows: int = Field(RAY_MIN_ROWS, ge=0, description=(
+        "Rows (interactions + snapshot times) from which the user/item statistics run as a Ray "
+        "Data groupby over the cluster; below, in the driver (0 = always on Ray)."))
 
 
 class TrainConfig(Strict):

@@ -13,7 +13,8 @@ snapshot at or before `t` never sees its own interaction.
 
 The work is a `groupby(key).map_groups(...)` over interactions and snapshot times together, so it
 runs on every node of the cluster; each group is sorted once and answered with cumulative sums and
-binary search.
+binary search. Below `ray_min_rows` rows the same group function runs in the calling process: the
+table is already there, and a Ray Data shuffle costs seconds of scheduling on any size of input.
 """
 
 from __future__ import annotations
@@ -112,23 +113,42 @@ def _item_group(batch: pa.Table, every_us: int) -> pa.Table:
                      "event_timestamp": pa.array(snaps).cast(TIMESTAMP), **s}, schema=ITEM_STATS)
 
 
-def _run(frame: pa.Table, fn, schema: pa.Schema, fn_kwargs: dict | None = None) -> pa.Table:
-    import ray
+RAY_MIN_ROWS = 1_000_000  # default: from a million rows (interactions + marks) on, on the cluster
 
-    ds = ray.data.from_arrow(frame)
-    out = ds.groupby("key").map_groups(fn, batch_format="pyarrow", fn_kwargs=fn_kwargs or {})
-    refs = out.to_arrow_refs()
-    tables = [t for t in ray.get(refs) if t.num_rows]
+
+def _groups_here(frame: pa.Table, fn, fn_kwargs: dict) -> list[pa.Table]:
+    """`fn` over each key's rows, in this process (what map_groups does on the cluster)."""
+    if frame.num_rows == 0:
+        return []
+    frame = frame.sort_by("key")
+    keys = frame.column("key").combine_chunks()
+    changed = pc.fill_null(pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)), True)
+    starts = np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
+    ends = np.append(starts[1:], frame.num_rows)
+    return [fn(frame.slice(s, e - s), **fn_kwargs) for s, e in zip(starts, ends)]
+
+
+def _run(frame: pa.Table, fn, schema: pa.Schema, fn_kwargs: dict | None = None,
+         ray_min_rows: int = RAY_MIN_ROWS) -> pa.Table:
+    if frame.num_rows < ray_min_rows:
+        tables = [t for t in _groups_here(frame, fn, fn_kwargs or {}) if t.num_rows]
+    else:
+        import ray
+
+        ds = ray.data.from_arrow(frame)
+        out = ds.groupby("key").map_groups(fn, batch_format="pyarrow", fn_kwargs=fn_kwargs or {})
+        tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     if not tables:
         return schema.empty_table()
     result = pa.concat_tables([t.cast(schema) for t in tables])
     return result.sort_by([(schema.names[0], "ascending"), ("event_timestamp", "ascending")])
 
 
-def user_stats(interactions: pa.Table, snapshots: pa.Table) -> pa.Table:
-    """One USER_STATS row per (user_id, event_timestamp) of `snapshots` (the user text snapshots)."""
+def user_stats(interactions: pa.Table, snapshots: pa.Table, ray_min_rows: int = RAY_MIN_ROWS) -> pa.Table:
+    """One USER_STATS row per (user_id, event_timestamp) of `snapshots` (the user text snapshots);
+    on Ray from `ray_min_rows` rows (interactions + snapshots) on."""
     result = _run(_group_frame("user_id", interactions, snapshots.select(["user_id", "event_timestamp"])),
-                  _user_group, USER_STATS)
+                  _user_group, USER_STATS, ray_min_rows=ray_min_rows)
     expected = snapshots.select(["user_id", "event_timestamp"]).group_by(["user_id", "event_timestamp"]) \
         .aggregate([]).num_rows
     if result.num_rows != expected:
@@ -136,11 +156,13 @@ def user_stats(interactions: pa.Table, snapshots: pa.Table) -> pa.Table:
     return result
 
 
-def item_stats(interactions: pa.Table, item_starts: pa.Table, every_us: int) -> pa.Table:
+def item_stats(interactions: pa.Table, item_starts: pa.Table, every_us: int,
+               ray_min_rows: int = RAY_MIN_ROWS) -> pa.Table:
     """ITEM_STATS snapshots for every item of `item_starts` (item_id, event_timestamp = the start of
-    the item's life, as in the item text view); items without interactions get their start row."""
+    the item's life, as in the item text view); items without interactions get their start row.
+    On Ray from `ray_min_rows` rows (interactions + items) on."""
     result = _run(_group_frame("item_id", interactions, item_starts.select(["item_id", "event_timestamp"])),
-                  _item_group, ITEM_STATS, {"every_us": every_us})
+                  _item_group, ITEM_STATS, {"every_us": every_us}, ray_min_rows)
     missing = pc.invert(pc.is_in(item_starts.column("item_id"), value_set=result.column("item_id")))
     if pc.any(missing).as_py():
         raise RuntimeError(f"item stats: no rows for {pc.sum(missing).as_py()} items")

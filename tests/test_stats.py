@@ -1,4 +1,5 @@
-"""User and item statistics snapshots against a by-hand loop (Ray Data groupby on local Ray)."""
+"""User and item statistics snapshots against a by-hand loop, computed both ways: as a Ray Data
+groupby on local Ray and in the calling process (small inputs); the two agree."""
 
 from __future__ import annotations
 
@@ -62,19 +63,23 @@ def _interactions(rows):
     })
 
 
-def test_user_and_item_stats_on_ray(ray_session):
+ON_RAY, HERE = 0, 10**9  # ray_min_rows: always on Ray / always in this process
+
+
+@pytest.mark.parametrize("ray_min_rows", [ON_RAY, HERE], ids=["ray", "in-process"])
+def test_user_and_item_stats(ray_session, ray_min_rows):
     inter = _interactions([("u1", "a", 1, 4.0), ("u1", "b", 2, 2.0), ("u2", "a", 2, 5.0),
                            ("u1", "a", 40, 3.0)])
     snaps = pa.table({"user_id": ["u1", "u1", "u1", "u2"],
                       "event_timestamp": pa.array([T0 + timedelta(days=d) for d in (1, 3, 41, 2)], TIMESTAMP)})
-    users = user_stats(inter, snaps).to_pylist()
+    users = user_stats(inter, snaps, ray_min_rows).to_pylist()
     assert [(u["user_id"], u["n_interactions"], u["mean_rating"], u["n_30d"]) for u in users] == [
         ("u1", 0, 0.0, 0), ("u1", 2, 3.0, 2), ("u1", 3, 3.0, 1), ("u2", 0, 0.0, 0)]
     assert users[1]["last_interaction_unix"] == int((T0 + timedelta(days=2)).timestamp())
 
     starts = pa.table({"item_id": ["a", "b", "cold"],
                        "event_timestamp": pa.array([T0] * 3, TIMESTAMP)})
-    items = item_stats(inter, starts, DAY_US)
+    items = item_stats(inter, starts, DAY_US, ray_min_rows)
     by_item = {}
     for r in items.to_pylist():
         by_item.setdefault(r["item_id"], []).append(r)
@@ -90,7 +95,8 @@ def test_user_and_item_stats_on_ray(ray_session):
     assert keys == sorted(set(keys))
 
 
-def test_user_stats_rows_match_snapshots(ray_session):
+@pytest.mark.parametrize("ray_min_rows", [ON_RAY, HERE], ids=["ray", "in-process"])
+def test_user_stats_rows_match_snapshots(ray_session, ray_min_rows):
     rng = np.random.default_rng(3)
     rows = [(f"u{rng.integers(0, 5)}", f"i{rng.integers(0, 9)}", float(rng.integers(0, 90)), 3.0)
             for _ in range(60)]
@@ -99,7 +105,7 @@ def test_user_stats_rows_match_snapshots(ray_session):
     snaps = pa.table({"user_id": users * 3,
                       "event_timestamp": pa.array([T0 + timedelta(days=d) for d in [10] * 5 + [50] * 5 + [95] * 5],
                                                   TIMESTAMP)})
-    got = user_stats(inter, snaps)
+    got = user_stats(inter, snaps, ray_min_rows)
     assert got.num_rows == 15
     for r in got.to_pylist():
         s = int(r["event_timestamp"].timestamp() * 1_000_000)
@@ -114,3 +120,19 @@ def test_unrated_interactions_count_but_have_no_mean(ray_session, rating):
     snaps = pa.table({"user_id": ["u1"], "event_timestamp": pa.array([T0 + timedelta(days=5)], TIMESTAMP)})
     r = user_stats(inter, snaps).to_pylist()[0]
     assert (r["n_interactions"], r["mean_rating"]) == (2, 0.0)
+
+
+def test_ray_and_in_process_stats_are_identical(ray_session):
+    """The threshold only moves the work: both paths return the same rows, bit for bit."""
+    rng = np.random.default_rng(7)
+    rows = [(f"u{rng.integers(0, 40)}", f"i{rng.integers(0, 60)}", float(rng.integers(0, 200)),
+             None if rng.random() < 0.2 else float(rng.integers(1, 6))) for _ in range(500)]
+    inter = _interactions(rows)
+    users = sorted({r[0] for r in rows})
+    snaps = pa.table({"user_id": users * 2, "event_timestamp": pa.array(
+        [T0 + timedelta(days=int(d)) for d in rng.integers(0, 220, 2 * len(users))], TIMESTAMP)})
+    starts = pa.table({"item_id": [f"i{k}" for k in range(65)],  # i60..i64: never interacted with
+                       "event_timestamp": pa.array([T0] * 65, TIMESTAMP)})
+    assert user_stats(inter, snaps, ON_RAY).equals(user_stats(inter, snaps, HERE))
+    ray_items, here_items = item_stats(inter, starts, DAY_US, ON_RAY), item_stats(inter, starts, DAY_US, HERE)
+    assert here_items.num_rows > 65 and ray_items.equals(here_items)
