@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per session (capped), a Feast repo copied to a temp dir."""
+"""Shared fixtures: one local Ray per session (capped), a Feast repo copied to a temp dir, the
+reference build that the cluster and fault tests compare with."""
 
 from __future__ import annotations
 
@@ -36,3 +37,17 @@ def repo_dir(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def ml100k_path() -> Path:
     return Path(os.environ.get("LLMREC_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+
+
+@pytest.fixture(scope="session")
+def reference_build(ray_session, tmp_path_factory) -> dict:
+    """The small build of `small_builds`, uninterrupted, on this session's single-node Ray: its
+    summary and the views it wrote."""
+    from small_builds import read_views, write_config
+
+    from llmrec_ray import pipeline
+    from llmrec_ray.config import load_config
+
+    tmp = tmp_path_factory.mktemp("reference")
+    summary = pipeline.build_stage(load_config(write_config(tmp, "reference"), []))
+    return {"summary": summary, "views": read_views(tmp / "reference_repo")}
