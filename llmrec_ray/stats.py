@@ -19,11 +19,15 @@ table is already there, and a Ray Data shuffle costs seconds of scheduling on an
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from llmrec_ray.schemas import TIMESTAMP
+
+logger = logging.getLogger(__name__)
 
 DAY_US = 86_400 * 1_000_000
 WINDOWS = {"7d": 7 * DAY_US, "30d": 30 * DAY_US}
@@ -131,6 +135,8 @@ def _groups_here(frame: pa.Table, fn, fn_kwargs: dict) -> list[pa.Table]:
 def _run(frame: pa.Table, fn, schema: pa.Schema, fn_kwargs: dict | None = None,
          ray_min_rows: int = RAY_MIN_ROWS) -> pa.Table:
     if frame.num_rows < ray_min_rows:
+        logger.info("%s: %d rows, in the driver (below featurestore.stats_ray_min_rows=%d)",
+                    schema.names[0].removesuffix("_id") + " stats", frame.num_rows, ray_min_rows)
         tables = [t for t in _groups_here(frame, fn, fn_kwargs or {}) if t.num_rows]
     else:
         import ray
