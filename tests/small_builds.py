@@ -8,9 +8,9 @@ resumed build writes can be compared with one reference build (the session fixtu
   the other texts of its forward pass at the 1e-3 level, and a resumed build batches the texts it
   still has to encode differently from an uninterrupted one.
 - Materialization reads through Feast's file offline store (`featurestore.offline_store: file`):
-  through the Ray store it costs 2-4 s a view on a warm local Ray, 20 s for the five on a fresh
-  one and 20-40 s a view on a simulated three-node cluster (112 s for the five, measured), for 40
-  to 835 rows; through the file store, under a second for all five. The features written (the
+  through the Ray store the five views (40 to 835 rows) cost 13-19 s on a local Ray and 57-74 s on
+  a simulated three-node cluster, through the file store under a second
+  (`benchmarks/small_build.py`). The features written (the
   parquet compared here) do not depend on it, and the Ray store's materialization is tested by
   the end-to-end build (test_pipeline_e2e.py).
 """
