@@ -70,3 +70,20 @@ def assert_same_views(got: dict, want: dict, atol: float = 1e-5) -> None:
                 np.testing.assert_allclose(np.stack(a[col]), np.stack(b[col]), atol=atol, err_msg=view)
             else:
                 assert a[col].tolist() == b[col].tolist(), (view, col)
+
+
+def encoder_actors(raylets: set[int]) -> dict[int, int]:
+    """Live encoder actor processes under one of the raylet PIDs `raylets` (their process title
+    names the actor class; other Ray instances may run on the machine): actor PID -> raylet PID."""
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if " ".join(p.info["cmdline"] or []).startswith("ray::MapWorker(MapBatches(Encoder))"):
+            try:
+                parent = next((q.pid for q in p.parents() if q.pid in raylets), None)
+            except psutil.NoSuchProcess:
+                continue
+            if parent is not None:
+                found[p.info["pid"]] = parent
+    return found

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from small_builds import ROOT, assert_same_views, read_views, write_config
+from small_builds import ROOT, assert_same_views, encoder_actors, read_views, write_config
 
 
 def _free_port() -> int:
@@ -36,18 +36,9 @@ def _free_port() -> int:
 
 def _watch_encoders(raylets: dict[int, str], seen: dict[int, str], stop: threading.Event) -> None:
     """Record the node of every encoder actor process (its raylet is among its parents)."""
-    import psutil
-
     while not stop.is_set():
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            if " ".join(p.info["cmdline"] or []).startswith("ray::MapWorker(MapBatches(Encoder))"):
-                try:
-                    parents = {q.pid for q in p.parents()}
-                except psutil.NoSuchProcess:
-                    continue
-                for pid, node in raylets.items():
-                    if pid in parents:
-                        seen[p.info["pid"]] = node
+        for pid, raylet in encoder_actors(set(raylets)).items():
+            seen[pid] = raylets[raylet]
         time.sleep(0.3)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from small_builds import ROOT, assert_same_views, read_views, write_config
+from small_builds import ROOT, assert_same_views, encoder_actors, read_views, write_config
 
 from llmrec_ray.cache import EmbeddingCache
 from llmrec_ray.config import EncodeConfig
@@ -31,22 +31,10 @@ def _texts(n: int) -> list[str]:
 
 
 def _encoder_pids() -> set[int]:
-    """PIDs of this session's live encoder actors (their process title names the actor class;
-    only processes under this session's raylet: other Ray instances may run on the machine)."""
-    import psutil
+    """PIDs of this session's live encoder actors."""
     import ray
 
-    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
-    pids = set()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        title = " ".join(p.info["cmdline"] or [])
-        if title.startswith("ray::MapWorker(MapBatches(Encoder))"):
-            try:
-                if raylet in {q.pid for q in p.parents()}:
-                    pids.add(p.info["pid"])
-            except psutil.NoSuchProcess:
-                pass
-    return pids
+    return set(encoder_actors({ray._private.worker._global_node.all_processes["raylet"][0].process.pid}))
 
 
 def test_killed_encoder_actor_run_finishes_with_one_row_per_input(ray_session, tmp_path):
