@@ -8,8 +8,8 @@ float32 vectors, written through `FeatureRepo.write_view` into a temp copy of fe
 `--rows` entity rows (user, time) drawn over the same period. Variants, each in its own process so
 its peak memory (driver plus Ray workers) is its own:
 
-- `feast`: `FeatureRepo.historical(...)` (`get_historical_features` -> Ray Dataset, row count
-  checked), with the offline store of `--store`;
+- `feast`: `FeatureRepo.historical(...)` (`get_historical_features` through the project's offline
+  store -> Ray Dataset, materialized; row count checked);
 - `merge_asof`: `pandas.merge_asof(by=user_id, direction=backward)` on the same parquet;
 - `materialize_sqlite` / `materialize_redis`: `FeatureRepo.materialize` of the user view over the
   whole period (then the count check), into SQLite and into a redis-server started on loopback.
@@ -41,8 +41,21 @@ T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 DAYS = 180
 
 
-def build_repo(repo: Path, users: int, snapshots: int, dim: int, seed: int) -> None:
-    """A feature repo with a user-history view of users x snapshots rows (and the other views)."""
+def snapshot_counts(users: int, snapshots: int, shape: str, seed: int) -> np.ndarray:
+    """(users,) snapshots per user: `snapshots` each (uniform), or heavy-tailed like real
+    interaction data (lognormal, sigma 1.5, at least 1, scaled to the same total)."""
+    if shape == "uniform":
+        return np.full(users, snapshots, np.int64)
+    if shape != "lognormal":
+        raise ValueError(f"--shape: uniform or lognormal, not {shape!r}")
+    raw = np.random.default_rng(seed + 7).lognormal(0.0, 1.5, users)
+    return np.maximum(1, np.round(raw / raw.sum() * users * snapshots)).astype(np.int64)
+
+
+def build_repo(repo: Path, users: int, snapshots: int, dim: int, seed: int,
+               shape: str = "uniform", items: int = 10) -> None:
+    """A feature repo with a user-history view of about users x snapshots rows (per user:
+    `snapshot_counts`) and the other views."""
     import pyarrow as pa
 
     from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW,
@@ -54,10 +67,14 @@ def build_repo(repo: Path, users: int, snapshots: int, dim: int, seed: int) -> N
     for name in ("feature_store.yaml", "features.py"):
         shutil.copy(ROOT / "feature_repo" / name, repo / name)
     rng = np.random.default_rng(seed)
-    n = users * snapshots
-    user_ids = np.repeat(np.arange(users), snapshots).astype(str)
-    offsets = np.sort(rng.integers(0, DAYS * 86_400, (users, snapshots)), axis=1).reshape(-1)
-    offsets[::snapshots] = 0  # every user's first snapshot at the start: every row finds one
+    counts = snapshot_counts(users, snapshots, shape, seed)
+    n = int(counts.sum())
+    owner = np.repeat(np.arange(users), counts)
+    user_ids = owner.astype(str)
+    offsets = rng.integers(0, DAYS * 86_400, n)
+    offsets = offsets[np.lexsort((offsets, owner))]
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    offsets[first] = 0  # every user's first snapshot at the start: every row finds one
     ts = pa.array((int(T0.timestamp()) + offsets) * 1_000_000, pa.int64()).cast(TIMESTAMP)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     emb = pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)),
@@ -66,33 +83,38 @@ def build_repo(repo: Path, users: int, snapshots: int, dim: int, seed: int) -> N
     r.write_view(USER_HISTORY_VIEW, pa.table({
         "user_id": user_ids, "event_timestamp": ts, "embedding": emb,
         "n_tokens": pa.array(np.full(n, 64), pa.int64()), "truncated": pa.array(np.zeros(n, bool)),
-        "n_history": pa.array(np.tile(np.arange(snapshots), users), pa.int64())}), encoder_key="bench")
+        "n_history": pa.array(np.arange(n) - np.repeat(first, counts), pa.int64())}), encoder_key="bench")
     zeros = pa.array(np.zeros(n, np.int64))
     r.write_view(USER_STATS_VIEW, pa.table({
         "user_id": user_ids, "event_timestamp": ts, "n_interactions": zeros,
         "mean_rating": pa.array(np.zeros(n, np.float32)), "last_interaction_unix": zeros,
         "n_30d": zeros}).cast(USER_STATS))
-    item_ts = pa.array([T0] * 10, TIMESTAMP)
-    ids = [f"i{k}" for k in range(10)]
+    item_ts = pa.array([T0] * items, TIMESTAMP)
+    ids = [f"i{k}" for k in range(items)]
+    item_vectors = rng.standard_normal((items, dim), dtype=np.float32)
     r.write_view(ITEM_TEXT_VIEW, pa.table({
-        "item_id": ids, "event_timestamp": item_ts, "embedding": pa.array([[0.0] * dim] * 10, pa.list_(pa.float32())),
-        "n_tokens": pa.array([1] * 10, pa.int64()), "truncated": [False] * 10}), encoder_key="bench")
+        "item_id": ids, "event_timestamp": item_ts, "embedding": pa.array(list(item_vectors), pa.list_(pa.float32())),
+        "n_tokens": pa.array([1] * items, pa.int64()), "truncated": [False] * items}), encoder_key="bench")
     r.write_view(ITEM_METADATA_VIEW, pa.table({"item_id": ids, "event_timestamp": item_ts,
                                                "title": ids, "genres": ids}))
-    z = [0] * 10
+    z = [0] * items
     r.write_view(ITEM_STATS_VIEW, pa.table({"item_id": ids, "event_timestamp": item_ts, "n_interactions": z,
-                                            "mean_rating": [0.0] * 10, "last_interaction_unix": z,
+                                            "mean_rating": [0.0] * items, "last_interaction_unix": z,
                                             "n_7d": z, "n_30d": z}).cast(ITEM_STATS))
     r.apply()
 
 
-def entity_rows(rows: int, users: int, seed: int):
+def entity_rows(rows: int, users: int, seed: int, weights: np.ndarray | None = None):
+    """`rows` (row_id, user_id, event_timestamp) rows; users drawn uniformly, or in proportion to
+    `weights` (a heavy user has many interactions as well as many snapshots)."""
     import pandas as pd
 
     rng = np.random.default_rng(seed + 1)
+    p = None if weights is None else weights / weights.sum()
     return pd.DataFrame({
         "row_id": np.arange(rows, dtype=np.int64),
-        "user_id": rng.integers(0, users, rows).astype(str),
+        "user_id": rng.choice(users, rows, p=p).astype(str) if p is not None
+        else rng.integers(0, users, rows).astype(str),
         "event_timestamp": pd.to_datetime(int(T0.timestamp()) + rng.integers(0, DAYS * 86_400, rows),
                                           unit="s", utc=True)})
 
@@ -104,7 +126,7 @@ def run_feast(repo: Path, args) -> dict:
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     df = entity_rows(args.rows, args.users, args.seed)
-    r = FeatureRepo(repo, offline_store=args.store)
+    r = FeatureRepo(repo)
     start = time.perf_counter()
     ds = r.historical(df, [f"{USER_HISTORY_VIEW}:embedding"]).materialize()
     n = ds.count()
@@ -156,7 +178,7 @@ def run_materialize(repo: Path, args, online: str) -> dict:
         time.sleep(1.0)
         conn = f"127.0.0.1:{port}"
     try:
-        r = FeatureRepo(repo, offline_store=args.store, online_store=online, redis_connection=conn)
+        r = FeatureRepo(repo, online_store=online, redis_connection=conn)
         r.apply()
         source_rows = r.read_view(USER_HISTORY_VIEW, columns=["user_id"]).num_rows
         start = time.perf_counter()
@@ -207,7 +229,9 @@ def main() -> None:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--snapshots", type=int, default=20, help="user-history snapshots per user")
     p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--store", default="file", choices=["file", "ray"], help="Feast offline store")
+    p.add_argument("--store", default="llmrec", choices=["llmrec"],
+                   help="offline store (the project's plugin; benchmarks/retrieval.py compares "
+                        "retrieval with Feast's file store)")
     p.add_argument("--variants", default="merge_asof,feast,materialize_sqlite,materialize_redis")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

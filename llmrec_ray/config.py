@@ -28,6 +28,10 @@ class SyntheticConfig(Strict):
     n_items: int = Field(300, ge=2, description="Number of items.")
     n_topics: int = Field(8, ge=2, description="Number of latent topics (genres).")
     interactions_per_user: int = Field(30, ge=2, description="Mean interactions per user.")
+    history_shape: Literal["poisson", "lognormal"] = Field("poisson", description=(
+        "Interactions per user: poisson = all users near the mean; lognormal = heavy-tailed like "
+        "real data (sigma history_sigma, same mean: most users a few dozen, a few thousands)."))
+    history_sigma: float = Field(1.5, gt=0, description="lognormal: sigma of log(interactions per user).")
     days: int = Field(180, ge=1, description="Span of the interaction timestamps, in days.")
     start: str = Field("2024-01-01", description="First day of the interactions (UTC).")
     popularity_weight: float = Field(0.3, ge=0, le=1,
@@ -131,9 +135,9 @@ class FeatureStoreConfig(Strict):
 
     repo_path: str = Field("feature_repo", description="Feast repo directory (feature_store.yaml + "
                            "declarations); parquet goes to its data/ folder.")
-    offline_store: Literal["ray", "file"] | None = Field(None, description=(
-        "Offline store for point-in-time joins: None = as feature_store.yaml declares (ray); "
-        "file = Feast's single-process (dask) store, much faster on one machine (see README)."))
+    offline_store: Literal["llmrec"] | None = Field(None, description=(
+        "Offline store for point-in-time joins: None = as feature_store.yaml declares; llmrec = "
+        "this project's plugin (llmrec_ray.offline_store), whatever the YAML says."))
     online_store: Literal["sqlite", "redis"] | None = Field(None, description=(
         "Online store: None = as feature_store.yaml declares (sqlite); redis = the Redis server "
         "whose connection string is in the environment variable redis_connection_env."))

@@ -31,8 +31,8 @@ def _features_as_of(repo: FeatureRepo, key: str, ids: list[str], times: list, vi
 
     df = pd.DataFrame({"row_id": np.arange(len(ids)), key: ids,
                        "event_timestamp": pd.to_datetime(times, utc=True)})
-    out = repo.historical(df, [f"{view}:embedding"]).to_pandas().sort_values("row_id")
-    return embedding_matrix(out[f"{view}__embedding"])
+    out = repo.historical_table(df, [f"{view}:embedding"])  # in input order
+    return embedding_matrix(out.column(f"{view}__embedding"))
 
 
 def masks(item_ids: list[str], seen: list[list[str]], items: pa.Table, query_times: np.ndarray) -> np.ndarray:
@@ -117,13 +117,13 @@ def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: lis
     df = pd.DataFrame({"row_id": np.arange(len(users)), "user_id": users,
                        "event_timestamp": pd.to_datetime(times, utc=True)})
     refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STAT_COLUMNS]
-    out = repo.historical(df, refs).to_pandas().sort_values("row_id")
+    out = repo.historical_table(df, refs)  # in input order
     # Item vectors as of the last query, or of the newest item row when items arrive later (those
     # are masked until they are available: `masks`).
     newest_item = pc.max(repo.read_view(ITEM_TEXT_VIEW, columns=["event_timestamp"])
                          .column("event_timestamp")).as_py()
     end = max([*df["event_timestamp"], pd.Timestamp(newest_item)])
-    inputs = {"user_emb": torch.from_numpy(embedding_matrix(out[f"{USER_HISTORY_VIEW}__embedding"])),
+    inputs = {"user_emb": torch.from_numpy(embedding_matrix(out.column(f"{USER_HISTORY_VIEW}__embedding"))),
               "user_extra": torch.from_numpy(user_extra_features(out)),
               "item_emb": torch.from_numpy(
                   _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW))}

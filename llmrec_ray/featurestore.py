@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -154,7 +153,7 @@ class FeatureRepo:
 
     @property
     def store(self):
-        """The Feast FeatureStore of this repo. `offline_store` ("ray"/"file") and `online_store`
+        """The Feast FeatureStore of this repo. `offline_store` ("llmrec"/"file") and `online_store`
         ("sqlite"/"redis") override the YAML's; the Redis connection (a secret) stays in memory."""
         if self._store is None:
             from feast import FeatureStore
@@ -166,8 +165,11 @@ class FeatureRepo:
                 from feast.repo_config import RepoConfig
 
                 data = yaml.safe_load((self.path / "feature_store.yaml").read_text())
-                if self.offline_store and (data.get("offline_store") or {}).get("type") != self.offline_store:
-                    data["offline_store"] = {"type": self.offline_store}
+                from llmrec_ray.offline_store import STORE_TYPE
+
+                wanted = {"llmrec": STORE_TYPE}.get(self.offline_store, self.offline_store)
+                if wanted and (data.get("offline_store") or {}).get("type") != wanted:
+                    data["offline_store"] = {"type": wanted}
                 if self.online_store == "redis":
                     data["online_store"] = {"type": "redis", "connection_string": self._redis}
                 elif self.online_store == "sqlite" and (data.get("online_store") or {}).get("type") != "sqlite":
@@ -413,91 +415,34 @@ class FeatureRepo:
         return self.store.get_online_features(features=features, entity_rows=entity_rows).to_dict()
 
     # ---- offline -------------------------------------------------------------------------------
-    def historical(self, entity_df: pd.DataFrame, features, row_id: str = "row_id"):
-        """Point-in-time join -> Ray Dataset with exactly one output row per entity row.
+    def retrieval(self, entity_rows, features):
+        """`get_historical_features` through this project's offline store (a lazy RetrievalJob).
 
-        Feast's offline stores (Ray and file, as of 0.67) collapse entity rows that share a view's
-        join keys and timestamp (a user who rated two items in the same second). So each view is
-        queried with its distinct (keys, timestamp) pairs only, and the features are joined back
-        onto every entity row by those pairs; `row_id` must be unique and the count is checked.
+        `entity_rows`: a pandas DataFrame, a pyarrow Table, a Ray Dataset or a parquet path, with
+        the views' join keys and `event_timestamp`; `features`: a feature service name, a
+        FeatureService or "view:feature" refs. Output columns are `view__feature`; one output row
+        per entity row, in their order (llmrec_ray/offline_store.py).
         """
-        import ray
+        from llmrec_ray.offline_store import LlmrecOfflineStoreConfig
 
-        if row_id not in entity_df.columns or not entity_df[row_id].is_unique:
-            raise ValueError(f"entity_df needs a unique {row_id!r} column (Feast's offline stores "
-                             "collapse repeated entity rows)")
-        result = entity_df.copy()
-        result["event_timestamp"] = pd.to_datetime(result["event_timestamp"], utc=True)
-        for view, refs in self._refs_by_view(features).items():
-            fv = self.store.get_feature_view(view)
-            keys = fv.join_keys
-            ttl = fv.ttl if fv.ttl and fv.ttl > timedelta(0) else None
-            missing = [k for k in keys if k not in result.columns]
-            if missing:
-                raise ValueError(f"entity_df lacks {missing} needed by feature view {view!r}")
-            distinct = result[keys + ["event_timestamp"]].drop_duplicates(ignore_index=True)
-            job = self.store.get_historical_features(entity_df=distinct, features=refs,
-                                                     full_feature_names=True)
-            got = job.to_df()
-            # With a TTL, Feast's file store drops the rows whose feature expired (instead of
-            # returning nulls); they come back as nulls from the left merge below.
-            if len(got) > len(distinct) or (len(got) < len(distinct) and ttl is None):
-                raise RuntimeError(f"get_historical_features({view}) returned {len(got)} rows for "
-                                   f"{len(distinct)} distinct entity rows")
-            got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
-            columns = [f"{view}__{r.split(':', 1)[1]}" for r in refs]
-            result = result.merge(got[keys + ["event_timestamp"] + columns],
-                                  on=keys + ["event_timestamp"], how="left", validate="many_to_one")
-            result = self._check_presence(result, view, keys, ttl, columns, row_id)
-        if len(result) != len(entity_df):
-            raise RuntimeError(f"point-in-time join returned {len(result)} rows for {len(entity_df)}")
-        return ray.data.from_pandas(result)
-
-    def _check_presence(self, result: pd.DataFrame, view: str, keys: list[str], ttl: timedelta | None,
-                        columns: list[str], row_id: str) -> pd.DataFrame:
-        """Check Feast's answer against the view's keys and timestamps (no feature values read).
-
-        A row whose newest feature row at or before it exists (and, with a TTL, is young enough)
-        must have its features; a row without one must have none. Feast 0.67's Ray store ignores
-        TTLs (so expired features are nulled here) and was seen to return a row without its
-        vector on a 100k-row join (so a missing feature raises instead of reaching training).
-        """
-        src = self.read_view(view, columns=keys + ["event_timestamp"]).to_pandas()
-        src = src.rename(columns={"event_timestamp": "_feature_ts"})
-        src["_feature_ts"] = pd.to_datetime(src["_feature_ts"], utc=True).astype("datetime64[ns, UTC]")
-        left = result[[row_id] + keys + ["event_timestamp"]].sort_values("event_timestamp")
-        left["event_timestamp"] = left["event_timestamp"].astype("datetime64[ns, UTC]")
-        asof = pd.merge_asof(left, src.sort_values("_feature_ts"), left_on="event_timestamp",
-                             right_on="_feature_ts", by=keys, direction="backward").set_index(row_id)
-        age = asof["event_timestamp"] - asof["_feature_ts"]
-        absent = age.isna() if ttl is None else (age.isna() | (age > ttl))
-        absent = absent.reindex(result[row_id]).to_numpy()
-        probe = next((c for c in columns if c.endswith("__embedding")), columns[0])
-        lost = ~absent & result[probe].isna().to_numpy()
-        if lost.any():
-            first = result.loc[lost, row_id].iloc[0]
-            raise RuntimeError(f"get_historical_features({view}): {int(lost.sum())} rows have a feature "
-                               f"row at or before them but came back without {probe} (first: "
-                               f"{row_id}={first}); the offline store lost them")
-        if absent.any():
-            result = result.copy()
-            for c in columns:
-                if not result.loc[absent, c].isna().all():
-                    result[c] = result[c].astype(object)
-                    result.loc[absent, c] = None
-        return result
-
-    def _refs_by_view(self, features) -> dict[str, list[str]]:
-        """A feature service name, a FeatureService or "view:feature" refs -> refs per view."""
+        if not isinstance(self.store.config.offline_store, LlmrecOfflineStoreConfig):
+            raise ValueError(f"{self.path}/feature_store.yaml: offline_store.type is "
+                             f"{self.store.config.offline_store.type!r}; training retrieval needs "
+                             "llmrec_ray.offline_store.LlmrecOfflineStore (Feast's file and Ray "
+                             "stores collapse repeated entity rows and are not exact point in time)")
         if isinstance(features, str):
             features = self.store.get_feature_service(features)
-        if not isinstance(features, list):
-            features = [f"{p.name}:{f.name}" for p in features.feature_view_projections
-                        for f in p.features]
-        out: dict[str, list[str]] = {}
-        for ref in features:
-            out.setdefault(ref.split(":", 1)[0], []).append(ref)
-        return out
+        return self.store.get_historical_features(entity_df=entity_rows, features=features,
+                                                  full_feature_names=True)
+
+    def historical(self, entity_rows, features):
+        """Point-in-time join -> a lazy Ray Dataset, one row per entity row (see `retrieval`);
+        vectors as fixed-size float32 lists."""
+        return self.retrieval(entity_rows, features).to_ray_dataset()
+
+    def historical_table(self, entity_rows, features) -> pa.Table:
+        """Point-in-time join -> an Arrow table in this process (small entity sets: queries)."""
+        return self.retrieval(entity_rows, features).to_arrow()
 
 
 def open_repo(fs_cfg) -> FeatureRepo:
@@ -520,13 +465,23 @@ def _same(a, b) -> bool:
 
 
 def embedding_matrix(column) -> np.ndarray:
-    """A column of equal-length vectors (list<float>, tensor or object array) -> (N, D) float32.
+    """A column of equal-length vectors (fixed-size or variable list<float>, or a pandas/object
+    column of arrays) -> (N, D) float32.
 
     A missing vector (null or empty) is an error: callers decide before this what to do with them.
     """
-    values = column.to_pylist() if isinstance(column, (pa.Array, pa.ChunkedArray)) else list(column)
-    values = [None if v is None else np.asarray(v, dtype=np.float32) for v in values]
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if isinstance(column, pa.Array):
+        if column.null_count:
+            raise ValueError(f"{column.null_count} rows have no vector (first at position "
+                             f"{pc.index(column.is_null(), True).as_py()})")
+        if pa.types.is_fixed_size_list(column.type):
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            return np.asarray(flat, np.float32).reshape(len(column), column.type.list_size)
+        column = column.to_pylist()
+    values = [None if v is None else np.asarray(v, dtype=np.float32) for v in column]
     bad = [i for i, v in enumerate(values) if v is None or v.size == 0]
     if bad:
         raise ValueError(f"{len(bad)} rows have no vector (first at position {bad[0]})")
-    return np.stack(values)
+    return np.stack(values) if values else np.zeros((0, 0), np.float32)

@@ -31,61 +31,78 @@ USER_EMB = f"{USER_HISTORY_VIEW}__embedding"
 ITEM_EMB = f"{ITEM_TEXT_VIEW}__embedding"
 MODEL_FILE = "model.pt"
 
-
 USER_EXTRA_DIM = 4
 
 
-def entity_frame(interactions: pa.Table, item_index: dict[str, int],
-                 user_index: dict[str, int] | None = None) -> pd.DataFrame:
-    """Interactions -> Feast entity_df: row_id (unique), user_id, item_id, event_timestamp,
-    item_idx (and user_idx with a `user_index`)."""
-    df = interactions.select(["user_id", "item_id", "event_timestamp"]).to_pandas()
-    df.insert(0, "row_id", np.arange(len(df), dtype=np.int64))
-    df["item_idx"] = df["item_id"].map(item_index).astype(np.int64)
+def entity_rows(interactions: pa.Table, item_index: dict[str, int],
+                user_index: dict[str, int] | None = None) -> pa.Table:
+    """Interactions -> Feast entity rows (Arrow, narrow): row_id, user_id, item_id,
+    event_timestamp, item_idx (and user_idx with a `user_index`)."""
+    import pyarrow.compute as pc
+
+    def positions(ids, index):
+        keys = pa.array(list(index), pa.string())
+        pos = pc.index_in(ids, value_set=keys)
+        if pos.null_count:
+            raise ValueError(f"{pos.null_count} interactions name ids outside the index (first: "
+                             f"{ids[pc.index(pos.is_null(), True).as_py()]})")
+        values = np.fromiter(index.values(), np.int64, len(index))
+        return pa.array(values[pos.to_numpy(zero_copy_only=False)])
+
+    out = interactions.select(["user_id", "item_id", "event_timestamp"]).combine_chunks()
+    out = out.add_column(0, "row_id", pa.array(np.arange(out.num_rows, dtype=np.int64)))
+    out = out.append_column("item_idx", positions(out.column("item_id"), item_index))
     if user_index is not None:
-        df["user_idx"] = df["user_id"].map(user_index).astype(np.int64)
-    return df
+        out = out.append_column("user_idx", positions(out.column("user_id"), user_index))
+    return out
 
 
-def user_extra_features(frame: pd.DataFrame) -> np.ndarray:
-    """User statistics as of each row (Feast's user_stats columns) -> (N, 4) float32: log counts,
-    mean rating / 5, log days since the last interaction (0 for a user without one)."""
-    n = frame[f"{USER_STATS_VIEW}__n_interactions"].fillna(0).to_numpy(np.float64)
-    mean = frame[f"{USER_STATS_VIEW}__mean_rating"].fillna(0).to_numpy(np.float64)
-    n30 = frame[f"{USER_STATS_VIEW}__n_30d"].fillna(0).to_numpy(np.float64)
-    last = frame[f"{USER_STATS_VIEW}__last_interaction_unix"].fillna(0).to_numpy(np.float64)
-    now = pd.to_datetime(frame["event_timestamp"], utc=True).astype("int64").to_numpy() / 1e9
+def user_extra_features(frame) -> np.ndarray:
+    """User statistics as of each row (Feast's user_stats columns, a pandas frame or an Arrow
+    table) -> (N, 4) float32: log counts, mean rating / 5, log days since the last interaction
+    (0 for a user without one)."""
+    def col(name):
+        c = frame[name] if isinstance(frame, pd.DataFrame) else frame.column(name).to_pandas()
+        return c.fillna(0).to_numpy(np.float64)
+
+    n = col(f"{USER_STATS_VIEW}__n_interactions")
+    mean = col(f"{USER_STATS_VIEW}__mean_rating")
+    n30 = col(f"{USER_STATS_VIEW}__n_30d")
+    last = col(f"{USER_STATS_VIEW}__last_interaction_unix")
+    ts = frame["event_timestamp"] if isinstance(frame, pd.DataFrame) else frame.column("event_timestamp").to_pandas()
+    now = pd.to_datetime(ts, utc=True).astype("datetime64[us, UTC]").astype("int64").to_numpy() / 1e6
     days = np.where(n > 0, np.maximum(now - last, 0) / 86_400, 0.0)
     return np.stack([np.log1p(n), mean / 5.0, np.log1p(n30), np.log1p(days)], axis=1).astype(np.float32)
 
 
-def _stack(column) -> np.ndarray:
-    return np.stack([np.asarray(v, dtype=np.float32) for v in column])
+def to_training_batch(batch: pa.Table) -> dict[str, np.ndarray]:
+    """Retrieved rows (Arrow; vectors as fixed-size float32 lists) -> fixed-shape arrays for the
+    trainer. A row without a vector is an error naming its row_id."""
+    from llmrec_ray.featurestore import embedding_matrix
 
-
-def to_training_batch(batch: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Feast output rows -> fixed-shape arrays for the trainer."""
     for col in (USER_EMB, ITEM_EMB):
-        missing = batch[col].map(lambda v: v is None or len(v) == 0)
-        if missing.any():
-            row = batch.loc[missing, "row_id"].iloc[0]
+        values = batch.column(col)
+        if values.null_count:
+            import pyarrow.compute as pc
+
+            row = batch.column("row_id")[pc.index(values.is_null(), True).as_py()].as_py()
             raise ValueError(f"training row_id {row}: no {col} at its timestamp (point-in-time join "
                              "found no feature row)")
-    out = {"user_emb": _stack(batch[USER_EMB]), "item_emb": _stack(batch[ITEM_EMB]),
-           "item_idx": batch["item_idx"].to_numpy(np.int64)}
-    if f"{USER_STATS_VIEW}__n_interactions" in batch.columns:
+    out = {"user_emb": embedding_matrix(batch.column(USER_EMB)),
+           "item_emb": embedding_matrix(batch.column(ITEM_EMB)),
+           "item_idx": batch.column("item_idx").to_numpy()}
+    if f"{USER_STATS_VIEW}__n_interactions" in batch.column_names:
         out["user_extra"] = user_extra_features(batch)
-    if "user_idx" in batch.columns:
-        out["user_idx"] = batch["user_idx"].to_numpy(np.int64)
+    if "user_idx" in batch.column_names:
+        out["user_idx"] = batch.column("user_idx").to_numpy()
     return out
 
 
 def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict[str, int],
                      user_index: dict[str, int] | None = None):
-    """get_historical_features (the `training` feature service) -> Ray Dataset of model inputs."""
-    entity_df = entity_frame(interactions, item_index, user_index)
-    ds = repo.historical(entity_df, "training")
-    return ds.map_batches(to_training_batch, batch_format="pandas")
+    """get_historical_features (the `training` feature service) -> lazy Ray Dataset of model inputs."""
+    ds = repo.historical(entity_rows(interactions, item_index, user_index), "training")
+    return ds.map_batches(to_training_batch, batch_format="pyarrow")
 
 
 def _restore(model: torch.nn.Module, opt, fingerprint: str) -> dict:
@@ -280,7 +297,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
                             id_dropout=t.id_dropout, id_mode=t.id_mode,
                             user_id_dropout=t.user_id_dropout, text_aux=t.text_aux)
     if t.logq:
-        counts = np.bincount(entity_frame(train_interactions, item_index)["item_idx"].to_numpy(),
+        counts = np.bincount(entity_rows(train_interactions, item_index).column("item_idx").to_numpy(),
                              minlength=len(item_ids)).astype(np.float64)
         model_kwargs["logq"] = np.log(np.maximum(counts, 1) / counts.sum()).tolist()
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)

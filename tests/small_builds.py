@@ -7,12 +7,8 @@ resumed build writes can be compared with one reference build (the session fixtu
 - The encoder runs in float32: in bf16 (the default on CPUs with bf16 units) a vector depends on
   the other texts of its forward pass at the 1e-3 level, and a resumed build batches the texts it
   still has to encode differently from an uninterrupted one.
-- Materialization reads through Feast's file offline store (`featurestore.offline_store: file`):
-  through the Ray store the five views (40 to 835 rows) cost 13-19 s on a local Ray and 57-74 s on
-  a simulated three-node cluster, through the file store under a second
-  (`benchmarks/small_build.py`). The features written (the
-  parquet compared here) do not depend on it, and the Ray store's materialization is tested by
-  the end-to-end build (test_pipeline_e2e.py).
+- Materialization goes through the project's offline store (Feast's file-store path: under a
+  second for the five views; Feast's Ray store took 13-74 s for them, `benchmarks/small_build.py`).
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ def write_config(tmp: Path, name: str, extra: dict | None = None) -> Path:
                                                          "interactions_per_user": 10}},
            "encode": {"batch_size": 8, "cpus_per_actor": 1, "device": "cpu", "dtype": "float32",
                       "cache_flush_rows": 24, "cache_dir": str(tmp / f"{name}_cache")},
-           "featurestore": {"repo_path": str(repo), "offline_store": "file"}, "ray": {"num_cpus": 2}}
+           "featurestore": {"repo_path": str(repo)}, "ray": {"num_cpus": 2}}
     for key, value in (extra or {}).items():
         cfg[key] = {**cfg.get(key, {}), **value}
     path = tmp / f"{name}.yaml"

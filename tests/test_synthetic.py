@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pyarrow.compute as pc
 
 from llmrec_ray.config import DataConfig, SyntheticConfig
@@ -46,3 +47,15 @@ def test_item_text_carries_user_taste():
     catalogue = Counter(genre.values())
     blind = catalogue.most_common(1)[0][1] / sum(catalogue.values())
     assert top_share > 2 * blind
+
+
+def test_lognormal_histories_are_heavy_tailed_with_the_same_mean():
+    cfg = DataConfig(synthetic=SyntheticConfig(n_users=400, n_items=2000, interactions_per_user=30,
+                                               history_shape="lognormal"))
+    counts = pc.value_counts(load_dataset(cfg).interactions.column("user_id")).field("counts").to_numpy()
+    flat = pc.value_counts(load_dataset(DataConfig(synthetic=cfg.synthetic.model_copy(
+        update={"history_shape": "poisson"}))).interactions.column("user_id")).field("counts").to_numpy()
+    assert 20 < counts.mean() < 40 and 25 < flat.mean() < 35
+    # heavy tail: the busiest user has many times the median (Poisson: under twice)
+    assert counts.max() > 8 * np.median(counts) and flat.max() < 2 * np.median(flat)
+    assert counts.min() >= 5

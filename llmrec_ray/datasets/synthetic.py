@@ -89,14 +89,26 @@ def make_items(rng: np.random.Generator, n_items: int, n_topics: int, days: int)
     return topic, second, popularity, release, titles, genres, descriptions
 
 
+def lognormal_sizes(cfg, n_items: int) -> np.ndarray:
+    """(n_users,) heavy-tailed interactions per user (`history_shape: lognormal`): lognormal with
+    mean `interactions_per_user`, between 5 and half the catalogue. Drawn from a generator of its
+    own, so the rest of the dataset is the same draw as with the default shape."""
+    sigma = cfg.history_sigma
+    rng = np.random.default_rng([cfg.seed, 1])
+    raw = rng.lognormal(np.log(cfg.interactions_per_user) - sigma ** 2 / 2, sigma, cfg.n_users)
+    return np.clip(np.rint(raw), 5, max(5, n_items // 2)).astype(np.int64)
+
+
 def make_interactions(rng: np.random.Generator, cfg, topic, second, popularity, release):
     """Each user: a topic mixture; picks by taste (or by popularity), never the same item twice."""
     n_items, n_topics = len(topic), cfg.n_topics
     users, items, days, ratings = [], [], [], []
+    sizes = lognormal_sizes(cfg, n_items) if cfg.history_shape == "lognormal" else None
     for u in range(cfg.n_users):
         taste = rng.dirichlet(np.full(n_topics, 0.25))
         affinity = taste[topic] + 0.5 * np.where(second >= 0, taste[np.maximum(second, 0)], 0.0)
-        n = int(np.clip(rng.poisson(cfg.interactions_per_user), 5, n_items // 2))
+        n = int(np.clip(rng.poisson(cfg.interactions_per_user), 5, n_items // 2)) if sizes is None \
+            else int(sizes[u])
         start = rng.uniform(0, 0.6 * cfg.days)
         end = rng.uniform(start + 0.2 * cfg.days, cfg.days)
         when = np.sort(rng.uniform(start, end, n))

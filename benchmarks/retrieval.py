@@ -1,0 +1,184 @@
+"""Training-set retrieval benchmark: the project's `get_historical_features` against a plain
+in-process as-of join and against Feast's file store, side by side in one run.
+
+    python benchmarks/retrieval.py --rows 1000000 --out retrieval.json
+    python benchmarks/retrieval.py --rows 10000000 --variants project --out retrieval-10m.json
+    python benchmarks/retrieval.py --rows 1000000 --shape lognormal --out retrieval-lognormal.json
+
+Data (synthetic, seeded; the feature-store benchmark's): `--users` users with `--snapshots`
+user-history snapshots each (`--shape lognormal`: heavy-tailed, a few users with thousands, same
+total), 384-d float32 vectors, written through `FeatureRepo.write_view`; `--rows` entity rows
+(user, time) over the same period (lognormal: users drawn in proportion to their snapshots).
+Variants, each in its own process so its peak memory (driver plus Ray workers) is its own:
+
+- `reference_asof`: `pandas.merge_asof(by=user_id, direction=backward)` of the entity rows with
+  the view's (user_id, event_timestamp, embedding), all in one process (skipped above 2M rows:
+  its output holds every vector as a Python object);
+- `project`: `FeatureStore.get_historical_features` through the project's offline store ->
+  `to_ray_dataset()` consumed to the end with `iter_batches` (rows, vector shape and presence
+  checked);
+- `feast_file`: Feast's own file (dask) store, `to_df()` (skipped above 1M rows).
+
+JSON: {"variants": {name: {"rows", "wall_s", "rows_per_s", "peak_rss_mb"}}, "ratios": {...}}.
+Targets: project rows/s >= 0.5x reference_asof's and peak RSS <= 2x at 1M rows; at 10M rows the
+project finishes with peak RSS under 8 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode import PeakRSS  # noqa: E402
+from featurestore import build_repo, entity_rows, snapshot_counts  # noqa: E402
+
+VIEW = "user_history_embedding"
+SKIP_ABOVE = {"reference_asof": 2_000_000, "feast_file": 1_000_000}
+
+
+def entity_table(args):
+    weights = None
+    if args.shape == "lognormal":
+        weights = snapshot_counts(args.users, args.snapshots, args.shape, args.seed).astype(np.float64)
+    return entity_rows(args.rows, args.users, args.seed, weights)
+
+
+def run_reference(repo: Path, args) -> dict:
+    import pandas as pd
+
+    from llmrec_ray.featurestore import FeatureRepo
+
+    df = entity_table(args)
+    start = time.perf_counter()
+    view = FeatureRepo(repo).read_view(VIEW, columns=["user_id", "event_timestamp", "embedding"]).to_pandas()
+    view["event_timestamp"] = pd.to_datetime(view["event_timestamp"], utc=True).astype(df["event_timestamp"].dtype)
+    out = pd.merge_asof(df.sort_values("event_timestamp"), view.sort_values("event_timestamp"),
+                        on="event_timestamp", by="user_id", direction="backward")
+    wall = time.perf_counter() - start
+    assert len(out) == args.rows and out["embedding"].notna().all()
+    return {"wall_s": wall, "rows": len(out)}
+
+
+def run_project(repo: Path, args) -> dict:
+    import pyarrow as pa
+    import ray
+
+    from llmrec_ray.featurestore import FeatureRepo
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    table = pa.Table.from_pandas(entity_table(args), preserve_index=False)
+    r = FeatureRepo(repo)
+    r.store  # the registry is read before the clock starts, as in the other variants
+    start = time.perf_counter()
+    ds = r.historical(table, [f"{VIEW}:embedding", f"{VIEW}:n_history"])
+    rows = present = 0
+    dim = None
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
+        col = batch.column(f"{VIEW}__embedding")
+        rows += batch.num_rows
+        present += batch.num_rows - col.null_count
+        dim = col.type.list_size
+    wall = time.perf_counter() - start
+    ray.shutdown()
+    assert rows == args.rows and present == rows and dim == args.dim, (rows, present, dim)
+    return {"wall_s": wall, "rows": rows, "path": "ray" if args.rows >= 1_000_000 else "in-process"}
+
+
+def run_feast_file(repo: Path, args) -> dict:
+    from llmrec_ray.featurestore import FeatureRepo
+
+    df = entity_table(args)
+    store = FeatureRepo(repo, offline_store="file").store
+    start = time.perf_counter()
+    out = store.get_historical_features(entity_df=df, features=[f"{VIEW}:embedding"],
+                                        full_feature_names=True).to_df()
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "rows": len(out)}
+
+
+RUNNERS = {"reference_asof": run_reference, "project": run_project, "feast_file": run_feast_file}
+
+
+def markdown(results: dict) -> str:
+    rows = ["| variant | rows | wall s | rows/s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
+    for name, v in results["variants"].items():
+        rows.append(f"| {name} | {v['rows']:,} | {v['wall_s']:.1f} | {v['rows_per_s']:,.0f} | {v['peak_rss_mb']:.0f} |")
+    for k, v in results.get("ratios", {}).items():
+        rows.append(f"\n{k}: {v:.2f}")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", help="JSON output file")
+    p.add_argument("--rows", type=int, default=1_000_000, help="entity rows to retrieve")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--snapshots", type=int, default=20, help="user-history snapshots per user (mean)")
+    p.add_argument("--shape", default="uniform", choices=["uniform", "lognormal"])
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--variants", default="reference_asof,project,feast_file")
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--repo", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:  # child process
+        with PeakRSS(ray_workers=True) as rss:
+            out = RUNNERS[args.variant](Path(args.repo), args)
+        out["peak_rss_mb"] = rss.mb
+        out["rows_per_s"] = out["rows"] / out["wall_s"]
+        print(json.dumps(out))
+        return
+    if not args.out:
+        p.error("--out is required")
+    results = {"variants": {}, "skipped": {}, "rows": args.rows, "users": args.users,
+               "snapshots": args.snapshots, "shape": args.shape, "dim": args.dim,
+               "machine": {"cpus": os.cpu_count()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "feature_repo"
+        start = time.perf_counter()
+        build_repo(repo, args.users, args.snapshots, args.dim, args.seed, args.shape)
+        counts = snapshot_counts(args.users, args.snapshots, args.shape, args.seed)
+        results["snapshot_rows"], results["max_snapshots_per_user"] = int(counts.sum()), int(counts.max())
+        print(f"[setup] {counts.sum():,} snapshot rows (max {counts.max():,} per user) in "
+              f"{time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+        for name in args.variants.split(","):
+            if args.rows > SKIP_ABOVE.get(name, float("inf")):
+                results["skipped"][name] = f"above {SKIP_ABOVE[name]:,} rows"
+                print(f"[{name}] skipped above {SKIP_ABOVE[name]:,} rows", file=sys.stderr, flush=True)
+                continue
+            cmd = [sys.executable, __file__, "--variant", name, "--repo", str(repo)] + [
+                a for k in ("rows", "users", "snapshots", "shape", "dim", "cpus", "seed")
+                for a in (f"--{k}", str(getattr(args, k)))]
+            print(f"[{name}] running", file=sys.stderr, flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            results["variants"][name] = out
+            print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
+    v = results["variants"]
+    ratios = {}
+    if "project" in v and "reference_asof" in v:
+        ratios["project_over_reference_rows_per_s"] = v["project"]["rows_per_s"] / v["reference_asof"]["rows_per_s"]
+        ratios["project_over_reference_peak_rss"] = v["project"]["peak_rss_mb"] / v["reference_asof"]["peak_rss_mb"]
+    if "project" in v and "feast_file" in v:
+        ratios["project_over_feast_file_rows_per_s"] = v["project"]["rows_per_s"] / v["feast_file"]["rows_per_s"]
+    results["ratios"] = ratios
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

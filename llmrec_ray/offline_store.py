@@ -1,0 +1,459 @@
+"""Feast offline store of llmrec-ray: exact point-in-time retrieval on narrow columns, on Ray Data.
+
+Declared in `feature_store.yaml` as
+
+    offline_store:
+      type: llmrec_ray.offline_store.LlmrecOfflineStore
+
+so that `FeatureStore.get_historical_features(...)` itself (from this project, the `feast` CLI or
+a notebook) answers with, for every entity row, the newest feature row of its key at or before
+the entity row's time (ties broken by the created timestamp where the view has one), null when
+there is none or it is older than the view's TTL, one output row per entity row in the entity
+rows' order (repeated (key, timestamp) rows included).
+
+How: per feature view, only the join keys and timestamps are read (`pit.FeatureIndex`); each
+entity row gets the position of its feature row; the feature values are then gathered from the
+view's parquet by position. No vector travels through the join. Below `ray_min_rows` entity rows
+the positions are computed in this process (Ray's fixed cost is seconds); from it, as a Ray Data
+job: the feature side hash-bucketed by key into `pit.FeatureIndex` objects built by Ray tasks,
+each entity block looked up against the buckets of its keys. `to_ray_dataset()` is lazy either
+way and streams blocks whose vectors are fixed-size float32 lists, gathered by position from the
+view's columns (held once in the object store).
+
+Everything else (materialization, `pull_latest_from_table_or_query`, writes, retrieval without an
+entity_df) is Feast's file (dask) store, which this store subclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
+from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
+from pydantic import Field
+
+from llmrec_ray.pit import FeatureIndex, bucket_of, combined_key, micros
+
+logger = logging.getLogger(__name__)
+
+STORE_TYPE = "llmrec_ray.offline_store.LlmrecOfflineStore"
+ENTITY_TS = "event_timestamp"
+
+
+class LlmrecOfflineStoreConfig(DaskOfflineStoreConfig):
+    """Offline store of llmrec-ray (Feast's file store with exact, narrow point-in-time joins)."""
+
+    type: Literal["llmrec_ray.offline_store.LlmrecOfflineStore"] = STORE_TYPE
+    """Offline store type selector (this class's import path)."""
+    ray_min_rows: int = Field(1_000_000, ge=0)
+    """Entity rows from which the join runs as a Ray Data job (below: in this process; 0 = always Ray)."""
+    bucket_rows: int = Field(4_000_000, ge=1)
+    """Feature rows per hash bucket of a view's index on the Ray path (one task builds each)."""
+    block_rows: int = Field(100_000, ge=1)
+    """Entity rows per block of the Ray Dataset built from an in-memory entity_df."""
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """What retrieval needs of one feature view; small and picklable (shipped to Ray tasks)."""
+
+    name: str                 # the projection's name (output column prefix)
+    files: tuple              # the source's parquet files, sorted: position = row in their concat
+    filesystem: Any           # pyarrow filesystem of `files`
+    source_keys: tuple        # join key columns in the source
+    entity_keys: tuple        # the same keys' columns in the entity rows (join_key_map applied)
+    ts_field: str
+    created_field: str | None
+    features: tuple           # (source column, output column) pairs
+    ttl_us: int | None = None
+
+    def read(self, columns: list[str]) -> pa.Table:
+        """`columns` of every source file, concatenated in file order (the row positions)."""
+        parts = [pq.read_table(f, columns=columns, filesystem=self.filesystem) for f in self.files]
+        if not parts:
+            raise FileNotFoundError(f"feature view {self.name!r}: its source has no parquet files")
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    def index(self, bucket: int = 0, buckets: int = 1) -> FeatureIndex:
+        """The view's (or one hash bucket's) join keys and timestamps, sorted for lookups."""
+        cols = list(self.source_keys) + [self.ts_field] + ([self.created_field] if self.created_field else [])
+        narrow = self.read(cols)
+        keys = combined_key([narrow.column(k) for k in self.source_keys])
+        try:
+            ts = micros(narrow.column(self.ts_field))
+        except ValueError as e:
+            raise ValueError(f"feature view {self.name!r}: {self.ts_field} {e}") from None
+        created = (micros(narrow.column(self.created_field), null_as=np.iinfo(np.int64).min)
+                   if self.created_field else None)
+        rows = np.arange(narrow.num_rows, dtype=np.int64)
+        if buckets > 1:
+            mine = bucket_of(keys, buckets) == bucket
+            keys, ts, rows = keys.filter(pa.array(mine)), ts[mine], rows[mine]
+            created = created[mine] if created is not None else None
+        try:
+            return FeatureIndex.build(keys, ts, rows, created)
+        except ValueError as e:
+            raise ValueError(f"feature view {self.name!r}: {e}") from None
+
+    def feature_table(self) -> pa.Table:
+        """The requested feature columns under their output names; equal-length float lists as
+        fixed-size float32 lists (one vector length per view)."""
+        table = self.read([src for src, _ in self.features])
+        columns = {}
+        for src, out in self.features:
+            col = table.column(src).combine_chunks()
+            columns[out] = fixed_size(col)
+        return pa.table(columns)
+
+
+def fixed_size(col: pa.Array) -> pa.Array:
+    """A list<float> column whose non-null rows all have one length d -> fixed_size_list<float32, d>
+    (numpy-ready); any other column unchanged."""
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+        return col
+    if not pa.types.is_floating(col.type.value_type):
+        return col
+    lengths = pc.list_value_length(col).drop_null()
+    if len(lengths) == 0:
+        return col
+    lo, hi = pc.min_max(lengths).values()
+    if lo.as_py() != hi.as_py() or lo.as_py() == 0:
+        return col
+    d = lo.as_py()
+    values = pc.list_flatten(col).cast(pa.float32())
+    return pa.FixedSizeListArray.from_arrays(values, d, mask=col.is_null()) if col.null_count else \
+        pa.FixedSizeListArray.from_arrays(values, d)
+
+
+def gather(features: pa.Table, positions: np.ndarray) -> pa.Table:
+    """Rows of `features` at `positions` (-1 -> nulls)."""
+    return features.take(pa.array(positions, pa.int64(), mask=positions < 0))
+
+
+def plan_views(config, feature_views, feature_refs, full_feature_names: bool) -> list[ViewPlan]:
+    """One ViewPlan per requested feature view (files listed now, read later)."""
+    import pyarrow.dataset as pads
+    from feast.infra.offline_stores.file_source import FileSource
+
+    wanted: dict[str, list[str]] = {}
+    for ref in feature_refs:
+        view, feature = ref.split(":", 1)
+        wanted.setdefault(view, []).append(feature)
+    plans = []
+    for fv in feature_views:
+        name = fv.projection.name_to_use()
+        source = fv.batch_source
+        if not isinstance(source, FileSource):
+            raise ValueError(f"feature view {fv.name!r}: {STORE_TYPE} reads FileSource views only, "
+                             f"not {type(source).__name__}")
+        uri = FileSource.get_uri_for_file_path(config.repo_path, source.file_options.uri)
+        filesystem, path = FileSource.create_filesystem_and_path(
+            str(uri), source.file_options.s3_endpoint_override)
+        ds = pads.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
+        files = tuple(sorted(ds.files))
+        inverse = {v: k for k, v in (source.field_mapping or {}).items()}
+        source_keys, entity_keys = [], []
+        for column in fv.entity_columns:
+            source_keys.append(inverse.get(column.name, column.name))
+            entity_keys.append(fv.projection.join_key_map.get(column.name, column.name))
+        features = wanted.get(name) or wanted.get(fv.name) or []
+        prefix = f"{name}__" if full_feature_names else ""
+        ttl = fv.ttl if fv.ttl and fv.ttl > timedelta(0) else None
+        plans.append(ViewPlan(
+            name=name, files=files, filesystem=ds.filesystem, source_keys=tuple(source_keys),
+            entity_keys=tuple(entity_keys), ts_field=source.timestamp_field,
+            created_field=source.created_timestamp_column or None,
+            features=tuple((inverse.get(f, f), prefix + f) for f in features),
+            ttl_us=None if ttl is None else int(ttl / timedelta(microseconds=1))))
+    return plans
+
+
+def entity_timestamp_column(schema: pa.Schema) -> str:
+    """Feast's rule: `event_timestamp`, else the entity rows' only timestamp column."""
+    if ENTITY_TS in schema.names:
+        return ENTITY_TS
+    stamps = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+    if len(stamps) == 1:
+        return stamps[0]
+    raise ValueError(f"entity_df: no {ENTITY_TS!r} column and {len(stamps)} timestamp columns "
+                     f"({stamps}): name the entity rows' time column {ENTITY_TS!r}")
+
+
+def positions(plan: ViewPlan, index_of, block: pa.Table, ts_col: str) -> np.ndarray:
+    """(rows,) feature row position of every entity row of `block` in `plan`'s view (-1: none).
+    `index_of(bucket)` returns the FeatureIndex of a bucket; `index_of.buckets` their count."""
+    missing = [k for k in plan.entity_keys if k not in block.column_names]
+    if missing:
+        raise ValueError(f"entity_df lacks {missing}, the join keys of feature view {plan.name!r}")
+    keys = combined_key([block.column(k) for k in plan.entity_keys])
+    try:
+        ts = micros(block.column(ts_col))
+    except ValueError as e:
+        raise ValueError(f"entity_df: {ts_col} {e}") from None
+    buckets = index_of.buckets
+    if buckets == 1:
+        return index_of(0).lookup(keys, ts, plan.ttl_us)
+    out = np.full(block.num_rows, -1, np.int64)
+    bucket = bucket_of(keys, buckets)
+    for b in np.unique(bucket):
+        rows = np.flatnonzero(bucket == b)
+        out[rows] = index_of(int(b)).lookup(keys.take(pa.array(rows)), ts[rows], plan.ttl_us)
+    return out
+
+
+class _LocalIndex:
+    """index_of for the in-process path: one bucket, built here."""
+
+    buckets = 1
+
+    def __init__(self, plan: ViewPlan):
+        self._index = plan.index()
+
+    def __call__(self, bucket: int) -> FeatureIndex:
+        return self._index
+
+
+class _RefIndex:
+    """index_of for Ray tasks: the buckets' FeatureIndex objects from the object store."""
+
+    def __init__(self, refs: list):
+        self.refs, self.buckets, self._got = refs, len(refs), {}
+
+    def __call__(self, bucket: int) -> FeatureIndex:
+        import ray
+
+        if bucket not in self._got:
+            self._got[bucket] = ray.get(self.refs[bucket])
+        return self._got[bucket]
+
+
+def _join_block(block: pa.Table, plans: list, index_refs: list, feature_refs: list,
+                ts_col: str, precomputed: bool) -> pa.Table:
+    """Ray Data map_batches function: one entity block -> the same rows with their features."""
+    import ray
+
+    out = block
+    for k, plan in enumerate(plans):
+        pos_col = f"__pos_{k}"
+        if precomputed:
+            pos = np.asarray(block.column(pos_col).to_numpy(zero_copy_only=False), np.int64)
+            out = out.drop_columns([pos_col])
+        else:
+            pos = positions(plan, _RefIndex(index_refs[k]), block, ts_col)
+        feats = gather(ray.get(feature_refs[k]), pos)
+        for name in feats.column_names:
+            out = out.append_column(name, feats.column(name))
+    return out
+
+
+def _build_index(plan: ViewPlan, bucket: int, buckets: int) -> FeatureIndex:
+    return plan.index(bucket, buckets)
+
+
+def _feature_table(plan: ViewPlan) -> pa.Table:
+    return plan.feature_table()
+
+
+class LlmrecRetrievalJob(RetrievalJob):
+    """A lazy point-in-time retrieval: nothing is read until to_df/to_arrow/to_ray_dataset."""
+
+    def __init__(self, entity, plans: list[ViewPlan], config: LlmrecOfflineStoreConfig,
+                 full_feature_names: bool, on_demand_feature_views, feature_refs: list[str],
+                 repo_path: str):
+        self._entity = entity  # pa.Table, ray.data.Dataset or a parquet path/URI
+        self._plans = plans
+        self._config = config
+        self._full = full_feature_names
+        self._odfvs = on_demand_feature_views or []
+        self._refs = feature_refs
+        self.repo_path = repo_path
+        self._metadata = None
+
+    @property
+    def full_feature_names(self) -> bool:
+        return self._full
+
+    @property
+    def on_demand_feature_views(self):
+        return self._odfvs
+
+    # ---- entity rows -----------------------------------------------------------------------
+    def _entity_table(self) -> pa.Table | None:
+        """The entity rows when they are an in-memory table (or a parquet path read here)."""
+        if isinstance(self._entity, pa.Table):
+            return self._entity
+        if isinstance(self._entity, str):
+            self._entity = pq.read_table(self._entity)
+            return self._entity
+        return None
+
+    def _local(self) -> bool:
+        table = self._entity_table() if not _is_dataset(self._entity) else None
+        return table is not None and table.num_rows < self._config.ray_min_rows
+
+    def _ts_col(self) -> str:
+        schema = self._entity.schema() if _is_dataset(self._entity) else self._entity_table().schema
+        if not isinstance(schema, pa.Schema):  # ray.data.Schema
+            schema = schema.base_schema
+        return entity_timestamp_column(schema)
+
+    def _local_positions(self, table: pa.Table) -> list[np.ndarray]:
+        ts_col = self._ts_col()
+        out = []
+        for plan in self._plans:
+            pos = positions(plan, _LocalIndex(plan), table, ts_col)
+            logger.info("point-in-time join %s: %d entity rows, %d with a feature row", plan.name,
+                        table.num_rows, int((pos >= 0).sum()))
+            out.append(pos)
+        return out
+
+    # ---- results ---------------------------------------------------------------------------
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        if self._local():
+            table = self._entity_table()
+            out = table
+            for plan, pos in zip(self._plans, self._local_positions(table)):
+                feats = gather(plan.feature_table(), pos)
+                for name in feats.column_names:
+                    out = out.append_column(name, feats.column(name))
+            return out
+        import ray
+
+        refs = self.to_ray_dataset().to_arrow_refs()
+        return pa.concat_tables(ray.get(refs))
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout).to_pandas()
+
+    def to_ray_dataset(self):
+        """A lazy Ray Dataset: the entity rows (in their order) with their features; vectors as
+        fixed-size float32 lists gathered by position from each view (held once in the object
+        store). Below `ray_min_rows` in-memory entity rows, the positions are computed here."""
+        import ray
+
+        if self._odfvs:
+            raise NotImplementedError("on-demand feature views: use to_df()/to_arrow(), which apply "
+                                      "their transformations")
+        ts_col = self._ts_col()
+        feature_refs = [ray.remote(_feature_table).remote(plan) for plan in self._plans]
+        if self._local():
+            table = self._entity_table()
+            for k, pos in enumerate(self._local_positions(table)):
+                table = table.append_column(f"__pos_{k}", pa.array(pos, pa.int64()))
+            ds = ray.data.from_arrow(_blocks(table, self._config.block_rows))
+            index_refs, precomputed = [], True
+        else:
+            ds = self._entity_dataset()
+            build = ray.remote(_build_index)
+            index_refs = []
+            for plan in self._plans:
+                buckets = max(1, math.ceil(plan_rows(plan) / self._config.bucket_rows))
+                index_refs.append([build.remote(plan, b, buckets) for b in range(buckets)])
+            precomputed = False
+        return ds.map_batches(_join_block, batch_format="pyarrow", batch_size=None,
+                              zero_copy_batch=True,
+                              fn_kwargs={"plans": self._plans, "index_refs": index_refs,
+                                         "feature_refs": feature_refs, "ts_col": ts_col,
+                                         "precomputed": precomputed})
+
+    def _entity_dataset(self):
+        import ray
+
+        if _is_dataset(self._entity):
+            return self._entity
+        return ray.data.from_arrow(_blocks(self._entity_table(), self._config.block_rows))
+
+    def persist(self, storage, allow_overwrite: bool = False, timeout: int | None = None):
+        import os
+
+        from feast.errors import SavedDatasetLocationAlreadyExists
+        from feast.infra.offline_stores.file_source import FileSource
+
+        uri = FileSource.get_uri_for_file_path(self.repo_path, storage.file_options.uri)
+        if not allow_overwrite and os.path.exists(uri):
+            raise SavedDatasetLocationAlreadyExists(location=uri)
+        filesystem, path = FileSource.create_filesystem_and_path(
+            str(uri), storage.file_options.s3_endpoint_override)
+        if path.endswith(".parquet"):
+            pq.write_table(self.to_arrow(), where=path, filesystem=filesystem)
+        else:
+            pq.write_to_dataset(self.to_arrow(), root_path=path, filesystem=filesystem)
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        if self._metadata is None:
+            ts_col = self._ts_col()
+            if _is_dataset(self._entity):
+                names = self._entity.schema().names
+                lo, hi = self._entity.min(ts_col), self._entity.max(ts_col)
+            else:
+                table = self._entity_table()
+                names = table.column_names
+                lo, hi = (v.as_py() for v in pc.min_max(table.column(ts_col)).values())
+            self._metadata = RetrievalMetadata(features=self._refs,
+                                               keys=[c for c in names if c != ts_col],
+                                               min_event_timestamp=lo, max_event_timestamp=hi)
+        return self._metadata
+
+    def supports_remote_storage_export(self) -> bool:
+        return False
+
+
+def plan_rows(plan: ViewPlan) -> int:
+    """Rows of a view's source (from the parquet footers)."""
+    return sum(pq.ParquetFile(f, filesystem=plan.filesystem).metadata.num_rows for f in plan.files)
+
+
+def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [table.slice(i, rows) for i in range(0, max(table.num_rows, 1), rows)]
+
+
+def _is_dataset(obj) -> bool:
+    try:
+        import ray.data
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, ray.data.Dataset)
+
+
+def _entity_rows(entity_df):
+    """pandas -> Arrow (index dropped); Arrow, a Ray Dataset or a parquet path as they are."""
+    if isinstance(entity_df, pd.DataFrame):
+        return pa.Table.from_pandas(entity_df, preserve_index=False)
+    if isinstance(entity_df, (pa.Table, str)) or _is_dataset(entity_df):
+        return entity_df
+    raise ValueError(f"entity_df must be a pandas DataFrame, a pyarrow Table, a Ray Dataset or a "
+                     f"parquet path, not {type(entity_df).__name__}")
+
+
+class LlmrecOfflineStore(DaskOfflineStore):
+    """Feast's file store with this project's exact, narrow point-in-time join (see module doc)."""
+
+    supports_filter_by_created_timestamp = False
+
+    @staticmethod
+    def get_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
+                                full_feature_names: bool = False, **kwargs) -> RetrievalJob:
+        if entity_df is None:  # a time range instead of entity rows: Feast's file store answers
+            return DaskOfflineStore.get_historical_features(
+                config, feature_views, feature_refs, entity_df, registry, project,
+                full_feature_names, **kwargs)
+        from feast.on_demand_feature_view import OnDemandFeatureView
+
+        store_config = config.offline_store
+        if not isinstance(store_config, LlmrecOfflineStoreConfig):
+            store_config = LlmrecOfflineStoreConfig()
+        plans = plan_views(config, feature_views, feature_refs, full_feature_names)
+        return LlmrecRetrievalJob(
+            _entity_rows(entity_df), plans, store_config, full_feature_names,
+            OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry),
+            feature_refs, str(config.repo_path))
