@@ -71,6 +71,54 @@ class PeakRSS:
         return round(self.peak / 2**20, 1)
 
 
+class PeakMemory:
+    """Peak memory of this process and all its descendants (with a local Ray: the GCS, the
+    raylet holding the object store, and every worker), sampled every 0.2 s in a thread, two ways:
+    `rss_mb`, the sum of resident sizes (shared pages, e.g. object-store blocks every worker
+    maps, counted once per process), and `pss_mb`, the sum of proportional set sizes (each shared
+    page split among the processes that map it: what the machine actually holds)."""
+
+    def __init__(self):
+        import psutil
+
+        self.psutil, self.rss, self.pss, self._stop = psutil, 0, 0, False
+
+    def _sample(self) -> tuple[int, int]:
+        me = self.psutil.Process()
+        rss = pss = 0
+        for p in [me] + me.children(recursive=True):
+            try:
+                info = p.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+            except self.psutil.Error:
+                pass
+        return rss, pss
+
+    def __enter__(self):
+        def loop():
+            while not self._stop:
+                rss, pss = self._sample()
+                self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+                time.sleep(0.2)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+
+    @property
+    def rss_mb(self) -> float:
+        return round(self.rss / 2**20, 1)
+
+    @property
+    def pss_mb(self) -> float:
+        return round(self.pss / 2**20, 1)
+
+
 def ml100k_texts(path: str) -> tuple[list[str], list[str]]:
     """(distinct texts the pipeline encodes for ML-100K, one naive sentence per interaction)."""
     import pyarrow as pa

@@ -33,7 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode import PeakRSS  # noqa: E402
+from encode import PeakMemory  # noqa: E402
 from featurestore import DAYS, T0, build_repo  # noqa: E402
 
 
@@ -153,9 +153,9 @@ def main() -> None:
     p.add_argument("--repo", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
-        with PeakRSS(ray_workers=True) as rss:
+        with PeakMemory() as mem:
             out = RUNNERS[args.variant](Path(args.repo), args)
-        out["peak_rss_mb"] = rss.mb
+        out["peak_pss_mb"], out["peak_rss_mb"] = mem.pss_mb, mem.rss_mb
         out["rows_per_s"] = out["rows"] / out["wall_s"]
         print(json.dumps(out))
         return

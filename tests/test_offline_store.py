@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmrec_ray.offline_store import STORE_TYPE, LlmrecRetrievalJob, positions
+from llmrec_ray.offline_store import STORE_TYPE, LlmrecRetrievalJob
+from llmrec_ray.retrieval import ViewPlan, positions
 from llmrec_ray.pit import FeatureIndex, asof_reference, bucket_of
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -94,7 +95,7 @@ def test_lookup_matches_brute_force(seed):
         def __call__(self, b):
             return parts[b]
 
-    from llmrec_ray.offline_store import ViewPlan
+
 
     plan = ViewPlan("v", (), None, ("k",), ("k",), "ts", None, ())
     block = pa.table({"k": ekeys, "event_timestamp": pa.array(np.asarray(ets) * US, pa.timestamp("us", "UTC"))})

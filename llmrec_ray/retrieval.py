@@ -1,0 +1,195 @@
+"""The Ray side of point-in-time retrieval: what a Ray task needs, without importing Feast.
+
+A `ViewPlan` names one feature view's parquet files, keys, timestamps and requested features (it
+is shipped to tasks); `_join_block` is the map_batches function that turns one block of entity
+rows into the same rows with their features: positions from the view's `pit.FeatureIndex`
+(in-process, or per hash bucket from the object store), values gathered by position. Kept apart
+from `offline_store.py` so that Ray workers import pyarrow and numpy only (Feast takes seconds to
+import, in every worker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from llmrec_ray.pit import FeatureIndex, bucket_of, combined_key, micros
+
+ENTITY_TS = "event_timestamp"
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """What retrieval needs of one feature view; small and picklable (shipped to Ray tasks)."""
+
+    name: str                 # the projection's name (output column prefix)
+    files: tuple              # the source's parquet files, sorted: position = row in their concat
+    filesystem: Any           # pyarrow filesystem of `files`
+    source_keys: tuple        # join key columns in the source
+    entity_keys: tuple        # the same keys' columns in the entity rows (join_key_map applied)
+    ts_field: str
+    created_field: str | None
+    features: tuple           # (source column, output column) pairs
+    ttl_us: int | None = None
+
+    def read(self, columns: list[str]) -> pa.Table:
+        """`columns` of every source file, concatenated in file order (the row positions)."""
+        parts = [pq.read_table(f, columns=columns, filesystem=self.filesystem) for f in self.files]
+        if not parts:
+            raise FileNotFoundError(f"feature view {self.name!r}: its source has no parquet files")
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    def index(self, bucket: int = 0, buckets: int = 1) -> FeatureIndex:
+        """The view's (or one hash bucket's) join keys and timestamps, sorted for lookups."""
+        cols = list(self.source_keys) + [self.ts_field] + ([self.created_field] if self.created_field else [])
+        narrow = self.read(cols)
+        keys = combined_key([narrow.column(k) for k in self.source_keys])
+        try:
+            ts = micros(narrow.column(self.ts_field))
+        except ValueError as e:
+            raise ValueError(f"feature view {self.name!r}: {self.ts_field} {e}") from None
+        created = (micros(narrow.column(self.created_field), null_as=np.iinfo(np.int64).min)
+                   if self.created_field else None)
+        rows = np.arange(narrow.num_rows, dtype=np.int64)
+        if buckets > 1:
+            mine = bucket_of(keys, buckets) == bucket
+            keys, ts, rows = keys.filter(pa.array(mine)), ts[mine], rows[mine]
+            created = created[mine] if created is not None else None
+        try:
+            return FeatureIndex.build(keys, ts, rows, created)
+        except ValueError as e:
+            raise ValueError(f"feature view {self.name!r}: {e}") from None
+
+    def feature_table(self) -> pa.Table:
+        """The requested feature columns under their output names; equal-length float lists as
+        fixed-size float32 lists (one vector length per view)."""
+        table = self.read([src for src, _ in self.features])
+        columns = {}
+        for src, out in self.features:
+            col = table.column(src).combine_chunks()
+            columns[out] = fixed_size(col)
+        return pa.table(columns)
+
+
+def fixed_size(col: pa.Array) -> pa.Array:
+    """A list<float> column whose non-null rows all have one length d -> fixed_size_list<float32, d>
+    (numpy-ready); any other column unchanged."""
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+        return col
+    if not pa.types.is_floating(col.type.value_type):
+        return col
+    lengths = pc.list_value_length(col).drop_null()
+    if len(lengths) == 0:
+        return col
+    lo, hi = pc.min_max(lengths).values()
+    if lo.as_py() != hi.as_py() or lo.as_py() == 0:
+        return col
+    d = lo.as_py()
+    values = pc.list_flatten(col).cast(pa.float32())
+    return pa.FixedSizeListArray.from_arrays(values, d, mask=col.is_null()) if col.null_count else \
+        pa.FixedSizeListArray.from_arrays(values, d)
+
+
+def gather(features: pa.Table, positions: np.ndarray) -> pa.Table:
+    """Rows of `features` at `positions` (-1 -> nulls)."""
+    return features.take(pa.array(positions, pa.int64(), mask=positions < 0))
+
+
+def entity_timestamp_column(schema: pa.Schema) -> str:
+    """Feast's rule: `event_timestamp`, else the entity rows' only timestamp column."""
+    if ENTITY_TS in schema.names:
+        return ENTITY_TS
+    stamps = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+    if len(stamps) == 1:
+        return stamps[0]
+    raise ValueError(f"entity_df: no {ENTITY_TS!r} column and {len(stamps)} timestamp columns "
+                     f"({stamps}): name the entity rows' time column {ENTITY_TS!r}")
+
+
+def positions(plan: ViewPlan, index_of, block: pa.Table, ts_col: str) -> np.ndarray:
+    """(rows,) feature row position of every entity row of `block` in `plan`'s view (-1: none).
+    `index_of(bucket)` returns the FeatureIndex of a bucket; `index_of.buckets` their count."""
+    missing = [k for k in plan.entity_keys if k not in block.column_names]
+    if missing:
+        raise ValueError(f"entity_df lacks {missing}, the join keys of feature view {plan.name!r}")
+    keys = combined_key([block.column(k) for k in plan.entity_keys])
+    try:
+        ts = micros(block.column(ts_col))
+    except ValueError as e:
+        raise ValueError(f"entity_df: {ts_col} {e}") from None
+    buckets = index_of.buckets
+    if buckets == 1:
+        return index_of(0).lookup(keys, ts, plan.ttl_us)
+    out = np.full(block.num_rows, -1, np.int64)
+    bucket = bucket_of(keys, buckets)
+    for b in np.unique(bucket):
+        rows = np.flatnonzero(bucket == b)
+        out[rows] = index_of(int(b)).lookup(keys.take(pa.array(rows)), ts[rows], plan.ttl_us)
+    return out
+
+
+class _LocalIndex:
+    """index_of for the in-process path: one bucket, built here."""
+
+    buckets = 1
+
+    def __init__(self, plan: ViewPlan):
+        self._index = plan.index()
+
+    def __call__(self, bucket: int) -> FeatureIndex:
+        return self._index
+
+
+class _RefIndex:
+    """index_of for Ray tasks: the buckets' FeatureIndex objects from the object store."""
+
+    def __init__(self, refs: list):
+        self.refs, self.buckets, self._got = refs, len(refs), {}
+
+    def __call__(self, bucket: int) -> FeatureIndex:
+        import ray
+
+        if bucket not in self._got:
+            self._got[bucket] = ray.get(self.refs[bucket])
+        return self._got[bucket]
+
+
+def _join_block(block: pa.Table, plans: list, index_refs: list, feature_refs: list,
+                ts_col: str, precomputed: bool) -> pa.Table:
+    """Ray Data map_batches function: one entity block -> the same rows with their features."""
+    import ray
+
+    out = block
+    for k, plan in enumerate(plans):
+        pos_col = f"__pos_{k}"
+        if precomputed:
+            pos = np.asarray(block.column(pos_col).to_numpy(zero_copy_only=False), np.int64)
+            out = out.drop_columns([pos_col])
+        else:
+            pos = positions(plan, _RefIndex(index_refs[k]), block, ts_col)
+        feats = gather(ray.get(feature_refs[k]), pos)
+        for name in feats.column_names:
+            out = out.append_column(name, feats.column(name))
+    return out
+
+
+def _build_index(plan: ViewPlan, bucket: int, buckets: int) -> FeatureIndex:
+    return plan.index(bucket, buckets)
+
+
+def _feature_table(plan: ViewPlan) -> pa.Table:
+    return plan.feature_table()
+
+
+def plan_rows(plan: ViewPlan) -> int:
+    """Rows of a view's source (from the parquet footers)."""
+    return sum(pq.ParquetFile(f, filesystem=plan.filesystem).metadata.num_rows for f in plan.files)
+
+
+def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [table.slice(i, rows) for i in range(0, max(table.num_rows, 1), rows)]
