@@ -46,7 +46,7 @@ def small_config(tmp: Path):
         shutil.copy(ROOT / "feature_repo" / f, repo / f)
     return load_config(None, [
         "name=small", f"output_dir={tmp / 'runs'}", f"featurestore.repo_path={repo}",
-        "featurestore.offline_store=file", "data.synthetic.n_users=30", "data.synthetic.n_items=40",
+        "data.synthetic.n_users=30", "data.synthetic.n_items=40",
         "data.synthetic.interactions_per_user=10", "encode.batch_size=8", "encode.cpus_per_actor=1",
         "encode.device=cpu", "encode.cache=false"])
 
