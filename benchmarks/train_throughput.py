@@ -7,12 +7,15 @@ Data: the feature-store benchmark's repo (`--users` x `--snapshots` 384-d user s
 statistics, `--items` items with 384-d vectors) and `--rows` interactions (user, item, time).
 Variants, each in its own process:
 
-- `ray_train`: `train.training_dataset` (get_historical_features through the project's store ->
-  lazy Ray Dataset -> model inputs) -> `TorchTrainer` running the project's
+- `ray_train`: `train.training_dataset` as `llmrec train` uses it (get_historical_features
+  through the project's store -> lazy Ray Dataset of rows carrying each embedding's position in
+  its view; the worker holds the two views) -> `TorchTrainer` running the project's
   `train_loop_per_worker` for one epoch on 1 worker (1 CPU; the other feeds the data), no
   validation. Wall = `trainer.fit()`, so retrieval, worker start and the checkpoint are in it.
-- `plain`: the same retrieval collected into tensors first (its time reported apart), then one
-  epoch of the same model, batch size and optimizer in a plain loop.
+- `ray_train_values`: the same with the vectors in the rows (`by_position=False`).
+- `plain`: the retrieval with vectors collected into tensors first (its time reported apart,
+  `collect_s`), then one epoch of the same model, batch size and optimizer in a plain loop
+  (torch on both cores).
 
 JSON: {"variants": {name: {"rows", "wall_s", "rows_per_s", "peak_rss_mb"}}, "ratios": {...}}.
 Target: ray_train rows/s >= 0.5x plain's.
@@ -49,7 +52,7 @@ def interactions(args):
                      "event_timestamp": pa.array(secs * 1_000_000, pa.int64()).cast(TIMESTAMP)})
 
 
-def setup(repo: Path, args):
+def setup(repo: Path, args, by_position: bool = True):
     """The training dataset and the model/loop config, as `train.fit` builds them."""
     from llmrec_ray.config import TrainConfig
     from llmrec_ray.featurestore import FeatureRepo
@@ -61,18 +64,18 @@ def setup(repo: Path, args):
     item_index = {i: k for k, i in enumerate(item_ids)}
     user_index = {u: k for k, u in enumerate(users)}
     t = TrainConfig(model="hybrid", batch_size=args.batch_size)
-    ds = training_dataset(FeatureRepo(repo), table, item_index, user_index)
+    ds, tables = training_dataset(FeatureRepo(repo), table, item_index, user_index, by_position)
     model = dict(user_dim=args.dim, item_dim=args.dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
                  dropout=t.dropout, temperature=t.temperature, user_extra_dim=USER_EXTRA_DIM,
                  n_users=len(users), n_items=len(item_ids), id_dim=t.id_dim, id_dropout=t.id_dropout,
                  id_mode=t.id_mode, user_id_dropout=t.user_id_dropout, text_aux=t.text_aux)
     loop = {"seed": 0, "epochs": 1, "batch_size": t.batch_size, "lr": t.lr,
             "weight_decay": t.weight_decay, "fingerprint": "bench", "model": model, "valid": None,
-            "metric": t.early_stopping_metric, "patience": 0}
+            "metric": t.early_stopping_metric, "patience": 0, "tables": tables}
     return ds, loop
 
 
-def run_ray_train(repo: Path, args) -> dict:
+def run_ray_train(repo: Path, args, by_position: bool = True) -> dict:
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -81,7 +84,7 @@ def run_ray_train(repo: Path, args) -> dict:
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as storage:
-        ds, loop = setup(repo, args)
+        ds, loop = setup(repo, args, by_position)
         start = time.perf_counter()
         trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop, datasets={"train": ds},
                                scaling_config=ScalingConfig(num_workers=1, use_gpu=False,
@@ -103,7 +106,7 @@ def run_plain(repo: Path, args) -> dict:
     from llmrec_ray.models.two_tower import TwoTower
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    ds, loop = setup(repo, args)
+    ds, loop = setup(repo, args, by_position=False)
     start = time.perf_counter()
     parts: dict[str, list] = {}
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
@@ -133,7 +136,8 @@ def run_plain(repo: Path, args) -> dict:
             "collect_s": collect}
 
 
-RUNNERS = {"ray_train": run_ray_train, "plain": run_plain}
+RUNNERS = {"ray_train": run_ray_train, "plain": run_plain,
+           "ray_train_values": lambda repo, args: run_ray_train(repo, args, by_position=False)}
 
 
 def main() -> None:
@@ -146,7 +150,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--batch-size", type=int, default=128, dest="batch_size",
                    help="rows per batch (the default train.batch_size)")
-    p.add_argument("--variants", default="plain,ray_train")
+    p.add_argument("--variants", default="plain,ray_train,ray_train_values")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", help=argparse.SUPPRESS)
@@ -179,7 +183,8 @@ def main() -> None:
             print(f"[{name}] {json.dumps(results['variants'][name])}", file=sys.stderr, flush=True)
     v = results["variants"]
     if "ray_train" in v and "plain" in v:
-        results["ratios"] = {"ray_train_over_plain_rows_per_s": v["ray_train"]["rows_per_s"] / v["plain"]["rows_per_s"]}
+        results["ratios"] = {f"{k}_over_plain_rows_per_s": v[k]["rows_per_s"] / v["plain"]["rows_per_s"]
+                             for k in ("ray_train", "ray_train_values") if k in v}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results.get("ratios", {}), indent=2))

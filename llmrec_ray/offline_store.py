@@ -113,6 +113,7 @@ class LlmrecRetrievalJob(RetrievalJob):
         self._refs = feature_refs
         self.repo_path = repo_path
         self._metadata = None
+        self._feature_refs = None  # view -> ObjectRef of its feature columns (feature_values)
 
     @property
     def full_feature_names(self) -> bool:
@@ -170,17 +171,26 @@ class LlmrecRetrievalJob(RetrievalJob):
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
 
-    def to_ray_dataset(self):
+    def to_ray_dataset(self, by_position: tuple[str, ...] = ()):
         """A lazy Ray Dataset: the entity rows (in their order) with their features; vectors as
         fixed-size float32 lists gathered by position from each view (held once in the object
-        store). Below `ray_min_rows` in-memory entity rows, the positions are computed here."""
+        store). Below `ray_min_rows` in-memory entity rows, the positions are computed here.
+
+        `by_position` (views by name, an extension of Feast's API): those views' features are not
+        gathered; their rows carry `<view>__position` instead, the position of the feature row in
+        `feature_values()[view]` (-1: none), so a consumer holding the view once (a trainer with
+        snapshots x d on its device) reads rows of a few bytes."""
         import ray
 
         if self._odfvs:
             raise NotImplementedError("on-demand feature views: use to_df()/to_arrow(), which apply "
                                       "their transformations")
+        unknown = set(by_position) - {p.name for p in self._plans}
+        if unknown:
+            raise ValueError(f"by_position: {sorted(unknown)} are not views of this retrieval "
+                             f"({[p.name for p in self._plans]})")
         ts_col = self._ts_col()
-        feature_refs = [ray.remote(_feature_table).remote(plan) for plan in self._plans]
+        feature_refs = [self.feature_values()[plan.name] for plan in self._plans]
         if self._local():
             table = self._entity_table()
             for k, pos in enumerate(self._local_positions(table)):
@@ -199,7 +209,18 @@ class LlmrecRetrievalJob(RetrievalJob):
                               zero_copy_batch=True,
                               fn_kwargs={"plans": self._plans, "index_refs": index_refs,
                                          "feature_refs": feature_refs, "ts_col": ts_col,
-                                         "precomputed": precomputed})
+                                         "precomputed": precomputed,
+                                         "by_position": tuple(by_position)})
+
+    def feature_values(self) -> dict:
+        """view -> ObjectRef of its requested feature columns (an Arrow table in position order;
+        vectors as fixed-size float32 lists), read once by a Ray task and kept for this job."""
+        import ray
+
+        if self._feature_refs is None:
+            task = ray.remote(_feature_table)
+            self._feature_refs = {plan.name: task.remote(plan) for plan in self._plans}
+        return self._feature_refs
 
     def _entity_dataset(self):
         import ray

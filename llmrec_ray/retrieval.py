@@ -159,9 +159,15 @@ class _RefIndex:
         return self._got[bucket]
 
 
+def position_column(view: str) -> str:
+    """The column that carries a view's feature row positions (`to_ray_dataset(by_position=)`)."""
+    return f"{view}__position"
+
+
 def _join_block(block: pa.Table, plans: list, index_refs: list, feature_refs: list,
-                ts_col: str, precomputed: bool) -> pa.Table:
-    """Ray Data map_batches function: one entity block -> the same rows with their features."""
+                ts_col: str, precomputed: bool, by_position: tuple = ()) -> pa.Table:
+    """Ray Data map_batches function: one entity block -> the same rows with their features, or,
+    for the views in `by_position`, with the position of their feature row (-1: none)."""
     import ray
 
     out = block
@@ -172,6 +178,9 @@ def _join_block(block: pa.Table, plans: list, index_refs: list, feature_refs: li
             out = out.drop_columns([pos_col])
         else:
             pos = positions(plan, _RefIndex(index_refs[k]), block, ts_col)
+        if plan.name in by_position:
+            out = out.append_column(position_column(plan.name), pa.array(pos, pa.int64()))
+            continue
         feats = gather(ray.get(feature_refs[k]), pos)
         for name in feats.column_names:
             out = out.append_column(name, feats.column(name))

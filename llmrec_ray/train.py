@@ -75,22 +75,35 @@ def user_extra_features(frame) -> np.ndarray:
     return np.stack([np.log1p(n), mean / 5.0, np.log1p(n30), np.log1p(days)], axis=1).astype(np.float32)
 
 
+# model input -> (feature view, its embedding column in the retrieval's output)
+EMBEDDINGS = {"user_emb": (USER_HISTORY_VIEW, USER_EMB), "item_emb": (ITEM_TEXT_VIEW, ITEM_EMB)}
+
+
 def to_training_batch(batch: pa.Table) -> dict[str, np.ndarray]:
-    """Retrieved rows (Arrow; vectors as fixed-size float32 lists) -> fixed-shape arrays for the
-    trainer. A row without a vector is an error naming its row_id."""
+    """Retrieved rows (Arrow) -> fixed-shape arrays for the trainer. An embedding comes either as
+    its vector (fixed-size float32 list -> `user_emb` (B, D)) or, retrieved `by_position`, as the
+    position of its row in the view (`user_emb_pos` (B,)), which the trainer looks up in the view
+    it holds. A row without its feature row is an error naming its row_id."""
+    import pyarrow.compute as pc
+
     from llmrec_ray.featurestore import embedding_matrix
+    from llmrec_ray.retrieval import position_column
 
-    for col in (USER_EMB, ITEM_EMB):
-        values = batch.column(col)
-        if values.null_count:
-            import pyarrow.compute as pc
-
-            row = batch.column("row_id")[pc.index(values.is_null(), True).as_py()].as_py()
+    out = {"item_idx": batch.column("item_idx").to_numpy()}
+    for key, (view, col) in EMBEDDINGS.items():
+        if position_column(view) in batch.column_names:
+            pos = batch.column(position_column(view)).to_numpy()
+            missing = np.flatnonzero(pos < 0)
+            out[f"{key}_pos"] = pos
+        else:
+            values = batch.column(col)
+            missing = [pc.index(values.is_null(), True).as_py()] if values.null_count else []
+        if len(missing):
+            row = batch.column("row_id")[int(missing[0])].as_py()
             raise ValueError(f"training row_id {row}: no {col} at its timestamp (point-in-time join "
                              "found no feature row)")
-    out = {"user_emb": embedding_matrix(batch.column(USER_EMB)),
-           "item_emb": embedding_matrix(batch.column(ITEM_EMB)),
-           "item_idx": batch.column("item_idx").to_numpy()}
+        if key not in out and f"{key}_pos" not in out:
+            out[key] = embedding_matrix(values)
     if f"{USER_STATS_VIEW}__n_interactions" in batch.column_names:
         out["user_extra"] = user_extra_features(batch)
     if "user_idx" in batch.column_names:
@@ -99,10 +112,39 @@ def to_training_batch(batch: pa.Table) -> dict[str, np.ndarray]:
 
 
 def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict[str, int],
-                     user_index: dict[str, int] | None = None):
-    """get_historical_features (the `training` feature service) -> lazy Ray Dataset of model inputs."""
-    ds = repo.historical(entity_rows(interactions, item_index, user_index), "training")
-    return ds.map_batches(to_training_batch, batch_format="pyarrow")
+                     user_index: dict[str, int] | None = None, by_position: bool = True):
+    """get_historical_features (the `training` feature service) -> (lazy Ray Dataset of model
+    inputs, the embedding views the trainer holds).
+
+    by_position (the default): the rows carry each embedding's row position in its view, and the
+    second value maps `user_emb`/`item_emb` to (ObjectRef of the view's feature table, column):
+    every training worker holds each view once (snapshots x d, items x d) and the rows are a
+    few dozen bytes, so memory grows with snapshots + items, not with rows x d. Otherwise the
+    rows carry the vectors and the second value is empty."""
+    job = repo.retrieval(entity_rows(interactions, item_index, user_index), "training")
+    if not by_position:
+        return job.to_ray_dataset().map_batches(to_training_batch, batch_format="pyarrow"), {}
+    ds = job.to_ray_dataset(by_position=tuple(view for view, _ in EMBEDDINGS.values()))
+    refs = job.feature_values()
+    tables = {key: (refs[view], col) for key, (view, col) in EMBEDDINGS.items()}
+    return ds.map_batches(to_training_batch, batch_format="pyarrow"), tables
+
+
+def held_tables(tables: dict, device) -> dict[str, torch.Tensor]:
+    """On a training worker: each held embedding view as one (rows, D) tensor on `device`."""
+    import ray
+
+    from llmrec_ray.featurestore import embedding_matrix
+
+    import warnings
+
+    out = {}
+    for key, (ref, col) in tables.items():
+        matrix = embedding_matrix(ray.get(ref).column(col))  # (rows, D), zero-copy from the store
+        with warnings.catch_warnings():  # read-only object-store memory: only ever indexed
+            warnings.simplefilter("ignore", UserWarning)
+            out[key] = torch.from_numpy(matrix).to(device)
+    return out
 
 
 def _restore(model: torch.nn.Module, opt, fingerprint: str) -> dict:
@@ -184,6 +226,7 @@ def train_loop_per_worker(config: dict) -> None:
     state = _restore(inner, opt, config["fingerprint"])
     start = state["epoch"]
     shard = ray.train.get_dataset_shard("train")
+    held = held_tables(config.get("tables") or {}, ray.train.torch.get_device())
     fault = config.get("fault") or {}
     valid = ray.get(config["valid"]) if config.get("valid") is not None else None
     metric, patience = config["metric"], config["patience"]
@@ -211,6 +254,8 @@ def train_loop_per_worker(config: dict) -> None:
         for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
                                               local_shuffle_buffer_size=4 * config["batch_size"],
                                               local_shuffle_seed=config["seed"] + epoch):
+            for name, table in held.items():  # rows retrieved by position: (B,) -> (B, D)
+                batch[name] = table[batch.pop(f"{name}_pos")]
             loss = model(batch)
             opt.zero_grad()
             loss.backward()
@@ -282,7 +327,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
     train_interactions = split.fit
     users = sorted(set(train_interactions.column("user_id").to_pylist()))
     user_index = {u: k for k, u in enumerate(users)}
-    ds = training_dataset(repo, train_interactions, item_index, user_index)
+    ds, tables = training_dataset(repo, train_interactions, item_index, user_index)
     if t.num_workers * t.cpus_per_worker > ray.cluster_resources().get("CPU", 0) - 1:
         # The workers leave no CPU for the dataset's map tasks, which would wait for ever:
         # run them now, before the workers take the cluster (the rows then sit in the object store).
@@ -315,6 +360,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
             "seed": cfg.seed, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
             "weight_decay": t.weight_decay, "fingerprint": fingerprint, "fault": fault,
             "model": model_kwargs, "valid": None if valid is None else ray.put(valid),
+            "tables": tables,
             "metric": t.early_stopping_metric, "patience": t.early_stopping_patience,
         },
         datasets={"train": ds},

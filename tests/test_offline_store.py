@@ -251,3 +251,41 @@ def test_feast_cli_uses_the_plugin(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert STORE_TYPE in out.stdout and "ray_min_rows" in out.stdout
+
+
+@pytest.mark.parametrize("ray_min_rows", [1_000_000, 0])
+def test_by_position_points_at_the_gathered_values(store, ray_session, ray_min_rows):
+    """`to_ray_dataset(by_position=...)`: the view's rows carry positions into feature_values();
+    looking them up gives exactly what the gathering path returns."""
+    import ray
+
+    from llmrec_ray.featurestore import embedding_matrix
+    from llmrec_ray.retrieval import position_column
+
+    job = store.get_historical_features(entity_df=ENTITY, features=REFS, full_feature_names=True)
+    job._config = job._config.model_copy(update={"ray_min_rows": ray_min_rows})
+    rows = job.to_ray_dataset(by_position=("recent",)).to_pandas()
+    assert "recent__vec" not in rows.columns
+    assert [None if pd.isna(v) else int(v) for v in rows["rated__score"]] == WANT_SCORE
+    pos = rows[position_column("recent")].to_numpy()
+    assert ((pos >= 0) == [n is not None for n in WANT_N]).all()
+    values = ray.get(job.feature_values()["recent"])
+    assert values.column_names == ["recent__vec", "recent__n"]
+    vectors = embedding_matrix(values.column("recent__vec"))
+    want = [[1, 0], [1, 0], None, None, None, None, [2, 2], [0, 1]]
+    assert [list(vectors[p]) if p >= 0 else None for p in pos] == want
+    with pytest.raises(ValueError, match="not views of this retrieval"):
+        job.to_ray_dataset(by_position=("nope",))
+
+
+def test_training_batch_names_the_row_without_a_feature():
+    from llmrec_ray.retrieval import position_column
+    from llmrec_ray.train import to_training_batch
+
+    batch = pa.table({"row_id": [7, 8], "item_idx": [0, 1],
+                      position_column("user_history_embedding"): [3, -1],
+                      position_column("item_text_embedding"): [0, 1]})
+    with pytest.raises(ValueError, match="row_id 8: no user_history_embedding__embedding"):
+        to_training_batch(batch)
+    ok = to_training_batch(batch.set_column(2, position_column("user_history_embedding"), pa.array([3, 4])))
+    assert ok["user_emb_pos"].tolist() == [3, 4] and ok["item_emb_pos"].tolist() == [0, 1]
