@@ -71,11 +71,12 @@ def build_repo(repo: Path, users: int, snapshots: int, dim: int, seed: int,
     n = int(counts.sum())
     owner = np.repeat(np.arange(users), counts)
     user_ids = owner.astype(str)
-    offsets = rng.integers(0, DAYS * 86_400, n)
+    offsets = rng.integers(0, DAYS * 86_400 * 1_000_000, n)  # microseconds
     offsets = offsets[np.lexsort((offsets, owner))]
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     offsets[first] = 0  # every user's first snapshot at the start: every row finds one
-    ts = pa.array((int(T0.timestamp()) + offsets) * 1_000_000, pa.int64()).cast(TIMESTAMP)
+    offsets += np.arange(n) - np.repeat(first, counts)  # +1 us per rank: one row per (user, time)
+    ts = pa.array(int(T0.timestamp()) * 1_000_000 + offsets, pa.int64()).cast(TIMESTAMP)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     emb = pa.ListArray.from_arrays(pa.array(np.arange(0, n * dim + 1, dim, dtype=np.int32)),
                                    pa.array(vectors.reshape(-1)))
