@@ -147,13 +147,26 @@ def model_scores(model, inputs: dict[str, torch.Tensor]) -> np.ndarray:
                            inputs.get("item_idx") if hybrid else None).float().cpu().numpy()
 
 
+QUERY_CHUNK = 1024  # queries scored at a time: (chunk, I) scores, never (Q, I)
+
+
+def model_top_k(model, inputs: dict[str, torch.Tensor], mask: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) top items of a two-tower / hybrid model, scored QUERY_CHUNK queries at a time."""
+    per_query = ("user_emb", "user_extra", "user_idx")
+    n = len(inputs["user_emb"])
+    out = np.full((n, k), -1, dtype=np.int64)
+    for lo in range(0, n, QUERY_CHUNK):
+        part = {name: (v[lo:lo + QUERY_CHUNK] if name in per_query else v) for name, v in inputs.items()}
+        out[lo:lo + QUERY_CHUNK] = top_k(model_scores(model, part), mask[lo:lo + QUERY_CHUNK], k)
+    return out
+
+
 def validation_score(model, valid: dict, metric: str) -> float:
     """`metric` (e.g. "ndcg@20") of `model` on prepared validation queries (`train.validation_data`)."""
     k = int(metric.split("@")[1])
-    inputs = {name: torch.from_numpy(v) for name, v in valid["inputs"].items()}
     device = next(model.parameters()).device
-    scores = model_scores(model, {name: v.to(device) for name, v in inputs.items()})
-    return ranking_metrics(top_k(scores, valid["mask"], k), valid["truth"], [k])[metric]
+    inputs = {name: torch.from_numpy(v).to(device) for name, v in valid["inputs"].items()}
+    return ranking_metrics(model_top_k(model, inputs, valid["mask"], k), valid["truth"], [k])[metric]
 
 
 def query_times_us(queries: pd.DataFrame) -> np.ndarray:
@@ -178,28 +191,30 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     k_max = max(ks)
 
     name = "hybrid" if getattr(model, "hybrid", False) else "two_tower"
-    scores: dict[str, np.ndarray] = {name: model_scores(model, inputs)}
+    # each model's (Q, I) scores are ranked as soon as they exist, then dropped: one at a time
+    ranked: dict[str, np.ndarray] = {name: model_top_k(model, inputs, mask, k_max)}
     fit_users = sorted(set(split.fit.column("user_id").to_pylist()))
     for name in available_baselines(baselines):
         start = time.perf_counter()
         if name == "popularity":
-            scores[name] = base.popularity(split.fit, users, item_ids)
+            scores = base.popularity(split.fit, users, item_ids)
         elif name == "bpr_mf":
-            scores[name] = base.rows_for(base.bpr_mf(split.fit, fit_users, item_ids, seed=seed),
-                                         fit_users, users)
+            scores = base.rows_for(base.bpr_mf(split.fit, fit_users, item_ids, seed=seed),
+                                   fit_users, users)
         elif name == "implicit_als":
-            scores[name] = base.implicit_als(split.fit, fit_users, item_ids, seed=seed,
-                                             histories=queries["seen"].tolist())
+            scores = base.implicit_als(split.fit, fit_users, item_ids, seed=seed,
+                                       histories=queries["seen"].tolist())
         elif name == "zero_shot_cosine":
-            scores[name] = base.zero_shot_cosine(inputs["user_emb"].numpy(), inputs["item_emb"].numpy())
-        logger.info("baseline %s fitted and scored in %.1fs", name, time.perf_counter() - start)
+            scores = base.zero_shot_cosine(inputs["user_emb"].numpy(), inputs["item_emb"].numpy())
+        ranked[name] = top_k(scores, mask, k_max)
+        del scores
+        logger.info("baseline %s fitted, scored and ranked in %.1fs", name, time.perf_counter() - start)
     groups = slices(truth, split.fit, users, item_ids, light_user_max,
                     new_users=split.protocol == "global-temporal")
     results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in groups}
-    for name, sc in scores.items():
-        ranked = top_k(sc, mask, k_max)
+    for name, top in ranked.items():
         for slice_name, slice_truth in groups.items():
-            results[slice_name][name] = ranking_metrics(ranked, slice_truth, ks)
+            results[slice_name][name] = ranking_metrics(top, slice_truth, ks)
     return results
 
 

@@ -12,19 +12,41 @@ import numpy as np
 METRICS = ("recall", "ndcg", "hr", "precision", "f1", "mrr")
 
 
+CHUNK_CELLS = 1 << 22  # scores ranked at a time (rows x items): bounds top_k's temporaries
+
+
 def top_k(scores: np.ndarray, mask: np.ndarray | None, k: int) -> np.ndarray:
-    """(U, I) scores, (U, I) bool mask (True = excluded) -> (U, k) item indices, -1 padded."""
-    s = np.asarray(scores, dtype=np.float64).copy()
-    if mask is not None:
-        s[mask] = -np.inf
-    k_eff = min(k, s.shape[1])
-    # stable sort on -score: equal scores keep item-index order
-    idx = np.argsort(-s, axis=1, kind="stable")[:, :k_eff]
-    picked = np.take_along_axis(s, idx, axis=1)
-    idx = np.where(np.isneginf(picked), -1, idx)
-    if k_eff < k:
-        idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
-    return idx
+    """(U, I) scores, (U, I) bool mask (True = excluded) -> (U, k) item indices, -1 padded.
+
+    Exact (ties by the lower item index) and in row chunks of about CHUNK_CELLS scores, so the
+    temporaries stay small whatever U: a partition finds each row's k-th best score, and only the
+    items at or above it (ties included) are sorted."""
+    scores = np.asarray(scores)
+    n_rows, n_items = scores.shape
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    step = max(1, CHUNK_CELLS // max(n_items, 1))
+    for lo in range(0, n_rows, step):
+        hi = min(n_rows, lo + step)
+        s = scores[lo:hi].astype(np.float64, copy=True)
+        if mask is not None:
+            s[mask[lo:hi]] = -np.inf
+        out[lo:hi] = _top_k_rows(s, k)
+    return out
+
+
+def _top_k_rows(s: np.ndarray, k: int) -> np.ndarray:
+    rows, n_items = s.shape
+    k_eff = min(k, n_items)
+    out = np.full((rows, k), -1, dtype=np.int64)
+    if k_eff == 0 or rows == 0:
+        return out
+    kth = -np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1]  # (R,) k-th best score of each row
+    for r in range(rows):
+        cand = np.flatnonzero(s[r] >= kth[r])  # ascending item index: ties keep that order
+        order = cand[np.argsort(-s[r, cand], kind="stable")][:k_eff]
+        order = order[~np.isneginf(s[r, order])]
+        out[r, :len(order)] = order
+    return out
 
 
 def ranking_metrics(topk: np.ndarray, truth: list[set[int]], ks: list[int]) -> dict[str, float]:
