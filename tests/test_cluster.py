@@ -1,5 +1,6 @@
 """The project on a real multi-node Ray cluster, driven as a user drives it: a job submitted to the
-head's job server builds the features on a head and two worker nodes.
+head's job server builds the features on a head and two worker nodes, then a second job trains
+on them (retrieved through the project's offline-store plugin) on the same cluster.
 
 `ray.cluster_utils.Cluster` starts real node processes (GCS, raylets, the dashboard's job server)
 on loopback, each node with its own resources; one worker carries a logical GPU. The cluster runs
@@ -7,8 +8,8 @@ in a child process (`python tests/test_cluster.py <tmp>`): the pytest process al
 session's local Ray, and a Ray driver connects to one cluster only. The child submits
 `jobs/build_features.py` with `JobSubmissionClient` (a working dir and env vars, as
 `ray job submit` sends them), watches on which node each encoder actor runs, waits for the job and
-collects its status, logs and summary; the test compares the features the job wrote with the
-session's single-node reference build.
+collects its status, logs and summary, then submits `jobs/train.py`; the test compares the
+features the job wrote with the session's single-node reference build and checks the training.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ def _watch_encoders(raylets: dict[int, str], seen: dict[int, str], stop: threadi
         time.sleep(0.3)
 
 
-def _submit(client, config: Path) -> str:
+def _submit(client, config: Path, job: str = "build_features") -> str:
     for attempt in range(30):  # the head's job agent takes a moment to come up
         try:
             return client.submit_job(
                 # this interpreter: the job's `python` would be whatever PATH finds first (in CI
                 # the virtualenv is not activated); on a real cluster, the image's python
-                entrypoint=f"{sys.executable} jobs/build_features.py --config {config}",
+                entrypoint=f"{sys.executable} jobs/{job}.py --config {config}",
                 runtime_env={"working_dir": str(ROOT),
                              "env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}})
         except RuntimeError as e:
@@ -67,7 +68,10 @@ def run_cluster(tmp: Path) -> dict:
 
     # two encoder actors (and two tokenizers): enough to spread over nodes; each more costs seconds
     # of model loading on the two cores that carry all three nodes
-    config = write_config(tmp, "job", {"encode": {"num_actors": 2}})
+    # then a training job on the same cluster, through the offline-store plugin: two epochs, on
+    # the CPUs (the GPU of the second node is logical only), without the tower export
+    config = write_config(tmp, "job", {"encode": {"num_actors": 2},
+                                       "train": {"epochs": 2, "use_gpu": False, "export": False}})
     # Each worker node its own temp dir, as each machine of a cluster has its own disk: a node
     # unpacks the job's working dir afresh (rmtree, unzip) into its temp dir, which on one shared
     # dir pulls the files from under the running driver. (Short paths: Ray's unix sockets live
@@ -91,17 +95,24 @@ def run_cluster(tmp: Path) -> dict:
         watcher = threading.Thread(target=_watch_encoders, args=(raylets, seen, stop), daemon=True)
         watcher.start()
         client = JobSubmissionClient(f"http://{cluster.head_node.address_info['webui_url']}")
-        job_id = _submit(client, config)
-        deadline = time.time() + 600
-        status = client.get_job_status(job_id)
-        while time.time() < deadline and not status.is_terminal():
-            time.sleep(1)
+        def run(job: str) -> tuple[str, object]:
+            job_id = _submit(client, config, job)
+            deadline = time.time() + 600
             status = client.get_job_status(job_id)
+            while time.time() < deadline and not status.is_terminal():
+                time.sleep(1)
+                status = client.get_job_status(job_id)
+            return job_id, status
+
+        job_id, status = run("build_features")
         stop.set()
         watcher.join()
+        train_id, train_status = run("train") if status == JobStatus.SUCCEEDED else (None, None)
         summary = tmp / "job_runs" / "job" / "summary.json"
         return {"status": str(status), "succeeded": status == JobStatus.SUCCEEDED,
                 "logs": client.get_job_logs(job_id)[-20000:], "entrypoint": client.get_job_info(job_id).entrypoint,
+                "train_succeeded": train_status == JobStatus.SUCCEEDED,
+                "train_logs": client.get_job_logs(train_id)[-20000:] if train_id else "",
                 "summary": json.loads(summary.read_text()) if summary.exists() else None,
                 "nodes": len(set(raylets.values())), "encoder_nodes": sorted(set(seen.values())),
                 "resources": {k: resources.get(k) for k in ("CPU", "GPU")}}
@@ -136,6 +147,12 @@ def test_job_on_three_nodes_builds_the_features_of_one_node(tmp_path, reference_
     assert build["encode"]["encoded"] == reference_build["summary"]["encode"]["encoded"]
     assert build["views"] == reference_build["summary"]["views"]
     assert_same_views(read_views(tmp_path / "job_repo"), reference_build["views"])
+
+    # a training job on the same cluster trains on the features retrieved through the plugin
+    assert out["train_succeeded"], out["train_logs"][-3000:]
+    train = out["summary"]["train"]
+    assert train["rows"] == train["split"]["fit"] > 0 and train["epochs_run"] == 2
+    assert "[train]" in out["train_logs"] and train["final_loss"] == train["final_loss"]  # not NaN
 
 
 if __name__ == "__main__":
