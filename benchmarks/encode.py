@@ -27,13 +27,34 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class PeakRSS:
+class _Sampler:
+    """Calls `self._tick()` every 0.2 s in a thread between __enter__ and __exit__."""
+
+    def __enter__(self):
+        def loop():
+            tick = 0
+            while not self._stop:
+                self._tick(tick)
+                tick += 1
+                time.sleep(0.2)
+
+        self._stop = False
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+
+
+class PeakRSS(_Sampler):
     """Peak resident memory of this process and of every Ray worker, sampled in a thread."""
 
     def __init__(self, ray_workers: bool):
         import psutil
 
-        self.psutil, self.ray_workers, self.peak, self._stop = psutil, ray_workers, 0, False
+        self.psutil, self.ray_workers, self.peak, self._workers_seen = psutil, ray_workers, 0, []
 
     def _workers(self) -> list:
         return [p for p in self.psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("ray::")]
@@ -47,31 +68,17 @@ class PeakRSS:
                 pass
         return total
 
-    def __enter__(self):
-        def loop():
-            tick = 0
-            workers: list = []
-            while not self._stop:
-                if self.ray_workers and tick % 5 == 0:  # look for new workers once a second
-                    workers = self._workers()
-                self.peak = max(self.peak, self._sample(workers))
-                tick += 1
-                time.sleep(0.2)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
+    def _tick(self, tick: int) -> None:
+        if self.ray_workers and tick % 5 == 0:  # look for new workers once a second
+            self._workers_seen = self._workers()
+        self.peak = max(self.peak, self._sample(self._workers_seen))
 
     @property
     def mb(self) -> float:
         return round(self.peak / 2**20, 1)
 
 
-class PeakMemory:
+class PeakMemory(_Sampler):
     """Peak memory of this process and all its descendants (with a local Ray: the GCS, the
     raylet holding the object store, and every worker), sampled every 0.2 s in a thread, two ways:
     `rss_mb`, the sum of resident sizes (shared pages, e.g. object-store blocks every worker
@@ -81,7 +88,7 @@ class PeakMemory:
     def __init__(self):
         import psutil
 
-        self.psutil, self.rss, self.pss, self._stop = psutil, 0, 0, False
+        self.psutil, self.rss, self.pss = psutil, 0, 0
 
     def _sample(self) -> tuple[int, int]:
         me = self.psutil.Process()
@@ -95,20 +102,9 @@ class PeakMemory:
                 pass
         return rss, pss
 
-    def __enter__(self):
-        def loop():
-            while not self._stop:
-                rss, pss = self._sample()
-                self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
-                time.sleep(0.2)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
+    def _tick(self, tick: int) -> None:
+        rss, pss = self._sample()
+        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
 
     @property
     def rss_mb(self) -> float:

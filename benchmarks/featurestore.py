@@ -36,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode import PeakRSS  # noqa: E402  (the same memory sampler as the encode benchmark)
+from variants import run_child  # noqa: E402
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 DAYS = 180
@@ -256,16 +257,8 @@ def main() -> None:
         print(f"[setup] repo with {args.users * args.snapshots:,} snapshot rows in "
               f"{time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
         for name in args.variants.split(","):
-            cmd = [sys.executable, __file__, "--variant", name, "--repo", str(repo)] + [
-                a for k in ("rows", "users", "snapshots", "dim", "store", "cpus", "seed")
-                for a in (f"--{k}", str(getattr(args, k)))]
-            print(f"[{name}] running", file=sys.stderr, flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
-            out = json.loads(proc.stdout.strip().splitlines()[-1])
-            results["variants"][name] = out
-            print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
+            results["variants"][name] = run_child(
+                __file__, name, repo, args, ("rows", "users", "snapshots", "dim", "store", "cpus", "seed"))
     v = results["variants"]
     if "feast" in v and "merge_asof" in v:
         results["ratios"] = {

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +42,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode import PeakMemory  # noqa: E402
 from featurestore import build_repo, entity_rows, snapshot_counts  # noqa: E402
+from variants import child_main, run_child  # noqa: E402
 
 VIEW = "user_history_embedding"
 SKIP_ABOVE = {"reference_asof": 2_000_000, "feast_file": 1_000_000}
@@ -102,8 +101,8 @@ def run_project(repo: Path, args) -> dict:
     warm, *_ = consume()
     ray.shutdown()
     assert rows == args.rows and present == rows and dim == args.dim, (rows, present, dim)
-    return {"wall_s": wall, "rows": rows, "warm_wall_s": warm,
-            "path": "ray" if args.rows >= 1_000_000 else "in-process"}
+    on_ray = args.rows >= r.store.config.offline_store.ray_min_rows
+    return {"wall_s": wall, "rows": rows, "warm_wall_s": warm, "path": "ray" if on_ray else "in-process"}
 
 
 def run_feast_file(repo: Path, args) -> dict:
@@ -147,11 +146,7 @@ def main() -> None:
     p.add_argument("--repo", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:  # child process
-        with PeakMemory() as mem:
-            out = RUNNERS[args.variant](Path(args.repo), args)
-        out["peak_pss_mb"], out["peak_rss_mb"] = mem.pss_mb, mem.rss_mb
-        out["rows_per_s"] = out["rows"] / out["wall_s"]
-        print(json.dumps(out))
+        child_main(RUNNERS, args)
         return
     if not args.out:
         p.error("--out is required")
@@ -171,16 +166,8 @@ def main() -> None:
                 results["skipped"][name] = f"above {SKIP_ABOVE[name]:,} rows"
                 print(f"[{name}] skipped above {SKIP_ABOVE[name]:,} rows", file=sys.stderr, flush=True)
                 continue
-            cmd = [sys.executable, __file__, "--variant", name, "--repo", str(repo)] + [
-                a for k in ("rows", "users", "snapshots", "shape", "dim", "cpus", "seed")
-                for a in (f"--{k}", str(getattr(args, k)))]
-            print(f"[{name}] running", file=sys.stderr, flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
-            out = json.loads(proc.stdout.strip().splitlines()[-1])
-            results["variants"][name] = out
-            print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
+            results["variants"][name] = run_child(
+                __file__, name, repo, args, ("rows", "users", "snapshots", "shape", "dim", "cpus", "seed"))
     v = results["variants"]
     ratios = {}
     if "project" in v and "reference_asof" in v:

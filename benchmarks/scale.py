@@ -41,13 +41,15 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode import _Sampler  # noqa: E402  (the sampling thread of the memory samplers)
+
 ACTORS = (1, 2, 4)
 
 
@@ -60,7 +62,7 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-class Usage:
+class Usage(_Sampler):
     """Peak resident memory and CPU time of this process and its descendants, sampled every 0.2 s
     in a thread. The simulated nodes are children of this process, so the cluster's processes are
     its descendants (Ray instances of other programs on the machine are not counted).
@@ -74,7 +76,7 @@ class Usage:
     def __init__(self):
         import psutil
 
-        self.psutil, self.peak, self._stop = psutil, 0, False
+        self.psutil, self.peak = psutil, 0
         self._base: dict[int, float] = {}
         self._last: dict[int, float] = {}
 
@@ -103,19 +105,13 @@ class Usage:
                 self._base[p.pid] = self._cpu(p)
             except self.psutil.Error:
                 pass
+        return super().__enter__()
 
-        def loop():
-            while not self._stop:
-                self.peak = max(self.peak, self._sample())
-                time.sleep(0.2)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
+    def _tick(self, tick: int) -> None:
+        self.peak = max(self.peak, self._sample())
 
     def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
+        super().__exit__(*exc)
         self._sample()
 
     @property

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode import PeakMemory  # noqa: E402
 from featurestore import DAYS, T0, build_repo  # noqa: E402
+from variants import child_main, run_child  # noqa: E402
 
 
 def interactions(args):
@@ -156,12 +155,8 @@ def main() -> None:
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--repo", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.variant:
-        with PeakMemory() as mem:
-            out = RUNNERS[args.variant](Path(args.repo), args)
-        out["peak_pss_mb"], out["peak_rss_mb"] = mem.pss_mb, mem.rss_mb
-        out["rows_per_s"] = out["rows"] / out["wall_s"]
-        print(json.dumps(out))
+    if args.variant:  # child process
+        child_main(RUNNERS, args)
         return
     if not args.out:
         p.error("--out is required")
@@ -172,15 +167,9 @@ def main() -> None:
         repo = Path(tmp) / "feature_repo"
         build_repo(repo, args.users, args.snapshots, args.dim, args.seed, items=args.items)
         for name in args.variants.split(","):
-            cmd = [sys.executable, __file__, "--variant", name, "--repo", str(repo)] + [
-                a for k in ("rows", "users", "snapshots", "items", "dim", "batch_size", "cpus", "seed")
-                for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
-            print(f"[{name}] running", file=sys.stderr, flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
-            results["variants"][name] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"[{name}] {json.dumps(results['variants'][name])}", file=sys.stderr, flush=True)
+            results["variants"][name] = run_child(
+                __file__, name, repo, args,
+                ("rows", "users", "snapshots", "items", "dim", "batch_size", "cpus", "seed"))
     v = results["variants"]
     if "ray_train" in v and "plain" in v:
         results["ratios"] = {f"{k}_over_plain_rows_per_s": v[k]["rows_per_s"] / v["plain"]["rows_per_s"]

@@ -112,7 +112,7 @@ def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: lis
     ID indices (from `model_dir`, or `user_index` / `trained_items`): users and items the fit rows
     never saw get -1, the unknown ID."""
     from llmrec_ray.featurestore import USER_STATS_VIEW, embedding_matrix
-    from llmrec_ray.train import item_id_index, user_extra_features, user_id_index
+    from llmrec_ray.model_inputs import item_id_index, user_extra_features, user_id_index
 
     df = pd.DataFrame({"row_id": np.arange(len(users)), "user_id": users,
                        "event_timestamp": pd.to_datetime(times, utc=True)})

@@ -2,8 +2,9 @@
 
 `FeatureRepo` wraps one Feast repo directory (feature_store.yaml + declarations in features.py;
 data under data/). Writes are atomic (temp file, then rename). Every materialization is followed by
-a count check against the online store, and every historical retrieval by a row-count check, because
-Feast has been seen to swallow write errors and to collapse repeated entity rows (DESIGN.md).
+a count check against the online store, because Feast has been seen to swallow write errors.
+Historical retrieval goes through the project's offline store (`offline_store.py`), which keeps
+one output row per entity row by construction.
 """
 
 from __future__ import annotations

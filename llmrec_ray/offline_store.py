@@ -124,23 +124,33 @@ class LlmrecRetrievalJob(RetrievalJob):
         return self._odfvs
 
     # ---- entity rows -----------------------------------------------------------------------
-    def _entity_table(self) -> pa.Table | None:
-        """The entity rows when they are an in-memory table (or a parquet path read here)."""
-        if isinstance(self._entity, pa.Table):
-            return self._entity
-        if isinstance(self._entity, str):
-            self._entity = pq.read_table(self._entity)
-            return self._entity
-        return None
+    def _parquet(self):
+        """The entity rows' parquet (a path or URI), as a pyarrow dataset: schema and row count
+        from the footers, nothing read yet."""
+        import pyarrow.dataset as pads
+
+        return pads.dataset(self._entity, format="parquet", partitioning="hive")
 
     def _local(self) -> bool:
-        table = self._entity_table() if not _is_dataset(self._entity) else None
-        return table is not None and table.num_rows < self._config.ray_min_rows
+        """Whether the positions are computed in this process (in-memory or parquet entity rows
+        below `ray_min_rows`); a Ray Dataset always stays on Ray."""
+        if _is_dataset(self._entity):
+            return False
+        rows = self._parquet().count_rows() if isinstance(self._entity, str) else self._entity.num_rows
+        return rows < self._config.ray_min_rows
+
+    def _entity_table(self) -> pa.Table:
+        """The entity rows in this process (the in-process path only)."""
+        if isinstance(self._entity, str):
+            self._entity = self._parquet().to_table()
+        return self._entity
 
     def _ts_col(self) -> str:
-        schema = self._entity.schema() if _is_dataset(self._entity) else self._entity_table().schema
-        if not isinstance(schema, pa.Schema):  # ray.data.Schema
-            schema = schema.base_schema
+        if _is_dataset(self._entity):
+            schema = self._entity.schema()
+            schema = schema if isinstance(schema, pa.Schema) else schema.base_schema  # ray.data.Schema
+        else:
+            schema = self._parquet().schema if isinstance(self._entity, str) else self._entity.schema
         return entity_timestamp_column(schema)
 
     def _local_positions(self, table: pa.Table) -> list[np.ndarray]:
@@ -223,11 +233,14 @@ class LlmrecRetrievalJob(RetrievalJob):
         return self._feature_refs
 
     def _entity_dataset(self):
+        """The entity rows as a Ray Dataset (a parquet path is read by Ray tasks, not here)."""
         import ray
 
         if _is_dataset(self._entity):
             return self._entity
-        return ray.data.from_arrow(_blocks(self._entity_table(), self._config.block_rows))
+        if isinstance(self._entity, str):
+            return ray.data.read_parquet(self._entity)
+        return ray.data.from_arrow(_blocks(self._entity, self._config.block_rows))
 
     def persist(self, storage, allow_overwrite: bool = False, timeout: int | None = None):
         import os
@@ -249,13 +262,14 @@ class LlmrecRetrievalJob(RetrievalJob):
     def metadata(self) -> RetrievalMetadata | None:
         if self._metadata is None:
             ts_col = self._ts_col()
-            if _is_dataset(self._entity):
-                names = self._entity.schema().names
-                lo, hi = self._entity.min(ts_col), self._entity.max(ts_col)
-            else:
+            if self._local():
                 table = self._entity_table()
                 names = table.column_names
                 lo, hi = (v.as_py() for v in pc.min_max(table.column(ts_col)).values())
+            else:
+                ds = self._entity_dataset()
+                names = ds.schema().names
+                lo, hi = ds.min(ts_col), ds.max(ts_col)
             self._metadata = RetrievalMetadata(features=self._refs,
                                                keys=[c for c in names if c != ts_col],
                                                min_event_timestamp=lo, max_event_timestamp=hi)

@@ -16,7 +16,7 @@ import torch
 
 from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
                                      USER_STATS_VIEW, FeatureRepo, embedding_matrix)
-from llmrec_ray.train import item_id_index, user_extra_features, user_id_index
+from llmrec_ray.model_inputs import item_id_index, user_extra_features, user_id_index
 
 
 STATS = ["n_interactions", "mean_rating", "n_30d", "last_interaction_unix"]

@@ -77,22 +77,15 @@ class ViewPlan:
 
 
 def fixed_size(col: pa.Array) -> pa.Array:
-    """A list<float> column whose non-null rows all have one length d -> fixed_size_list<float32, d>
-    (numpy-ready); any other column unchanged."""
-    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
-        return col
-    if not pa.types.is_floating(col.type.value_type):
-        return col
-    lengths = pc.list_value_length(col).drop_null()
-    if len(lengths) == 0:
-        return col
-    lo, hi = pc.min_max(lengths).values()
+    """A list<float> column without nulls whose rows all have one length d ->
+    fixed_size_list<float32, d> (numpy-ready); any other column unchanged."""
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or \
+            not pa.types.is_floating(col.type.value_type) or col.null_count or len(col) == 0:
+        return col  # (a null vector has no values to flatten: it stays a variable-length list)
+    lo, hi = pc.min_max(pc.list_value_length(col)).values()
     if lo.as_py() != hi.as_py() or lo.as_py() == 0:
         return col
-    d = lo.as_py()
-    values = pc.list_flatten(col).cast(pa.float32())
-    return pa.FixedSizeListArray.from_arrays(values, d, mask=col.is_null()) if col.null_count else \
-        pa.FixedSizeListArray.from_arrays(values, d)
+    return pa.FixedSizeListArray.from_arrays(pc.list_flatten(col).cast(pa.float32()), lo.as_py())
 
 
 def gather(features: pa.Table, positions: np.ndarray) -> pa.Table:

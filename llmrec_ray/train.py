@@ -18,11 +18,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 
 from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, FeatureRepo
+from llmrec_ray.model_inputs import (USER_EXTRA_DIM, item_id_index,  # noqa: F401  (re-exported)
+                                     user_extra_features, user_id_index)
 from llmrec_ray.models.two_tower import TwoTower
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ USER_EMB = f"{USER_HISTORY_VIEW}__embedding"
 ITEM_EMB = f"{ITEM_TEXT_VIEW}__embedding"
 MODEL_FILE = "model.pt"
 
-USER_EXTRA_DIM = 4
 
 
 def entity_rows(interactions: pa.Table, item_index: dict[str, int],
@@ -55,24 +55,6 @@ def entity_rows(interactions: pa.Table, item_index: dict[str, int],
     if user_index is not None:
         out = out.append_column("user_idx", positions(out.column("user_id"), user_index))
     return out
-
-
-def user_extra_features(frame) -> np.ndarray:
-    """User statistics as of each row (Feast's user_stats columns, a pandas frame or an Arrow
-    table) -> (N, 4) float32: log counts, mean rating / 5, log days since the last interaction
-    (0 for a user without one)."""
-    def col(name):
-        c = frame[name] if isinstance(frame, pd.DataFrame) else frame.column(name).to_pandas()
-        return c.fillna(0).to_numpy(np.float64)
-
-    n = col(f"{USER_STATS_VIEW}__n_interactions")
-    mean = col(f"{USER_STATS_VIEW}__mean_rating")
-    n30 = col(f"{USER_STATS_VIEW}__n_30d")
-    last = col(f"{USER_STATS_VIEW}__last_interaction_unix")
-    ts = frame["event_timestamp"] if isinstance(frame, pd.DataFrame) else frame.column("event_timestamp").to_pandas()
-    now = pd.to_datetime(ts, utc=True).astype("datetime64[us, UTC]").astype("int64").to_numpy() / 1e6
-    days = np.where(n > 0, np.maximum(now - last, 0) / 86_400, 0.0)
-    return np.stack([np.log1p(n), mean / 5.0, np.log1p(n30), np.log1p(days)], axis=1).astype(np.float32)
 
 
 # model input -> (feature view, its embedding column in the retrieval's output)
@@ -410,19 +392,6 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
                 summary["rows"], summary["first_loss"] or float("nan"), summary["final_loss"],
                 summary["best_epoch"], key, train_state["valid"])
     return summary
-
-
-def user_id_index(model_dir: Path, users: list[str]) -> torch.Tensor:
-    """Hybrid ID rows of `users`; -1 (the unknown ID) for a user absent from the training rows."""
-    known = {u: k for k, u in enumerate(json.loads((model_dir / "users.json").read_text()))}
-    return torch.tensor([known.get(u, -1) for u in users], dtype=torch.long)
-
-
-def item_id_index(model_dir: Path, item_ids: list[str]) -> torch.Tensor:
-    """Hybrid ID rows of `item_ids`; -1 (the unknown ID) for an item without training interactions."""
-    position = {i: k for k, i in enumerate(json.loads((model_dir / "items.json").read_text()))}
-    trained = set(json.loads((model_dir / "trained_items.json").read_text()))
-    return torch.tensor([position.get(i, -1) if i in trained else -1 for i in item_ids], dtype=torch.long)
 
 
 def load_model(run_dir: Path) -> TwoTower:

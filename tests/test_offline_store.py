@@ -289,3 +289,14 @@ def test_training_batch_names_the_row_without_a_feature():
         to_training_batch(batch)
     ok = to_training_batch(batch.set_column(2, position_column("user_history_embedding"), pa.array([3, 4])))
     assert ok["user_emb_pos"].tolist() == [3, 4] and ok["item_emb_pos"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("ray_min_rows", [1_000_000, 0])
+def test_a_parquet_path_as_entity_rows(store, ray_session, tmp_path, ray_min_rows):
+    """A parquet path: read here below ray_min_rows, by Ray tasks from it (never in the driver)."""
+    path = tmp_path / "entity.parquet"
+    pq.write_table(pa.Table.from_pandas(ENTITY, preserve_index=False), path)
+    job = store.get_historical_features(entity_df=str(path), features=REFS, full_feature_names=True)
+    job._config = job._config.model_copy(update={"ray_min_rows": ray_min_rows})
+    check(job.to_ray_dataset().to_pandas())
+    assert isinstance(job._entity, str) == (ray_min_rows == 0)  # the Ray path left it on disk
