@@ -2,11 +2,14 @@
 
 The stage chain of DESIGN.md up to the feature repository. Also saves the accepted canonical tables
 and the rejects ledger under the run directory, so the later stages (train, evaluate, recommend)
-read exactly the rows the features were built from.
+read exactly the rows the features were built from. Under evaluate.protocol given the saved
+interactions keep their `split` column and the features come from the train rows only
+(`feature_dataset`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -99,13 +102,29 @@ def stats_tables(ds: Dataset, views: dict[str, pa.Table], fs_cfg) -> dict[str, p
             ITEM_STATS_VIEW: item_stats(ds.interactions, views[ITEM_TEXT_VIEW], every, min_rows)}
 
 
+def feature_dataset(ds: Dataset, protocol: str) -> Dataset:
+    """The rows the features are built from: every interaction, or under evaluate.protocol given
+    the train rows only (no validation or test row reaches a user snapshot or a statistic)."""
+    if protocol != "given":
+        return ds
+    inter = ds.interactions
+    if "split" not in inter.column_names:
+        raise ValueError("evaluate.protocol given: the interactions carry no split")
+    train = inter.filter(pc.equal(inter.column("split"), "train")).drop_columns(["split"])
+    if train.num_rows == 0:
+        raise ValueError("evaluate.protocol given: no train interactions accepted")
+    return dataclasses.replace(ds, interactions=train)
+
+
 def build_features(cfg) -> dict:
     """The whole feature build; returns the summary (row counts per stage)."""
-    ds = load_dataset(cfg.data)
+    ds = load_dataset(cfg.data, given_split=cfg.evaluate.protocol == "given")
     summary = {"data": ds.summary()}
     for table, c in summary["data"].items():
         logger.info("%s: %d in = %d accepted + %d rejected", table, c["in"], c["accepted"], c["rejected"])
     save_dataset(ds, cfg.run_dir)
+    ds = feature_dataset(ds, cfg.evaluate.protocol)
+    summary["feature_interactions"] = ds.interactions.num_rows
     views, stats = feature_tables(ds, cfg)
     summary["encode"] = stats
     views.update(stats_tables(ds, views, cfg.featurestore))

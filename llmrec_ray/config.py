@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmrec_ray.stats import RAY_MIN_ROWS
 
@@ -45,11 +45,19 @@ class DataConfig(Strict):
         "synthetic", description="Loader to use.")
     path: str | None = Field(None, description="Dataset directory (MovieLens) or unused (synthetic). "
                              "`${VAR:-default}` is expanded from the environment.")
-    interactions: str | None = Field(None, description="generic: parquet/CSV file of interactions.")
+    interactions: str | None = Field(None, description="generic: parquet/CSV file of interactions "
+                                     "(with valid_interactions / test_interactions: the training rows).")
+    valid_interactions: str | None = Field(None, description=(
+        "generic, evaluate.protocol given: optional file of the validation interactions (same "
+        "columns as data.interactions); the split then comes from the files, not a split column."))
+    test_interactions: str | None = Field(None, description=(
+        "generic, evaluate.protocol given: file of the test interactions (same columns as "
+        "data.interactions)."))
     items: str | None = Field(None, description="generic: parquet/CSV file of items.")
     users: str | None = Field(None, description="generic: optional parquet/CSV file of users.")
     columns: dict[str, str] = Field(default_factory=dict, description=(
-        "generic: canonical column -> column in the files, e.g. {user_id: uid, event_timestamp: ts}."))
+        "generic: canonical column -> column in the files, e.g. {user_id: uid, event_timestamp: ts}; "
+        "under evaluate.protocol given also `split` (values train, valid / validation / val, test)."))
     timestamp_unit: Literal["s", "ms", "us", "iso"] = Field(
         "s", description="generic: unit of integer timestamps, or iso for ISO-8601 strings.")
     rating_range: tuple[float, float] = Field((0.5, 5.0), description="Accepted rating range; "
@@ -220,11 +228,14 @@ class EvalConfig(Strict):
 
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Last share of each user's "
                                  "interactions (in time order) held out as test.")
-    protocol: Literal["user-temporal", "global-temporal"] = Field("user-temporal", description=(
+    protocol: Literal["user-temporal", "global-temporal", "given"] = Field("user-temporal", description=(
         "user-temporal: per user in time order, the last test_fraction is test, the last "
         "valid_fraction of the rest validation; global-temporal: global cuts at the "
         "global_quantiles of time, every held-out interaction scored with the user's features "
-        "as of just before it (users new after the cut included)."))
+        "as of just before it (users new after the cut included); given: the split comes with "
+        "the data (generic source: a split column or data.valid_interactions / "
+        "test_interactions files), features from the training rows only, one query per user "
+        "after the end of training, training items masked (llmrec_ray.split.given_eval_split)."))
     valid_fraction: float = Field(0.1, ge=0, lt=1, description=(
         "user-temporal: the last share of what remains after the test rows that is validation "
         "(early stopping); 0 = no validation."))
@@ -269,6 +280,18 @@ class Config(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Two-tower training on Ray Train.")
     evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation protocol and cut-offs.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection and local caps.")
+
+    @model_validator(mode="after")
+    def _given_split(self) -> "Config":
+        d = self.data
+        if self.evaluate.protocol == "given" and d.source != "generic":
+            raise ValueError(f"evaluate.protocol given: data.source {d.source} has no split of its "
+                             "own; use data.source generic with a split column (data.columns.split) "
+                             "or data.valid_interactions / data.test_interactions files")
+        if (d.valid_interactions or d.test_interactions) and self.evaluate.protocol != "given":
+            raise ValueError("data.valid_interactions / data.test_interactions are read under "
+                             f"evaluate.protocol given only (it is {self.evaluate.protocol})")
+        return self
 
     @property
     def run_dir(self) -> Path:

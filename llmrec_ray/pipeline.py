@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from llmrec_ray.build import build_features, load_saved_dataset
 from llmrec_ray.evaluate import evaluate, format_table, write_results
 from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo, open_repo
-from llmrec_ray.split import global_temporal_eval_split, user_temporal_eval_split
+from llmrec_ray.split import given_eval_split, global_temporal_eval_split, user_temporal_eval_split
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,15 @@ def feature_repo(cfg) -> FeatureRepo:
 def eval_split(cfg, tables: dict, repo: FeatureRepo):
     """The evaluation protocol of `cfg.evaluate` over the saved interactions. The global protocol
     groups held-out interactions by the user snapshot that serves them (the repo's user-history
-    rows)."""
+    rows); the given protocol queries after the latest of them."""
     e = cfg.evaluate
+    if e.protocol == "given":
+        snapshots = repo.read_view(USER_HISTORY_VIEW, columns=["user_id", "event_timestamp"])
+        return given_eval_split(tables["interactions"], snapshots)
+    if "split" in tables["interactions"].column_names:
+        raise ValueError(f"evaluate.protocol {e.protocol}: this run's features were built for "
+                         "protocol given (from the train rows only); run `llmrec build-features` "
+                         "again with this protocol")
     if e.protocol == "user-temporal":
         return user_temporal_eval_split(tables["interactions"], e.test_fraction, e.valid_fraction)
     snapshots = repo.read_view(USER_HISTORY_VIEW, columns=["user_id", "event_timestamp"])

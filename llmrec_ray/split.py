@@ -1,7 +1,7 @@
 """Temporal splits. Pure functions over the interactions table.
 
-`user_temporal_eval_split` / `global_temporal_eval_split`: the two evaluation protocols
-(fit / validation / test rows and the ranking queries of each window), below.
+`user_temporal_eval_split` / `global_temporal_eval_split` / `given_eval_split`: the evaluation
+protocols (fit / validation / test rows and the ranking queries of each window), below.
 
 `user_temporal_split`: each user's interactions in time order (ties by item id), the last
 `test_fraction` of them (rounded down) are test. The user's split time is the timestamp of the first
@@ -175,3 +175,76 @@ def global_temporal_eval_split(interactions: pa.Table, quantiles: tuple[float, f
         table.filter(pa.array(label == 2)), _queries(df, label == 1, group), test_q,
         {"protocol": "global-temporal", "quantiles": [q1, q2], "cuts": [cut1.isoformat(), cut2.isoformat()],
          "test_users_new_after_cut": int((~test_q["user_id"].isin(fit_users)).sum()) if len(test_q) else 0})
+
+
+GIVEN_LABELS = ("train", "valid", "test")
+GIVEN_QUERY_GAP = pd.Timedelta(seconds=1)
+
+
+def given_eval_split(interactions: pa.Table, snapshots: pa.Table | None = None) -> EvalSplit:
+    """The split that comes with the data (evaluate.protocol given): the `split` column of the
+    interactions (train / valid / test, from the generic loader) decides, time does not.
+
+    - fit = the train rows; valid / test = the validation / test rows. The features (user
+      snapshots, user and item statistics) are built from the train rows only (`build.py`), so no
+      validation or test row reaches any feature, and their timestamps do not matter.
+    - One query time for every query: the end of training (the last train row) + 1 s, or the
+      latest user snapshot (`snapshots`: user_id, event_timestamp of the user-history rows, built
+      from the train rows) when that is later (a snapshot at a cadence boundary after the last
+      row), so every query sees the user's whole training history.
+    - One validation (test) query per user with validation (test) rows and train rows: truth =
+      the user's distinct validation (test) items that are not among the user's train items
+      (those are masked anyway), in row order; seen (masked) = the user's train items. For test
+      queries the validation items are neither masked nor truth: models fit on the train rows
+      only, as the published protocols do. A query with no truth left is dropped; a user without
+      train rows has no features and is not queried (both counted in `info`).
+    - Metrics as everywhere (llmrec_ray.metrics): Recall@K = hits / number of truth items.
+    """
+    if "split" not in interactions.column_names:
+        raise ValueError("evaluate.protocol given: the saved interactions have no split column; "
+                         "build the features with evaluate.protocol given (data with a split "
+                         "column or split files) first")
+    split = interactions.column("split")
+    unknown = sorted(set(map(str, pc.unique(split).to_pylist())) - set(GIVEN_LABELS))
+    if unknown:
+        raise ValueError(f"evaluate.protocol given: split values {unknown}; expected {list(GIVEN_LABELS)}")
+    label = np.asarray(split.to_numpy(zero_copy_only=False), dtype=object)
+    if not (label == "train").any():
+        raise ValueError("evaluate.protocol given: no train rows")
+    df = interactions.select(["user_id", "item_id", "event_timestamp"]).to_pandas()
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    is_train = label == "train"
+    query_time = df.loc[is_train, "event_timestamp"].max() + GIVEN_QUERY_GAP
+    if snapshots is not None and snapshots.num_rows:
+        latest = pd.Timestamp(pc.max(snapshots.column("event_timestamp")).as_py())
+        query_time = max(query_time, latest.tz_convert("UTC") if latest.tzinfo else latest.tz_localize("UTC"))
+    train_items = df[is_train].groupby("user_id", sort=False)["item_id"].agg(lambda s: sorted(set(s)))
+    counts: dict = {"query_time": query_time.isoformat()}
+
+    def queries(which: str) -> pd.DataFrame:
+        out, no_train, in_train = [], 0, 0
+        for user, g in df[label == which].groupby("user_id", sort=True):
+            if user not in train_items.index:
+                no_train += 1
+                continue
+            seen = train_items[user]
+            seen_set = set(seen)
+            items = list(dict.fromkeys(g["item_id"]))
+            truth = [i for i in items if i not in seen_set]
+            in_train += len(items) - len(truth)
+            if truth:
+                out.append((user, query_time, truth, list(seen)))
+        counts[f"{which}_users_without_train"] = no_train
+        counts[f"{which}_items_in_train"] = in_train  # distinct (user, item) pairs left out of truth
+        return pd.DataFrame(out, columns=QUERY_COLUMNS) if out else \
+            pd.DataFrame({c: pd.Series(dtype=object) for c in QUERY_COLUMNS})
+
+    valid_q, test_q = queries("valid"), queries("test")
+    order = [("user_id", "ascending"), ("event_timestamp", "ascending"), ("item_id", "ascending")]
+
+    def rows(which: str) -> pa.Table:
+        t = interactions.filter(pa.array(label == which)).drop_columns(["split"])
+        return t.take(pc.sort_indices(t, order))
+
+    return EvalSplit("given", rows("train"), rows("valid"), rows("test"), valid_q, test_q,
+                     {"protocol": "given", **counts})

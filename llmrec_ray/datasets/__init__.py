@@ -36,8 +36,12 @@ class Dataset:
         return out
 
 
-def load_dataset(cfg) -> Dataset:
-    """Load the dataset described by a `DataConfig`."""
+def load_dataset(cfg, given_split: bool = False) -> Dataset:
+    """Load the dataset described by a `DataConfig`. `given_split` (evaluate.protocol given): the
+    interactions carry a `split` column (train / valid / test) from the data; generic source only."""
+    if given_split and cfg.source != "generic":
+        raise ValueError(f"evaluate.protocol given: data.source {cfg.source} has no split of its "
+                         "own; use data.source generic with a split column or split files")
     if cfg.source == "synthetic":
         from llmrec_ray.datasets.synthetic import load_synthetic
 
@@ -49,5 +53,5 @@ def load_dataset(cfg) -> Dataset:
     if cfg.source == "generic":
         from llmrec_ray.datasets.generic import load_generic
 
-        return load_generic(cfg)
+        return load_generic(cfg, given_split)
     raise ValueError(f"data.source: unknown source {cfg.source!r}")

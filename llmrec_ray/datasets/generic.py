@@ -14,6 +14,19 @@ naming the file, the column and the columns the file has; so is an empty (0-byte
 unreadable file. Text fields have no length limit here (the encoder truncates at its max_length);
 a CSV row longer than the reader's block is read with a larger block. Extra columns of items and
 users are kept.
+
+The given split (`load_generic(cfg, given_split=True)`, evaluate.protocol given): each interaction
+carries `split` = train, valid or test, either from a `split` column (values train, valid /
+validation / val, test, case and surrounding spaces ignored; any other value, or none, rejects the
+row) or from its file: `data.interactions` = train, `data.valid_interactions`,
+`data.test_interactions` (each optional; a split column in them is an error). Timestamps become
+optional: a file without the timestamp column, or whose timestamp column holds no value at all,
+gets synthetic ones, SYNTHETIC_START + n seconds where n is the row's position in the files read
+one after the other (train, valid, test), so each user's rows keep their file order (history
+truncation keeps the last rows in file order) and repeated (user, item) rows stay distinct. In a
+file that does have timestamps, a row without one is still rejected. Synthetic times start in
+2000: leave `available_from` unmapped for such data (an interaction before it is rejected).
+Without `given_split` a `split` column is an ordinary extra column (dropped).
 """
 
 from __future__ import annotations
@@ -39,7 +52,7 @@ from llmrec_ray.storage import Location, locate
 log = logging.getLogger(__name__)
 
 CANONICAL = {
-    "interactions": ("user_id", "item_id", "event_timestamp", "rating"),
+    "interactions": ("user_id", "item_id", "event_timestamp", "rating", "split"),
     "items": ("item_id", "title", "genres", "description", "available_from"),
     "users": ("user_id",),
 }
@@ -52,15 +65,23 @@ CSV_BLOCK = 1 << 20  # pyarrow's default; grown (to CSV_MAX_BLOCK) while a row s
 CSV_MAX_BLOCK = 1 << 30
 INTEGER = r"^\s*[+-]?[0-9]{1,18}\s*$"
 NUMBER = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$"
+SPLIT_VALUES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid",
+                "test": "test"}
+SYNTHETIC_START = datetime(2000, 1, 1, tzinfo=timezone.utc)  # given split without timestamps
 
 
-def load_generic(cfg: DataConfig) -> Dataset:
-    """Load `cfg.interactions`, `cfg.items` and optional `cfg.users` with `cfg.columns`."""
+def load_generic(cfg: DataConfig, given_split: bool = False) -> Dataset:
+    """Load `cfg.interactions`, `cfg.items` and optional `cfg.users` with `cfg.columns`; with
+    `given_split`, the interactions carry their split (module docstring)."""
     known = {c for cols in CANONICAL.values() for c in cols}
     unknown = sorted(set(cfg.columns) - known)
     if unknown:
         raise ValueError(f"data.columns: unknown canonical column(s) {unknown}; "
                          f"known: {sorted(known)}")
+    split_files = {"valid": cfg.valid_interactions, "test": cfg.test_interactions}
+    if any(split_files.values()) and not given_split:
+        raise ValueError("data.valid_interactions / data.test_interactions are read under "
+                         "evaluate.protocol given only")
     start = time.perf_counter()
     paths = {"interactions": _path(cfg.interactions, "data.interactions"),
              "items": _path(cfg.items, "data.items")}
@@ -69,14 +90,13 @@ def load_generic(cfg: DataConfig) -> Dataset:
     rejects = Rejects()
     tables, rows_in = {}, {}
     for kind, path in paths.items():
-        raw = _read(path, kind, cfg)
-        try:
-            _ = raw.column_names
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: the {kind} file's header (column names) is not valid "
-                             f"UTF-8: {e}") from None
-        if raw.num_rows == 0:
-            raise ValueError(f"{path}: {kind} file has no rows (columns: {raw.column_names})")
+        if kind == "interactions":
+            files = [(None if not any(split_files.values()) else "train", path)]
+            files += [(label, _path(value, f"data.{label}_interactions"))
+                      for label, value in split_files.items() if value]
+            tables[kind], rows_in[kind] = _interactions(files, cfg, rejects, given_split)
+            continue
+        raw = _read_rows(path, kind, cfg)
         rows_in[kind] = raw.num_rows
         tables[kind] = _canonical(raw, kind, path, cfg, rejects)
     sources = {kind: str(p) for kind, p in paths.items()}
@@ -86,6 +106,87 @@ def load_generic(cfg: DataConfig) -> Dataset:
     log.info("generic data from %s in %.1fs: %s", sources["interactions"],
              time.perf_counter() - start, dataset.summary())
     return dataset
+
+
+def _read_rows(path: Location, kind: str, cfg: DataConfig) -> pa.Table:
+    raw = _read(path, kind, cfg)
+    try:
+        _ = raw.column_names
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: the {kind} file's header (column names) is not valid "
+                         f"UTF-8: {e}") from None
+    if raw.num_rows == 0:
+        raise ValueError(f"{path}: {kind} file has no rows (columns: {raw.column_names})")
+    return raw
+
+
+def _interactions(files: list[tuple[str | None, Location]], cfg: DataConfig, rejects: Rejects,
+                  given_split: bool) -> tuple[pa.Table, int]:
+    """The interaction files (label: the split the file holds, None = from a split column) as one
+    canonical table with `_row` and `_source`, and the number of rows read."""
+    tables, offset = [], 0
+    ts_src = _source_name(cfg, "event_timestamp")
+    for label, path in files:
+        raw = _read_rows(path, "interactions", cfg)
+        synthetic = given_split and (ts_src not in raw.column_names or _no_values(raw.column(ts_src)))
+        if synthetic and ts_src in raw.column_names:
+            raw = raw.drop_columns([ts_src])
+        t = _canonical(raw, "interactions", path, cfg, rejects,
+                       optional=("event_timestamp",) if synthetic else ())
+        if synthetic:
+            pos = offset + np.asarray(t.column("_row").to_numpy(), dtype=np.int64)
+            start_us = int(SYNTHETIC_START.timestamp()) * 1_000_000
+            t = t.append_column("event_timestamp",
+                                pa.array(start_us + pos * 1_000_000, pa.int64()).cast(TIMESTAMP))
+        if given_split:
+            t = _split_labels(t, label, path, rejects, _source_name(cfg, "split"), raw.column_names)
+        elif "split" in t.column_names:
+            t = t.drop_columns(["split"])
+        keep = [c for c in CANONICAL["interactions"] if c in t.column_names] + ["_row"]
+        t = t.select(keep)
+        tables.append(t.append_column("_source", pa.repeat(pa.scalar(str(path)), t.num_rows)))
+        offset += raw.num_rows
+    out = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    return out, offset
+
+
+def _no_values(col: pa.ChunkedArray) -> bool:
+    """True when every value of a column is null or blank (a timestamp column left empty)."""
+    if col.null_count == len(col):
+        return True
+    if _is_binary(col.type):
+        try:
+            col = col.cast(pa.string())
+        except pa.ArrowInvalid:
+            return False
+    return (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) and bool(_blank(col).all())
+
+
+def _split_labels(t: pa.Table, label: str | None, path: Location, rejects: Rejects, src: str,
+                  file_columns: list[str]) -> pa.Table:
+    """`split` = the file's label, or the split column normalised (train / valid / test); a row
+    with any other value is rejected."""
+    if label is not None:
+        if "split" in t.column_names:
+            raise ValueError(f"{path}: interactions column {src!r} (split) given while the split "
+                             "comes from data.valid_interactions / data.test_interactions; give "
+                             "the split one way only")
+        return t.append_column("split", pa.repeat(pa.scalar(label), t.num_rows))
+    if "split" not in t.column_names:
+        raise ValueError(f"{path}: evaluate.protocol given needs the split: no interactions column "
+                         f"{src!r} (the file has columns {file_columns}); map it with "
+                         "data.columns.split, or give data.valid_interactions / "
+                         "data.test_interactions files")
+    col = t.column("split")
+    key = pc.utf8_lower(pc.utf8_trim_whitespace(col))
+    values = pa.array(list(SPLIT_VALUES.values())).take(
+        pc.index_in(key, value_set=pa.array(list(SPLIT_VALUES))))
+    bad = np.asarray(pc.is_null(values))
+    rows = np.asarray(t.column("_row").to_numpy(), dtype=np.int64)
+    _reject_rows(rejects, "interactions", path, rows, np.ones(t.num_rows, dtype=bool), bad, col,
+                 "split", "split value not one of train, valid (validation, val), test")
+    t = t.set_column(t.column_names.index("split"), "split", values)
+    return t.filter(pa.array(~bad))
 
 
 def _path(value: str | None, key: str) -> Location:
@@ -141,10 +242,11 @@ def _read_csv(path: Location, delimiter: str, types: dict[str, pa.DataType]) -> 
 
 
 def _canonical(raw: pa.Table, kind: str, path: Location, cfg: DataConfig,
-               rejects: Rejects) -> pa.Table:
-    """Rename mapped columns, convert types, reject unparseable values; add `_row`."""
+               rejects: Rejects, optional: tuple[str, ...] = ()) -> pa.Table:
+    """Rename mapped columns, convert types, reject unparseable values; add `_row`. `optional`:
+    required columns that this file may lack."""
     for c in REQUIRED[kind]:
-        if _source_name(cfg, c) not in raw.column_names:
+        if c not in optional and _source_name(cfg, c) not in raw.column_names:
             raise ValueError(f"{path}: {kind} column {_source_name(cfg, c)!r} (for {c}) not "
                              f"found; the file has columns {raw.column_names}; map it with "
                              f"data.columns.{c}")

@@ -31,14 +31,17 @@ def _row_index(table: pa.Table) -> np.ndarray:
 
 def _reject(table: pa.Table, bad: np.ndarray, rejects: Rejects, name: str, source: str,
             column: str | None, reason: str) -> pa.Table:
-    """Move rows where `bad` is True to `rejects`; return the rest."""
+    """Move rows where `bad` is True to `rejects`; return the rest. A `_source` column, when
+    present, names each row's file (a table read from several files) instead of `source`."""
     if not bad.any():
         return table
     rows = _row_index(table)
     idx = np.flatnonzero(bad)
     values = table.column(column).take(pa.array(idx)).to_pylist() if column else [None] * len(idx)
-    for i, value in zip(idx, values):
-        rejects.add(name, source, int(rows[i]), column, reason, value)
+    files = table.column("_source").take(pa.array(idx)).to_pylist() \
+        if "_source" in table.column_names else [source] * len(idx)
+    for i, value, file in zip(idx, values, files):
+        rejects.add(name, file, int(rows[i]), column, reason, value)
     return table.filter(pa.array(~bad))
 
 
@@ -95,7 +98,9 @@ def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, re
     """Apply the dataset rules; return (interactions, items, users) holding only accepted rows.
 
     `sources` names the file behind each table ("interactions", "items", "users") for messages.
-    A `_row` column, when present, carries each row's line number in its file and is removed here.
+    A `_row` column, when present, carries each row's line number in its file and is removed here,
+    as is `_source` (each row's file). A `split` column of the interactions (evaluate.protocol
+    given) is kept after the schema's columns.
     When `users` is None the users are the distinct user ids of the accepted interactions.
     """
     items = conform(items, ITEMS, sources["items"])
@@ -157,8 +162,9 @@ def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, re
     if users is None:
         users = pa.table({"user_id": pc.unique(inter.column("user_id").combine_chunks())})
         users = conform(users, USERS, "users")
-    drop = [c for c in ("_row",) if c in inter.column_names]
-    inter = conform(inter.drop_columns(drop), INTERACTIONS, src).select(INTERACTIONS.names)
+    drop = [c for c in ("_row", "_source") if c in inter.column_names]
+    keep = INTERACTIONS.names + (["split"] if "split" in inter.column_names else [])
+    inter = conform(inter.drop_columns(drop), INTERACTIONS, src).select(keep)
     items = items.drop_columns([c for c in ("_row",) if c in items.column_names])
     users = users.drop_columns([c for c in ("_row",) if c in users.column_names])
     return inter, items, users
