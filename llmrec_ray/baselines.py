@@ -1,144 +1,282 @@
-"""Baselines fitted on the same training rows as the models, scored the same way (full ranking).
+"""The peers every model is compared with in the same run, fitted on the same training rows and
+scored the same way (full ranking), each one a `Recommender`:
 
 - `popularity`: training interaction counts.
-- `bpr_mf`: ID-only matrix factorisation trained with BPR (one sampled negative per positive).
-- `implicit_als`: the `implicit` library's ALS on the binary user x item matrix (what most users
-  pick for implicit-feedback CF); optional, `pip install "llmrec-ray[als]"`.
-- `zero_shot_cosine`: no training at all, cosine between the LLM user and item vectors.
+- `ease`: EASE (Steck, WWW 2019), the closed-form item-item linear autoencoder; `l2` is its lambda.
+- `item_knn`: item-based kNN, cosine between item columns, each item's `neighbors` most similar
+  items kept.
+- `implicit_als`: the `implicit` library's ALS on the binary matrix (confidence `alpha`); a query's
+  user factors are recomputed from its history (implicit's `recalculate_user`, the fold-in a
+  serving system does), so users who arrived after the fit are served too.
+- `bpr`: the `implicit` library's BPR matrix factorisation (one sampled negative per positive);
+  users the fit never saw score 0.
+- `zero_shot_cosine`: no training, cosine between the LLM user and item vectors.
 
-Each returns a (U, I) score matrix for `users` x `item_ids`; an ID model gives items without
-training interactions (cold-start items) a score of 0 factors, as those libraries do.
+EASE, item-KNN and ALS score a query from the items the user interacted with before it, so they
+see what the feature models see. Items without a training interaction (cold items) get nothing
+from the interaction models: EASE and kNN give them 0, the factor models a zero vector.
+
+Every baseline's few hyperparameters are chosen on the validation queries from a small grid
+(`evaluate.grids`, `tune`), exactly as the feature models' epochs are.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llmrec_ray.recommender import FitData, Queries, Recommender
+
 logger = logging.getLogger(__name__)
 
 
 def interaction_matrix(train: pa.Table, users: list[str], item_ids: list[str]):
-    """Binary CSR matrix (U, I) of the training interactions (repeats count once)."""
+    """Binary CSR matrix (U, I) of the training interactions (repeats count once; rows of users
+    outside `users` are left out)."""
     from scipy.sparse import csr_matrix
 
-    u_index = {u: k for k, u in enumerate(users)}
-    i_index = {i: k for k, i in enumerate(item_ids)}
-    rows = np.array([u_index.get(u, -1) for u in train.column("user_id").to_pylist()])
-    cols = np.array([i_index[i] for i in train.column("item_id").to_pylist()])
-    keep = rows >= 0
-    m = csr_matrix((np.ones(keep.sum(), np.float32), (rows[keep], cols[keep])),
-                   shape=(len(users), len(item_ids)))
+    rows = pc.index_in(train.column("user_id"), value_set=pa.array(users, pa.string()))
+    cols = pc.index_in(train.column("item_id"), value_set=pa.array(item_ids, pa.string()))
+    if cols.null_count:
+        raise ValueError(f"{cols.null_count} training rows name items outside the item table")
+    rows = rows.to_numpy(zero_copy_only=False)
+    keep = ~np.isnan(rows.astype(np.float64)) if rows.dtype.kind == "f" else np.ones(len(rows), bool)
+    r = np.asarray(rows[keep], dtype=np.int64)
+    c = np.asarray(cols.to_numpy(zero_copy_only=False)[keep], dtype=np.int64)
+    m = csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(users), len(item_ids)))
+    m.sum_duplicates()
     m.data[:] = 1.0  # duplicates summed by the constructor: binarise
     return m
 
 
-def popularity(train: pa.Table, users: list[str], item_ids: list[str]) -> np.ndarray:
-    counts = pc.value_counts(train.column("item_id"))
-    pop = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-    scores = np.array([pop.get(i, 0) for i in item_ids], dtype=np.float32)
-    return np.broadcast_to(scores, (len(users), len(item_ids)))
+def history_matrix(histories: list[list[str]], item_ids: list[str]):
+    """Binary CSR (Q, I): each query's items before it."""
+    from scipy.sparse import csr_matrix
+
+    index = {i: k for k, i in enumerate(item_ids)}
+    cols = [sorted({index[i] for i in h}) for h in histories]
+    indptr = np.r_[0, np.cumsum([len(c) for c in cols])].astype(np.int64)
+    indices = np.fromiter(itertools.chain.from_iterable(cols), np.int32, int(indptr[-1]))
+    return csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
+                      shape=(len(histories), len(item_ids)))
 
 
-def bpr_mf(train: pa.Table, users: list[str], item_ids: list[str], factors: int = 64,
-           epochs: int = 40, lr: float = 0.01, reg: float = 1e-4, batch_size: int = 1024,
-           seed: int = 0) -> np.ndarray:
-    """ID-only MF with the BPR loss; negatives drawn uniformly from the items the user has not seen."""
-    import torch
+class Popularity(Recommender):
+    name = "popularity"
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    m = interaction_matrix(train, users, item_ids)
-    u_idx, i_idx = m.nonzero()
-    n_items = m.shape[1]
-    positives = np.sort(u_idx.astype(np.int64) * n_items + i_idx)
-    U = torch.nn.Embedding(m.shape[0], factors)
-    V = torch.nn.Embedding(m.shape[1], factors)
-    torch.nn.init.normal_(U.weight, std=0.1)
-    torch.nn.init.normal_(V.weight, std=0.1)
-    opt = torch.optim.Adam(list(U.parameters()) + list(V.parameters()), lr=lr)
-    n = len(u_idx)
-    for epoch in range(epochs):
-        order = rng.permutation(n)
-        neg = rng.integers(0, n_items, n)
-        clash = np.isin(u_idx * n_items + neg, positives, assume_unique=False)
-        while clash.any():  # resample negatives that are positives of the user
-            neg[clash] = rng.integers(0, n_items, int(clash.sum()))
-            clash = np.isin(u_idx * n_items + neg, positives)
-        total = 0.0
-        for start in range(0, n, batch_size):
-            b = order[start:start + batch_size]
-            u = U(torch.from_numpy(u_idx[b]))
-            p = V(torch.from_numpy(i_idx[b]))
-            q = V(torch.from_numpy(neg[b]))
-            x = (u * (p - q)).sum(-1)
-            loss = -torch.nn.functional.logsigmoid(x).mean() + reg * (u.pow(2).sum() + p.pow(2).sum()
-                                                                      + q.pow(2).sum()) / len(b)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        if epoch == 0 or (epoch + 1) % 10 == 0:
-            logger.info("bpr_mf epoch %d: loss %.4f", epoch + 1, total / n)
-    with torch.no_grad():
-        item_w = V.weight.clone()
-        cold = np.asarray(m.sum(axis=0)).ravel() == 0
-        item_w[torch.from_numpy(cold)] = 0.0  # never trained: no signal
-        return (U.weight @ item_w.T).numpy()
+    def fit(self, data: FitData) -> "Popularity":
+        self.counts = np.asarray(data.matrix.sum(axis=0)).ravel().astype(np.float32)
+        return self
+
+    def score(self, queries: Queries) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(queries), len(self.counts)))
 
 
-def rows_for(scores: np.ndarray, fitted_users: list[str], users: list[str]) -> np.ndarray:
-    """Score rows of `users` (repeats allowed) from a model fitted on `fitted_users`; a user the
-    model never saw gets all-zero scores (an ID model has nothing for them)."""
-    index = {u: k for k, u in enumerate(fitted_users)}
-    out = np.zeros((len(users), scores.shape[1]), dtype=scores.dtype)
-    known = np.array([index.get(u, -1) for u in users], dtype=np.int64)
-    out[known >= 0] = scores[known[known >= 0]]
-    return out
+class EASE(Recommender):
+    """B = argmin ||X - XB||^2 + l2 ||B||^2 with diag(B) = 0: P = (X'X + l2 I)^-1,
+    B = -P / diag(P), diag(B) = 0. Memory is items^2; `max_items` guards against a matrix that
+    would not fit."""
+
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0, max_items: int = 50_000):
+        super().__init__(l2=l2)
+        self.max_items = max_items
+        self._eig = None  # (eigenvalues, eigenvectors) of X'X: shared by every l2 of a grid
+
+    def fit(self, data: FitData) -> "EASE":
+        n_items = data.matrix.shape[1]
+        if n_items > self.max_items:
+            raise ValueError(f"ease: {n_items} items needs a dense {n_items}^2 matrix; "
+                             f"above max_items={self.max_items}, leave ease out of evaluate.baselines")
+        if self._eig is None:
+            gram = (data.matrix.T @ data.matrix).toarray().astype(np.float64)
+            self._eig = np.linalg.eigh(gram)
+        w, v = self._eig
+        p = (v / (w + self.params["l2"])) @ v.T  # (X'X + l2 I)^-1 from one eigendecomposition
+        b = -p / np.diag(p)
+        np.fill_diagonal(b, 0.0)
+        self.b = b.astype(np.float32)
+        return self
+
+    def score(self, queries: Queries) -> np.ndarray:
+        return np.asarray(queries.history @ self.b)
 
 
-def implicit_als(train: pa.Table, users: list[str], item_ids: list[str], factors: int = 64,
-                 regularization: float = 0.05, iterations: int = 15, alpha: float = 1.0,
-                 seed: int = 0, histories: list[list[str]] | None = None) -> np.ndarray:
-    """The `implicit` library's ALS (CPU) on the binary interaction matrix.
+class ItemKNN(Recommender):
+    """score(q, j) = sum over the query's history items i of sim(i, j), where sim is the cosine
+    between item columns of the training matrix and each item j keeps its `neighbors` most
+    similar items (`shrink` damps similarities of rarely co-consumed items)."""
 
-    Without `histories`: the (U, I) scores of the fitted `users`. With `histories` (one list of
-    item ids per query): each query's user factors are recomputed from that history with the
-    fitted item factors (implicit's `recalculate_user`, the fold-in a serving system does), so
-    ALS, like the feature models, sees everything the user did before the query, and users who
-    arrived after the fit are served too. Returns (Q, I)."""
+    name = "item_knn"
+
+    def __init__(self, neighbors: int = 100, shrink: float = 0.0):
+        super().__init__(neighbors=neighbors, shrink=shrink)
+        self._sim = None
+
+    def fit(self, data: FitData) -> "ItemKNN":
+        from scipy.sparse import csc_matrix
+
+        if self._sim is None:
+            x = data.matrix.tocsc()
+            co = (x.T @ x).toarray().astype(np.float32)
+            norms = np.sqrt(np.diag(co))
+            sim = co / (np.outer(norms, norms) + self.params["shrink"] + 1e-12)
+            np.fill_diagonal(sim, 0.0)
+            self._sim = sim
+        sim = self._sim
+        k = min(self.params["neighbors"], sim.shape[0] - 1)
+        # keep, for every target item j (column), its k most similar items
+        top = np.argpartition(-sim, k - 1, axis=0)[:k] if k > 0 else np.zeros((0, sim.shape[1]), int)
+        cols = np.broadcast_to(np.arange(sim.shape[1]), top.shape)
+        self.sim = csc_matrix((sim[top, cols].ravel(), (top.ravel(), cols.ravel())), shape=sim.shape).tocsr()
+        return self
+
+    def score(self, queries: Queries) -> np.ndarray:
+        return np.asarray((queries.history @ self.sim).todense())
+
+
+def _implicit():
     try:
-        from implicit.cpu.als import AlternatingLeastSquares
+        import implicit  # noqa: F401
     except ImportError as e:
-        raise ImportError("the implicit ALS baseline needs the `implicit` package: "
+        raise ImportError("the implicit_als and bpr baselines need the `implicit` package: "
                           "pip install 'llmrec-ray[als]'") from e
     from threadpoolctl import threadpool_limits
 
-    m = interaction_matrix(train, users, item_ids) * alpha
-    with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, single-threaded BLAS
-        model = AlternatingLeastSquares(factors=factors, regularization=regularization,
-                                        iterations=iterations, random_state=seed,
-                                        calculate_training_loss=False)
-        model.fit(m.tocsr(), show_progress=False)
-        if histories is None:
-            return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
-        from scipy.sparse import csr_matrix
-
-        i_index = {i: k for k, i in enumerate(item_ids)}
-        cols = [sorted({i_index[i] for i in h}) for h in histories]
-        indptr = np.r_[0, np.cumsum([len(c) for c in cols])]
-        data = np.full(indptr[-1], alpha, np.float32)
-        hist = csr_matrix((data, np.concatenate(cols).astype(np.int32) if cols else np.array([], np.int32),
-                           indptr), shape=(len(histories), len(item_ids)))
-        user_factors = model.recalculate_user(np.arange(len(histories)), hist)
-    return np.asarray(user_factors) @ np.asarray(model.item_factors).T
+    return threadpool_limits
 
 
-def zero_shot_cosine(user_emb: np.ndarray, item_emb: np.ndarray) -> np.ndarray:
+class ImplicitALS(Recommender):
+    name = "implicit_als"
+
+    def __init__(self, factors: int = 64, regularization: float = 0.05, iterations: int = 15,
+                 alpha: float = 1.0):
+        super().__init__(factors=factors, regularization=regularization, iterations=iterations,
+                         alpha=alpha)
+
+    def fit(self, data: FitData) -> "ImplicitALS":
+        limits = _implicit()
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        p = self.params
+        with limits(1, "blas"):  # implicit's advice: its own threads, single-threaded BLAS
+            self.model = AlternatingLeastSquares(factors=p["factors"], regularization=p["regularization"],
+                                                 iterations=p["iterations"], random_state=data.seed,
+                                                 calculate_training_loss=False)
+            self.model.fit((data.matrix * p["alpha"]).tocsr(), show_progress=False)
+        return self
+
+    def user_factors(self, queries: Queries) -> np.ndarray:
+        limits = _implicit()
+        with limits(1, "blas"):
+            return np.asarray(self.model.recalculate_user(
+                np.arange(len(queries)), (queries.history * self.params["alpha"]).tocsr()))
+
+    def score(self, queries: Queries) -> np.ndarray:
+        return self.user_factors(queries) @ np.asarray(self.model.item_factors).T
+
+    def export(self) -> dict[str, np.ndarray]:
+        return {"item_vectors": np.asarray(self.model.item_factors)}
+
+
+class BPR(Recommender):
+    name = "bpr"
+
+    def __init__(self, factors: int = 64, learning_rate: float = 0.01, regularization: float = 0.01,
+                 iterations: int = 100):
+        super().__init__(factors=factors, learning_rate=learning_rate, regularization=regularization,
+                         iterations=iterations)
+
+    def fit(self, data: FitData) -> "BPR":
+        limits = _implicit()
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        p = self.params
+        with limits(1, "blas"):
+            self.model = BayesianPersonalizedRanking(
+                factors=p["factors"], learning_rate=p["learning_rate"],
+                regularization=p["regularization"], iterations=p["iterations"],
+                random_state=data.seed)
+            self.model.fit(data.matrix.tocsr(), show_progress=False)
+        items = np.asarray(self.model.item_factors).copy()
+        items[~data.trained_items] = 0.0  # never trained: no signal
+        self.items = items
+        self.users = np.asarray(self.model.user_factors)
+        return self
+
+    def score(self, queries: Queries) -> np.ndarray:
+        rows = queries.user_rows
+        users = np.zeros((len(rows), self.users.shape[1]), np.float32)
+        users[rows >= 0] = self.users[rows[rows >= 0]]
+        return users @ self.items.T
+
+    def export(self) -> dict[str, np.ndarray]:
+        return {"item_vectors": self.items}
+
+
+class ZeroShotCosine(Recommender):
     """Cosine between LLM user and item vectors: what the features give before any training."""
-    u = user_emb / np.maximum(np.linalg.norm(user_emb, axis=1, keepdims=True), 1e-12)
-    v = item_emb / np.maximum(np.linalg.norm(item_emb, axis=1, keepdims=True), 1e-12)
-    return u @ v.T
+
+    name = "zero_shot_cosine"
+
+    def fit(self, data: FitData) -> "ZeroShotCosine":
+        return self
+
+    def score(self, queries: Queries) -> np.ndarray:
+        u, v = queries.features["user_emb"], queries.features["item_emb"]
+        u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return u @ v.T
+
+
+BASELINES: dict[str, type[Recommender]] = {c.name: c for c in (
+    Popularity, EASE, ItemKNN, ImplicitALS, BPR, ZeroShotCosine)}
+NEEDS_IMPLICIT = ("implicit_als", "bpr")
+
+# The grids tuned on the validation queries by default: a few values each, wide enough for
+# datasets of other sizes (EASE's lambda grows with the interaction counts).
+DEFAULT_GRIDS: dict[str, dict[str, list]] = {
+    "ease": {"l2": [10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0]},
+    "item_knn": {"neighbors": [20, 50, 100, 200, 500]},
+    "implicit_als": {"factors": [32, 64, 128], "regularization": [0.01, 0.1, 1.0]},
+    "bpr": {"factors": [64], "learning_rate": [0.01, 0.05], "regularization": [0.001, 0.01]},
+}
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of a grid ({} -> one point with the defaults)."""
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def tune(name: str, grid: dict[str, list], data: FitData, score_fn) -> tuple[Recommender, list[dict]]:
+    """Fit `name` at every point of `grid` on `data`; keep the point with the best
+    `score_fn(recommender)` (the validation metric; ties go to the earlier point). Returns the
+    fitted best and the trials [{params..., "value": v}]. Without a validation score (`score_fn`
+    None) the first point is used."""
+    cls = BASELINES[name]
+    points = grid_points(grid)
+    best, best_value, trials = None, -np.inf, []
+    shared = None  # EASE and kNN reuse their O(I^2) statistics across the grid
+    for point in points:
+        rec = cls(**point)
+        if shared is not None:
+            rec._eig, rec._sim = shared
+        rec.fit(data)
+        shared = (getattr(rec, "_eig", None), getattr(rec, "_sim", None))
+        value = score_fn(rec) if score_fn is not None and len(points) > 1 else None
+        trials.append({**point, "value": value})
+        if value is None:
+            best = rec
+            break
+        if value > best_value + 1e-12:
+            best, best_value = rec, value
+    if len(trials) > 1:
+        logger.info("%s tuned on validation: %s", name,
+                    ", ".join(f"{t}" for t in trials))
+    return best, trials

@@ -159,8 +159,23 @@ class FeatureStoreConfig(Strict):
         "Data groupby over the cluster; below, in the driver (0 = always on Ray)."))
 
 
+class GraphConfig(Strict):
+    """train.model llm_graph: frozen LLM item vectors -> MLP -> LightGCN propagation -> cosine +
+    InfoNCE (AlphaRec). Its own optimisation settings: every step propagates over the whole
+    training graph, so batches are large."""
+
+    layers: int = Field(2, ge=0, description="Propagation layers over the user-item graph.")
+    hidden_dim: int = Field(512, ge=1, description="Hidden width of the MLP.")
+    negatives: int = Field(256, ge=1, description="Uniformly drawn negative items per batch.")
+    batch_size: int = Field(4096, ge=2, description="Training interactions per step per worker.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    epochs: int = Field(100, ge=1, description="Passes over the training interactions (early "
+                        "stopping on the validation metric usually ends sooner).")
+    temperature: float = Field(0.15, gt=0, description="InfoNCE temperature (AlphaRec's default).")
+
+
 class TrainConfig(Strict):
-    """The two-tower recommender trained with Ray Train."""
+    """The recommender trained with Ray Train: two-tower, hybrid or the LLM graph model."""
 
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP).")
     use_gpu: Literal["auto", True, False] = Field("auto", description="auto = when the cluster has GPUs.")
@@ -173,7 +188,9 @@ class TrainConfig(Strict):
     out_dim: int = Field(64, ge=1, description="Output (scoring) dimension of each tower.")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature of the InfoNCE loss.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the towers.")
-    model: Literal["two_tower", "hybrid"] = Field("two_tower", description=(
+    graph: GraphConfig = Field(default_factory=GraphConfig, description="llm_graph settings.")
+    model: Literal["two_tower", "hybrid", "llm_graph"] = Field("two_tower", description=(
+        "llm_graph: the AlphaRec-style graph model over frozen LLM item vectors (train.graph); "
         "two_tower: MLP towers over the LLM features; hybrid: plus learned user and item ID "
         "embeddings (IDs help warm items, text carries cold ones)."))
     user_stats: bool = Field(True, description="Feed the user statistics (Feast user_stats) to "
@@ -244,10 +261,35 @@ class EvalConfig(Strict):
         "(validation in between)."))
     ks: list[int] = Field([10, 20], description="Cut-offs for the metrics.")
     baselines: list[str] | None = Field(None, description=(
-        "Baselines in the same run: popularity, bpr_mf, implicit_als (needs the als extra), "
-        "zero_shot_cosine; None = all whose packages are installed."))
+        "Baselines in the same run: popularity, ease, item_knn, implicit_als and bpr (these two "
+        "need the als extra), zero_shot_cosine; None = all whose packages are installed."))
+    grids: dict[str, dict[str, list]] | None = Field(None, description=(
+        "Hyperparameter grid of each baseline, chosen on the validation queries by "
+        "train.early_stopping_metric, e.g. {ease: {l2: [100, 500]}, item_knn: {neighbors: [50]}}; "
+        "a baseline left out keeps its default grid (llmrec_ray.baselines.DEFAULT_GRIDS); "
+        "None = the default grids."))
     light_user_max: int = Field(20, ge=0, description="light_users slice: users with at most this "
                                 "many training interactions.")
+
+    @field_validator("grids")
+    @classmethod
+    def _grids(cls, v):
+        if v is None:
+            return v
+        import inspect
+
+        from llmrec_ray.baselines import BASELINES
+
+        for name, grid in v.items():
+            if name not in BASELINES:
+                raise ValueError(f"grids.{name}: unknown baseline (known: {list(BASELINES)})")
+            known = [p for p in inspect.signature(BASELINES[name].__init__).parameters if p != "self"]
+            for param, values in grid.items():
+                if param not in known:
+                    raise ValueError(f"grids.{name}.{param}: unknown hyperparameter (known: {known})")
+                if not isinstance(values, list) or not values:
+                    raise ValueError(f"grids.{name}.{param}: give a non-empty list of values")
+        return v
 
     @field_validator("ks")
     @classmethod

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, FeatureRepo
-from llmrec_ray.metrics import ranking_metrics, top_k
+from llmrec_ray.metrics import ranking_metrics
+from llmrec_ray.recommender import Queries, Recommender, TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +57,25 @@ def truth_sets(truth: list[list[str]], item_ids: list[str]) -> list[set[int]]:
     return [{index[i] for i in items} for items in truth]
 
 
-BASELINES = ("popularity", "bpr_mf", "implicit_als", "zero_shot_cosine")
-
-
 def available_baselines(requested: list[str] | None) -> list[str]:
     """The baselines to run: the requested ones (an unavailable one is an error), or by default all
-    whose packages are installed (implicit ALS needs the `als` extra)."""
+    whose packages are installed (implicit ALS and BPR need the `als` extra)."""
+    from llmrec_ray.baselines import BASELINES, NEEDS_IMPLICIT
+
     if requested is not None:
         unknown = [b for b in requested if b not in BASELINES]
         if unknown:
             raise ValueError(f"evaluate.baselines: unknown {unknown} (known: {list(BASELINES)})")
-        if "implicit_als" in requested:
+        if any(b in NEEDS_IMPLICIT for b in requested):
             import implicit  # noqa: F401  (a clear ImportError names the package)
         return list(requested)
     try:
         import implicit  # noqa: F401
         return list(BASELINES)
     except ImportError:
-        logger.warning("implicit is not installed: the implicit_als baseline is skipped "
+        logger.warning("implicit is not installed: the implicit_als and bpr baselines are skipped "
                        "(pip install 'llmrec-ray[als]')")
-        return [b for b in BASELINES if b != "implicit_als"]
+        return [b for b in BASELINES if b not in NEEDS_IMPLICIT]
 
 
 def slices(truth: list[set[int]], fit: pa.Table, users: list[str], item_ids: list[str],
@@ -105,12 +104,11 @@ STAT_COLUMNS = ("n_interactions", "mean_rating", "n_30d", "last_interaction_unix
 
 
 def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: list[str],
-                 model_dir: Path | None = None, user_index: dict[str, int] | None = None,
-                 trained_items: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """Every model input for ranking queries: user-history vectors and user statistics as of each
-    query time (Feast, point in time), item text vectors as of the last query time, and the hybrid
-    ID indices (from `model_dir`, or `user_index` / `trained_items`): users and items the fit rows
-    never saw get -1, the unknown ID."""
+                 vocab: dict | None = None) -> dict[str, np.ndarray]:
+    """Every feature input of ranking queries: user-history vectors and user statistics as of
+    each query time (Feast, point in time), item text vectors as of the last query time, and,
+    with a checkpoint's `vocab`, the ID rows of users and items (-1, the unknown ID, for those
+    the fit rows never saw)."""
     from llmrec_ray.featurestore import USER_STATS_VIEW, embedding_matrix
     from llmrec_ray.model_inputs import item_id_index, user_extra_features, user_id_index
 
@@ -118,55 +116,45 @@ def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: lis
                        "event_timestamp": pd.to_datetime(times, utc=True)})
     refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STAT_COLUMNS]
     out = repo.historical_table(df, refs)  # in input order
-    # Item vectors as of the last query, or of the newest item row when items arrive later (those
-    # are masked until they are available: `masks`).
-    newest_item = pc.max(repo.read_view(ITEM_TEXT_VIEW, columns=["event_timestamp"])
-                         .column("event_timestamp")).as_py()
-    end = max([*df["event_timestamp"], pd.Timestamp(newest_item)])
-    inputs = {"user_emb": torch.from_numpy(embedding_matrix(out.column(f"{USER_HISTORY_VIEW}__embedding"))),
-              "user_extra": torch.from_numpy(user_extra_features(out)),
-              "item_emb": torch.from_numpy(
-                  _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW))}
-    if model_dir is not None:
-        inputs["user_idx"] = user_id_index(model_dir, users)
-        inputs["item_idx"] = item_id_index(model_dir, item_ids)
-    elif user_index is not None:
-        inputs["user_idx"] = torch.tensor([user_index.get(u, -1) for u in users], dtype=torch.long)
-        inputs["item_idx"] = torch.tensor([k if i in trained_items else -1 for k, i in enumerate(item_ids)],
-                                          dtype=torch.long)
+    inputs = {"user_emb": embedding_matrix(out.column(f"{USER_HISTORY_VIEW}__embedding")),
+              "user_extra": user_extra_features(out),
+              "item_emb": latest_item_vectors(repo, item_ids, max(df["event_timestamp"], default=None))}
+    if vocab is not None:
+        inputs["user_idx"] = user_id_index(vocab, users).numpy()
+        inputs["item_idx"] = item_id_index(vocab, item_ids).numpy()
     return inputs
 
 
-def model_scores(model, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-    """(Q, I) scores of a two-tower / hybrid model for prepared `query_inputs`."""
-    hybrid = getattr(model, "hybrid", False)
-    extra = inputs["user_extra"] if model.hparams.get("user_extra_dim", 0) else None
-    with torch.inference_mode():
-        return model.score(inputs["user_emb"], inputs["item_emb"], extra,
-                           inputs.get("user_idx") if hybrid else None,
-                           inputs.get("item_idx") if hybrid else None).float().cpu().numpy()
+def latest_item_vectors(repo: FeatureRepo, item_ids: list[str], as_of=None) -> np.ndarray:
+    """(I, D) item text vectors as of `as_of` (the last query), or of the newest item row when
+    items arrive later (those are masked until they are available: `masks`)."""
+    newest_item = pc.max(repo.read_view(ITEM_TEXT_VIEW, columns=["event_timestamp"])
+                         .column("event_timestamp")).as_py()
+    end = pd.Timestamp(newest_item) if as_of is None else max(pd.Timestamp(as_of), pd.Timestamp(newest_item))
+    return _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW)
 
 
-QUERY_CHUNK = 1024  # queries scored at a time: (chunk, I) scores, never (Q, I)
+def ranking_queries(repo: FeatureRepo, queries: pd.DataFrame, item_ids: list[str], vocab: dict) -> Queries:
+    """A split's query frame -> `Queries`: each query's history (the items before it), its user's
+    row in the fitted vocabulary, and its features as of the query time (`query_inputs`)."""
+    from llmrec_ray.baselines import history_matrix
 
-
-def model_top_k(model, inputs: dict[str, torch.Tensor], mask: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) top items of a two-tower / hybrid model, scored QUERY_CHUNK queries at a time."""
-    per_query = ("user_emb", "user_extra", "user_idx")
-    n = len(inputs["user_emb"])
-    out = np.full((n, k), -1, dtype=np.int64)
-    for lo in range(0, n, QUERY_CHUNK):
-        part = {name: (v[lo:lo + QUERY_CHUNK] if name in per_query else v) for name, v in inputs.items()}
-        out[lo:lo + QUERY_CHUNK] = top_k(model_scores(model, part), mask[lo:lo + QUERY_CHUNK], k)
-    return out
+    users = queries["user_id"].tolist()
+    known = {u: k for k, u in enumerate(vocab["users"])}
+    return Queries(history_matrix(queries["seen"].tolist(), item_ids),
+                   np.array([known.get(u, -1) for u in users], dtype=np.int64),
+                   query_inputs(repo, users, queries["query_time"].tolist(), item_ids, vocab))
 
 
 def validation_score(model, valid: dict, metric: str) -> float:
-    """`metric` (e.g. "ndcg@20") of `model` on prepared validation queries (`train.validation_data`)."""
+    """`metric` (e.g. "ndcg@20") of a trained model on prepared validation queries
+    (`train.validation_data`: queries, mask, truth)."""
+    return metric_on(TrainedModel(model), valid, metric)
+
+
+def metric_on(rec: Recommender, valid: dict, metric: str) -> float:
     k = int(metric.split("@")[1])
-    device = next(model.parameters()).device
-    inputs = {name: torch.from_numpy(v).to(device) for name, v in valid["inputs"].items()}
-    return ranking_metrics(model_top_k(model, inputs, valid["mask"], k), valid["truth"], [k])[metric]
+    return ranking_metrics(rec.top_k(valid["queries"], valid["mask"], k), valid["truth"], [k])[metric]
 
 
 def query_times_us(queries: pd.DataFrame) -> np.ndarray:
@@ -175,47 +163,46 @@ def query_times_us(queries: pd.DataFrame) -> np.ndarray:
 
 def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ks: list[int],
              baselines: list[str] | None = None, light_user_max: int = 20, seed: int = 0,
-             model_dir: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """{slice: {model: metrics}} over `split.test_queries` for the trained model and the
-    baselines, all fitted on `split.fit`, each query ranked over every item available at its
-    time, the items the user saw before it masked."""
+             grids: dict[str, dict[str, list]] | None = None, metric: str = "ndcg@20",
+             valid: dict | None = None) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
+    """({slice: {model: metrics}}, {baseline: tuning}) over `split.test_queries` for the trained
+    model and the baselines, all fitted on `split.fit`, each query ranked over every item
+    available at its time, the items the user saw before it masked. Each baseline's
+    hyperparameters are chosen from `grids` (default `baselines.DEFAULT_GRIDS`) by `metric` on
+    the validation queries (`valid`, as `train.validation_data` prepares them)."""
     from llmrec_ray import baselines as base
 
     queries = split.test_queries
     if queries.empty:
         raise ValueError(f"{split.protocol}: no test queries (too few interactions for this split)")
-    users = queries["user_id"].tolist()
-    inputs = query_inputs(repo, users, queries["query_time"].tolist(), item_ids, model_dir)
+    vocab = model.vocab
+    test = ranking_queries(repo, queries, item_ids, vocab)
     mask = masks(item_ids, queries["seen"].tolist(), items, query_times_us(queries))
     truth = truth_sets(queries["truth"].tolist(), item_ids)
     k_max = max(ks)
 
-    name = "hybrid" if getattr(model, "hybrid", False) else "two_tower"
-    # each model's (Q, I) scores are ranked as soon as they exist, then dropped: one at a time
-    ranked: dict[str, np.ndarray] = {name: model_top_k(model, inputs, mask, k_max)}
-    fit_users = sorted(set(split.fit.column("user_id").to_pylist()))
+    trained = TrainedModel(model)
+    # each model's (Q, I) scores are ranked block by block as soon as they exist: one at a time
+    ranked: dict[str, np.ndarray] = {trained.name: trained.top_k(test, mask, k_max)}
+    fit = base.FitData(base.interaction_matrix(split.fit, vocab["users"], item_ids), vocab["users"],
+                       item_ids, seed)
+    grids = base.DEFAULT_GRIDS if grids is None else grids
+    tuning = {}
     for name in available_baselines(baselines):
         start = time.perf_counter()
-        if name == "popularity":
-            scores = base.popularity(split.fit, users, item_ids)
-        elif name == "bpr_mf":
-            scores = base.rows_for(base.bpr_mf(split.fit, fit_users, item_ids, seed=seed),
-                                   fit_users, users)
-        elif name == "implicit_als":
-            scores = base.implicit_als(split.fit, fit_users, item_ids, seed=seed,
-                                       histories=queries["seen"].tolist())
-        elif name == "zero_shot_cosine":
-            scores = base.zero_shot_cosine(inputs["user_emb"].numpy(), inputs["item_emb"].numpy())
-        ranked[name] = top_k(scores, mask, k_max)
-        del scores
-        logger.info("baseline %s fitted, scored and ranked in %.1fs", name, time.perf_counter() - start)
-    groups = slices(truth, split.fit, users, item_ids, light_user_max,
+        score_fn = (lambda rec: metric_on(rec, valid, metric)) if valid is not None else None
+        rec, trials = base.tune(name, grids.get(name, {}), fit, score_fn)
+        ranked[name] = rec.top_k(test, mask, k_max)
+        tuning[name] = {"chosen": rec.params, "trials": trials, "metric": f"valid {metric}"}
+        logger.info("baseline %s %s fitted, tuned, scored and ranked in %.1fs", name, rec.params,
+                    time.perf_counter() - start)
+    groups = slices(truth, split.fit, queries["user_id"].tolist(), item_ids, light_user_max,
                     new_users=split.protocol == "global-temporal")
     results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in groups}
     for name, top in ranked.items():
         for slice_name, slice_truth in groups.items():
             results[slice_name][name] = ranking_metrics(top, slice_truth, ks)
-    return results
+    return results, tuning
 
 
 def format_table(results: dict[str, dict[str, dict[str, float]]], ks: list[int]) -> str:
@@ -233,14 +220,31 @@ def format_table(results: dict[str, dict[str, dict[str, float]]], ks: list[int])
     return "\n".join(out).rstrip()
 
 
-def write_results(results: dict, path: Path) -> list[Path]:
-    """The metrics as JSON at `path`, the tables as markdown beside it (.md) and one bar chart
-    per slice (<stem>-<slice>.png: Recall@20 and NDCG@20 of every model). Returns the files."""
+def format_tuning(tuning: dict) -> str:
+    """One line per baseline: the hyperparameters chosen on validation, out of how many tried."""
+    lines = []
+    for name, t in tuning.items():
+        chosen = ", ".join(f"{k}={v}" for k, v in t["chosen"].items())
+        tried = len(t["trials"])
+        best = max((x["value"] for x in t["trials"] if x["value"] is not None), default=None)
+        lines.append(f"- {name}: {chosen or 'no hyperparameters'}" + (
+            f" (best of {tried} on {t['metric']}: {best:.4f})" if tried > 1 and best is not None else ""))
+    return "Baseline hyperparameters (chosen on the validation queries):\n" + "\n".join(lines)
+
+
+def write_results(results: dict, path: Path, tuning: dict | None = None) -> list[Path]:
+    """The metrics as JSON at `path` (with the baselines' chosen hyperparameters under
+    "tuning" in <stem>-tuning.json), the tables as markdown beside it (.md) and one bar chart per
+    slice (<stem>-<slice>.png: Recall@20 and NDCG@20 of every model). Returns the files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     ks = sorted({int(k.split("@")[1]) for m in next(iter(results.values())).values() for k in m if "@" in k})
     md = path.with_suffix(".md")
-    md.write_text(format_table(results, ks) + "\n")
+    md.write_text(format_table(results, ks) + "\n" + (f"\n{format_tuning(tuning)}\n" if tuning else ""))
+    if tuning:
+        tuned = path.parent / f"{path.stem}-tuning.json"
+        tuned.write_text(json.dumps(tuning, indent=2, default=float))
+        return [path, md, tuned] + plot_results(results, path.parent / path.stem, k=max(ks))
     return [path, md] + plot_results(results, path.parent / path.stem, k=max(ks))
 
 

@@ -4,9 +4,6 @@ the hybrid model's ID rows of users and items (-1, the unknown ID, for those tra
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
@@ -34,14 +31,16 @@ def user_extra_features(frame) -> np.ndarray:
     return np.stack([np.log1p(n), mean / 5.0, np.log1p(n30), np.log1p(days)], axis=1).astype(np.float32)
 
 
-def user_id_index(model_dir: Path, users: list[str]) -> torch.Tensor:
-    """Hybrid ID rows of `users`; -1 (the unknown ID) for a user absent from the training rows."""
-    known = {u: k for k, u in enumerate(json.loads((model_dir / "users.json").read_text()))}
+def user_id_index(vocab: dict, users: list[str]) -> torch.Tensor:
+    """Hybrid ID rows of `users` in a checkpoint's vocabulary (`vocab["users"]`); -1 (the unknown
+    ID) for a user absent from the training rows."""
+    known = {u: k for k, u in enumerate(vocab["users"])}
     return torch.tensor([known.get(u, -1) for u in users], dtype=torch.long)
 
 
-def item_id_index(model_dir: Path, item_ids: list[str]) -> torch.Tensor:
-    """Hybrid ID rows of `item_ids`; -1 (the unknown ID) for an item without training interactions."""
-    position = {i: k for k, i in enumerate(json.loads((model_dir / "items.json").read_text()))}
-    trained = set(json.loads((model_dir / "trained_items.json").read_text()))
+def item_id_index(vocab: dict, item_ids: list[str]) -> torch.Tensor:
+    """Hybrid ID rows of `item_ids` in a checkpoint's vocabulary (`vocab["items"]`); -1 (the
+    unknown ID) for an item without training interactions (`vocab["trained_items"]`)."""
+    position = {i: k for k, i in enumerate(vocab["items"])}
+    trained = set(vocab["trained_items"])
     return torch.tensor([position.get(i, -1) if i in trained else -1 for i in item_ids], dtype=torch.long)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from llmrec_ray.build import build_features, load_saved_dataset
-from llmrec_ray.evaluate import evaluate, format_table, write_results
+from llmrec_ray.baselines import DEFAULT_GRIDS
+from llmrec_ray.evaluate import evaluate, format_table, format_tuning, write_results
 from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo, open_repo
 from llmrec_ray.split import given_eval_split, global_temporal_eval_split, user_temporal_eval_split
 
@@ -124,12 +125,18 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
     start = time.perf_counter()
     repo = feature_repo(cfg)
     tables, split, item_ids = _split(cfg, repo)
+    from llmrec_ray.train import validation_data
+
     model = load_model(cfg.run_dir)
-    results = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate.ks,
-                       cfg.evaluate.baselines, cfg.evaluate.light_user_max, cfg.seed, cfg.run_dir / "model")
+    valid = validation_data(repo, split, tables["items"], item_ids, model.vocab)
+    e = cfg.evaluate
+    grids = None if e.grids is None else {**DEFAULT_GRIDS, **e.grids}
+    results, tuning = evaluate(repo, model, split, tables["items"], item_ids, e.ks, e.baselines,
+                               e.light_user_max, cfg.seed, grids, cfg.train.early_stopping_metric, valid)
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
-    files = write_results(results, path)
-    summary = {"metrics": results, "table": format_table(results, cfg.evaluate.ks),
+    files = write_results(results, path, tuning)
+    summary = {"metrics": results, "tuning": tuning,
+               "table": format_table(results, cfg.evaluate.ks) + "\n\n" + format_tuning(tuning),
                "protocol": split.summary(),
                "path": str(path), "files": [str(f) for f in files],
                "seconds": round(time.perf_counter() - start, 1)}
@@ -144,14 +151,12 @@ def recommend_stage(cfg, user_id: str | None, k: int, text: str | None = None) -
 
     if (user_id is None) == (text is None):
         raise ValueError("give exactly one of --user and --text")
-    model_dir = cfg.run_dir / "model"
     if text is not None:
-        return recommend_for_text(feature_repo(cfg), load_model(cfg.run_dir), cfg.encode, text, k,
-                                  model_dir)
+        return recommend_for_text(feature_repo(cfg), load_model(cfg.run_dir), cfg.encode, text, k)
     tables = load_saved_dataset(cfg.run_dir)
     inter = tables["interactions"]
     seen = set(inter.filter(pc.equal(inter.column("user_id"), user_id)).column("item_id").to_pylist())
-    return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir), user_id, seen, k, model_dir)
+    return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir), user_id, seen, k)
 
 
 def materialize_stage(cfg, incremental: bool, start: str | None, end: str | None) -> dict:

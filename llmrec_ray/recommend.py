@@ -6,24 +6,20 @@ online store; the trained towers score them; items the user already interacted w
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import torch
 
 from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
                                      USER_STATS_VIEW, FeatureRepo, embedding_matrix)
 from llmrec_ray.model_inputs import item_id_index, user_extra_features, user_id_index
+from llmrec_ray.recommender import Queries, TrainedModel
 
 
 STATS = ["n_interactions", "mean_rating", "n_30d", "last_interaction_unix"]
 
 
-def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k: int,
-                       model_dir: Path | None = None) -> list[dict]:
+def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k: int) -> list[dict]:
     """[{rank, item_id, title, score}] for `user_id`, best first, `seen` excluded."""
     refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STATS]
     got = repo.online(refs, [{"user_id": user_id}])
@@ -33,14 +29,10 @@ def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k
     user_emb = np.asarray(got["embedding"][0], dtype=np.float32)[None, :]  # (1, H)
     frame = pd.DataFrame({f"{USER_STATS_VIEW}__{f}": [got[f][0]] for f in STATS})
     frame["event_timestamp"] = pd.Timestamp.now(tz="UTC")
-    user_idx = None
-    if getattr(model, "hybrid", False):
-        user_idx = user_id_index(model_dir, [user_id])
-    return _rank_items(repo, model, user_emb, user_extra_features(frame), user_idx, seen, k, model_dir)
+    return _rank_items(repo, model, user_emb, user_extra_features(frame), user_id, seen, k)
 
 
-def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int,
-                       model_dir: Path | None = None) -> list[dict]:
+def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) -> list[dict]:
     """A brand-new user described in words: the text is encoded with the features' encoder (same
     model, pooling, prompt) and scored as a user with no history (zero statistics, unknown ID)."""
     from llmrec_ray.encode import Encoder, resolve_model
@@ -56,25 +48,34 @@ def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int,
     out = enc(pa.table({"text_hash": ["query"], "text": [text]}))
     user_emb = np.asarray(out.column("embedding")[0].as_py(), dtype=np.float32)[None, :]
     user_extra = np.zeros((1, 4), dtype=np.float32)  # no interactions yet
-    return _rank_items(repo, model, user_emb, user_extra, None, set(), k, model_dir)
+    return _rank_items(repo, model, user_emb, user_extra, None, set(), k)
 
 
-def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.ndarray, user_idx,
-                seen: set[str], k: int, model_dir: Path | None) -> list[dict]:
-    """Score one user against every item in the online store; top k unseen, with titles."""
-    item_ids = pc.unique(repo.read_view(ITEM_TEXT_VIEW, columns=["item_id"]).column("item_id")).to_pylist()
+def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.ndarray,
+                user_id: str | None, seen: set[str], k: int) -> list[dict]:
+    """Score one user (their features, their history `seen`) against every item of the model's
+    vocabulary, with the items' features from the online store, through the model's
+    `Recommender` interface; top k unseen, with titles."""
+    from llmrec_ray.baselines import history_matrix
+
+    vocab = model.vocab
+    item_ids = vocab["items"]
     items = repo.online([f"{ITEM_TEXT_VIEW}:embedding", f"{ITEM_METADATA_VIEW}:title"],
                         [{"item_id": i} for i in item_ids])
-    item_emb = embedding_matrix(items["embedding"])  # (I, H)
-    item_idx = None
-    if getattr(model, "hybrid", False):
-        item_idx = item_id_index(model_dir, item_ids)
-    with torch.inference_mode():
-        scores = model.score(torch.from_numpy(user_emb), torch.from_numpy(item_emb),
-                             torch.from_numpy(user_extra), user_idx, item_idx)[0].numpy()
-    order = np.argsort(-scores, kind="stable")
+    missing = [i for i, v in zip(item_ids, items["embedding"]) if v is None]
+    if missing:
+        raise KeyError(f"{len(missing)} items of the model are not in the online store "
+                       f"({ITEM_TEXT_VIEW}; first: {missing[0]!r}): materialize the features again")
+    users = [user_id if user_id is not None else ""]
+    features = {"user_emb": user_emb, "user_extra": user_extra,
+                "item_emb": embedding_matrix(items["embedding"]),
+                "user_idx": user_id_index(vocab, users).numpy(),
+                "item_idx": item_id_index(vocab, item_ids).numpy()}
+    queries = Queries(history_matrix([[i for i in seen if i in set(item_ids)]], item_ids),
+                      features["user_idx"].astype(np.int64), features)
+    scores = TrainedModel(model).score(queries)[0]
     out = []
-    for i in order:
+    for i in np.argsort(-scores, kind="stable"):
         if item_ids[i] in seen:
             continue
         out.append({"rank": len(out) + 1, "item_id": item_ids[i], "title": items["title"][i],

@@ -1,4 +1,5 @@
-"""Train the two-tower model with Ray Train on features fetched from Feast.
+"""Train a recommender (two-tower, hybrid or the LLM graph model) with Ray Train on features
+fetched from Feast.
 
 Training rows = the interactions of the training window, each with a unique `row_id`, joined with
 the user-history and item-text embeddings by `FeatureStore.get_historical_features` (point in time:
@@ -24,6 +25,7 @@ import torch
 from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, FeatureRepo
 from llmrec_ray.model_inputs import (USER_EXTRA_DIM, item_id_index,  # noqa: F401  (re-exported)
                                      user_extra_features, user_id_index)
+from llmrec_ray.models.graph import LLMGraph
 from llmrec_ray.models.two_tower import TwoTower
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,18 @@ def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict
     refs = job.feature_values()
     tables = {key: (refs[view], col) for key, (view, col) in EMBEDDINGS.items()}
     return ds.map_batches(to_training_batch, batch_format="pyarrow"), tables
+
+
+def build_model(kind: str, kwargs: dict, graph: dict | None = None):
+    """A model of `kind` from its hyperparameters; the graph model also takes its training graph
+    and item vectors (`graph`: edge_users, edge_items, item_emb), which its checkpoint carries."""
+    if kind == "llm_graph":
+        model = LLMGraph(**kwargs, edge_users=None if graph is None else graph["edge_users"],
+                         edge_items=None if graph is None else graph["edge_items"])
+        if graph is not None:
+            model.set_item_vectors(torch.from_numpy(graph["item_emb"]))
+        return model
+    return TwoTower(**kwargs)
 
 
 def held_tables(tables: dict, device) -> dict[str, torch.Tensor]:
@@ -201,7 +215,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     ctx = ray.train.get_context()
     torch.manual_seed(config["seed"] + ctx.get_world_rank())
-    model = TwoTower(**config["model"])
+    graph = ray.get(config["graph"]) if config.get("graph") is not None else None
+    model = build_model(config["kind"], config["model"], graph)
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     inner = model.module if hasattr(model, "module") else model
@@ -268,18 +283,16 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def validation_data(repo: FeatureRepo, split, items: pa.Table, item_ids: list[str],
-                    user_index: dict[str, int]) -> dict | None:
-    """The validation queries as the workers score them (numpy): inputs as of each query time
-    (Feast, point in time), the mask of seen / unavailable items, and the truth sets."""
-    from llmrec_ray.evaluate import masks, query_inputs, query_times_us, truth_sets
+                    vocab: dict) -> dict | None:
+    """The validation queries as the workers score them: `Queries` as of each query time (Feast,
+    point in time; ID rows from the training `vocab`), the mask of seen / unavailable items, and
+    the truth sets."""
+    from llmrec_ray.evaluate import masks, query_times_us, ranking_queries, truth_sets
 
     q = split.valid_queries
     if q.empty:
         return None
-    trained = set(split.fit.column("item_id").to_pylist())
-    inputs = query_inputs(repo, q["user_id"].tolist(), q["query_time"].tolist(), item_ids,
-                          user_index=user_index, trained_items=trained)
-    return {"inputs": {k: v.numpy() for k, v in inputs.items()},
+    return {"queries": ranking_queries(repo, q, item_ids, vocab),
             "mask": masks(item_ids, q["seen"].tolist(), items, query_times_us(q)),
             "truth": truth_sets(q["truth"].tolist(), item_ids)}
 
@@ -309,21 +322,39 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
     train_interactions = split.fit
     users = sorted(set(train_interactions.column("user_id").to_pylist()))
     user_index = {u: k for k, u in enumerate(users)}
+    trained = sorted(set(train_interactions.column("item_id").to_pylist()))
+    vocab = {"users": users, "items": list(item_ids), "trained_items": trained}
     ds, tables = training_dataset(repo, train_interactions, item_index, user_index)
     if t.num_workers * t.cpus_per_worker > ray.cluster_resources().get("CPU", 0) - 1:
         # The workers leave no CPU for the dataset's map tasks, which would wait for ever:
         # run them now, before the workers take the cluster (the rows then sit in the object store).
         ds = ds.materialize()
-    valid = validation_data(repo, split, items, item_ids, user_index)
+    valid = validation_data(repo, split, items, item_ids, vocab)
     dim = repo.read_manifest()["dim"]
+    graph = None
+    batch_size, lr, epochs = t.batch_size, t.lr, t.epochs
     model_kwargs = dict(user_dim=dim, item_dim=dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
                         dropout=t.dropout, temperature=t.temperature,
                         user_extra_dim=USER_EXTRA_DIM if t.user_stats else 0)
-    if t.model == "hybrid":
+    if t.model == "llm_graph":
+        g = t.graph
+        batch_size, lr, epochs = g.batch_size, g.lr, g.epochs
+        model_kwargs = dict(item_dim=dim, n_users=len(users), n_items=len(item_ids),
+                            hidden_dim=g.hidden_dim, out_dim=t.out_dim, layers=g.layers,
+                            temperature=g.temperature, negatives=g.negatives)
+        edges = entity_rows(train_interactions, item_index, user_index)
+        pairs = np.unique(np.stack([edges.column("user_idx").to_numpy(),
+                                    edges.column("item_idx").to_numpy()], 1), axis=0)
+        from llmrec_ray.evaluate import latest_item_vectors
+
+        graph = ray.put({"edge_users": pairs[:, 0], "edge_items": pairs[:, 1],
+                         "item_emb": latest_item_vectors(repo, item_ids)})
+        tables = {}  # the graph model holds its item vectors itself
+    elif t.model == "hybrid":
         model_kwargs.update(n_users=len(users), n_items=len(item_ids), id_dim=t.id_dim,
                             id_dropout=t.id_dropout, id_mode=t.id_mode,
                             user_id_dropout=t.user_id_dropout, text_aux=t.text_aux)
-    if t.logq:
+    if t.logq and t.model != "llm_graph":
         counts = np.bincount(entity_rows(train_interactions, item_index).column("item_idx").to_numpy(),
                              minlength=len(item_ids)).astype(np.float64)
         model_kwargs["logq"] = np.log(np.maximum(counts, 1) / counts.sum()).tolist()
@@ -339,7 +370,8 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "seed": cfg.seed, "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
+            "seed": cfg.seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "kind": t.model,
+            "graph": graph,
             "weight_decay": t.weight_decay, "fingerprint": fingerprint, "fault": fault,
             "model": model_kwargs, "valid": None if valid is None else ray.put(valid),
             "tables": tables,
@@ -368,19 +400,16 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
     out.mkdir(parents=True, exist_ok=True)
     with best.as_directory() as d:
         state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
-    torch.save(state, out / MODEL_FILE)
-    (out / "items.json").write_text(json.dumps(item_ids))
-    (out / "users.json").write_text(json.dumps(users))
-    trained = sorted(set(train_interactions.column("item_id").to_pylist()))
-    (out / "trained_items.json").write_text(json.dumps(trained))
+    state.pop("optimizer", None)  # the served model: weights, hyperparameters and vocabulary
+    torch.save({**state, "kind": t.model, "vocab": vocab}, out / MODEL_FILE)
     history = result.metrics_dataframe  # one row per kept checkpoint, in score order
     if history is not None and len(history):
         history = history[history["batches"] > 0].sort_values("epoch").drop_duplicates("epoch", keep="last")
     train_state = state["train_state"]
     summary = {"rows": int(train_interactions.num_rows), "workers": t.num_workers, "use_gpu": use_gpu,
                "model_kind": t.model, "resumed_from": int(result.metrics.get("resumed_from", 0)),
-               "fingerprint": fingerprint, "epochs": t.epochs,
-               "epochs_run": int(result.metrics["epoch"]),
+               "fingerprint": fingerprint, "epochs": epochs,
+               "epochs_run": int(result.metrics["epoch"]), "max_epochs": epochs,
                "stopped_early": bool(result.metrics.get("stopped", False)),
                "best_epoch": int(train_state["epoch"]), key: train_state["valid"],
                "final_loss": float(result.metrics["loss"]),
@@ -394,29 +423,37 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
     return summary
 
 
-def load_model(run_dir: Path) -> TwoTower:
+def load_model(run_dir: Path):
+    """The trained model of a run, with its ID vocabulary (`model.vocab`: users, items,
+    trained_items) from the checkpoint."""
     path = run_dir / "model" / MODEL_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no trained model; run `llmrec train` first")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = TwoTower(**state["hparams"])
+    if "vocab" not in state:
+        raise ValueError(f"{path}: a checkpoint without its vocabulary (made before the vocabulary "
+                         "travelled inside it); run `llmrec train` again")
+    model = build_model(state.get("kind", "two_tower"), state["hparams"])
     model.load_state_dict(state["state_dict"])
+    model.vocab = state["vocab"]
     return model.eval()
 
 
-def export_towers(repo: FeatureRepo, model: TwoTower, model_dir: Path, encoder_key: str,
+def export_towers(repo: FeatureRepo, model, model_dir: Path, encoder_key: str,
                   fingerprint: str) -> dict[str, int]:
-    """Write the trained towers' vectors back as Feast views and put them online.
+    """Write the trained model's vectors back as Feast views and put them online.
 
     item_tower_embedding: one vector per item text row; user_tower_embedding: one per user
-    snapshot (history embedding + statistics of that snapshot). Users and items unseen in
-    training get the unknown ID (hybrid). Tagged with the encoder and the trained model.
+    snapshot (history embedding + statistics of that snapshot), for the models that have user
+    vectors per snapshot (`model.export_vectors` says which: the graph model folds users in from
+    their history at request time, so it exports items only). Tagged with the encoder and the
+    trained model.
     """
     from datetime import timedelta
 
     import pyarrow.compute as pc
 
-    from llmrec_ray.featurestore import ITEM_TOWER_VIEW, USER_TOWER_VIEW, embedding_matrix
+    from llmrec_ray.featurestore import ITEM_TOWER_VIEW, USER_TOWER_VIEW
     from llmrec_ray.schemas import EMBEDDING
 
     items = repo.read_view(ITEM_TEXT_VIEW, columns=["item_id", "event_timestamp", "embedding"])
@@ -426,23 +463,18 @@ def export_towers(repo: FeatureRepo, model: TwoTower, model_dir: Path, encoder_k
         stats, on=["user_id", "event_timestamp"], how="left", validate="one_to_one")
     frame = frame.rename(columns={c: f"{USER_STATS_VIEW}__{c}" for c in stats.columns
                                   if c not in ("user_id", "event_timestamp")})
-    user_idx = item_idx = None
-    if model.hybrid:
-        user_idx = user_id_index(model_dir, users.column("user_id").to_pylist())
-        item_idx = item_id_index(model_dir, items.column("item_id").to_pylist())
     with torch.inference_mode():
-        v_items = model.item_vectors(torch.from_numpy(embedding_matrix(items.column("embedding"))),
-                                     item_idx).numpy()
-        v_users = model.user_vectors(torch.from_numpy(embedding_matrix(users.column("embedding"))),
-                                     torch.from_numpy(user_extra_features(frame)), user_idx).numpy()
+        vectors = model.export_vectors(items, users, frame)
     key = f"{encoder_key}|model={fingerprint}"
-    tags = {"model_fingerprint": fingerprint, "dim": str(v_items.shape[1])}
-    for view, table, vectors in ((ITEM_TOWER_VIEW, items, v_items), (USER_TOWER_VIEW, users, v_users)):
-        out = table.select([0, 1]).append_column("embedding", pa.array(list(vectors), EMBEDDING))
+    tags = {"model_fingerprint": fingerprint, "dim": str(vectors["items"].shape[1])}
+    views = [(ITEM_TOWER_VIEW, items, vectors["items"])]
+    if "users" in vectors:
+        views.append((USER_TOWER_VIEW, users, vectors["users"]))
+    for view, table, v in views:
+        out = table.select([0, 1]).append_column("embedding", pa.array(list(v), EMBEDDING))
         repo.write_view(view, out, encoder_key=key, tags=tags)
     repo.apply()
-    ts = pa.concat_arrays([items.column("event_timestamp").combine_chunks(),
-                           users.column("event_timestamp").combine_chunks()])
+    ts = pa.concat_arrays([t.column("event_timestamp").combine_chunks() for _, t, _ in views])
     start = pc.min(ts).as_py() - timedelta(seconds=1)
     end = max(pc.max(ts).as_py(), datetime.now(timezone.utc)) + timedelta(seconds=1)
-    return repo.materialize(start, end, [ITEM_TOWER_VIEW, USER_TOWER_VIEW])
+    return repo.materialize(start, end, [view for view, _, _ in views])

@@ -11,7 +11,8 @@ with that ID, so the towers learn to rank from features alone. `logq` (log of ea
 corrects in-batch negatives for popularity: popular items are over-sampled as negatives, so
 their logit is lowered by log q during training (Yi et al., 2019), not at scoring.
 
-Interface (shared by every model): `loss(batch)`, `user_vectors`, `item_vectors`, `score`.
+Interface (shared by every model, `llmrec_ray.recommender`): `loss(batch)`, `score_queries`,
+`user_vectors`, `item_vectors`.
 """
 
 from __future__ import annotations
@@ -94,6 +95,35 @@ class TwoTower(nn.Module):
         """(U, Hu), (I, Hi) -> (U, I) scores."""
         return self.user_vectors(user_emb, user_extra, user_idx) @ \
             self.item_vectors(item_emb, item_idx).T / self.temperature
+
+    @property
+    def kind(self) -> str:
+        return "hybrid" if self.hybrid else "two_tower"
+
+    def score_queries(self, queries) -> torch.Tensor:
+        """(Q, I) scores of `Queries` from their features as of the query time (user_emb,
+        user_extra, item_emb and, hybrid, the ID rows user_idx / item_idx)."""
+        dev = next(self.parameters()).device
+        f = {k: torch.as_tensor(v, device=dev) for k, v in queries.features.items()}
+        extra = f.get("user_extra") if self.hparams.get("user_extra_dim", 0) else None
+        return self.score(f["user_emb"], f["item_emb"], extra,
+                          f.get("user_idx") if self.hybrid else None,
+                          f.get("item_idx") if self.hybrid else None)
+
+    def export_vectors(self, items, users, stats_frame) -> dict:
+        """Vectors of every item-text row and every user snapshot (Arrow tables of the views,
+        `stats_frame` the snapshots' statistics): {"items": (rows, d), "users": (rows, d)}."""
+        from llmrec_ray.featurestore import embedding_matrix
+        from llmrec_ray.model_inputs import item_id_index, user_extra_features, user_id_index
+
+        user_idx = item_idx = None
+        if self.hybrid:
+            user_idx = user_id_index(self.vocab, users.column("user_id").to_pylist())
+            item_idx = item_id_index(self.vocab, items.column("item_id").to_pylist())
+        v_items = self.item_vectors(torch.from_numpy(embedding_matrix(items.column("embedding"))), item_idx)
+        v_users = self.user_vectors(torch.from_numpy(embedding_matrix(users.column("embedding"))),
+                                    torch.from_numpy(user_extra_features(stats_frame)), user_idx)
+        return {"items": v_items.numpy(), "users": v_users.numpy()}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         idx = batch["item_idx"]

@@ -1,0 +1,129 @@
+"""One interface for every recommender the project fits, evaluates, serves and exports.
+
+The shape is RecBole's: `fit` on the training interactions, `loss` on a batch (models trained by
+gradient descent), `score` a block of queries against every item, `export` the vectors a serving
+system keeps. Evaluation, validation, recommendation and export call only these, so they never
+branch on a model's internals.
+
+A query is a user at a moment. `Queries` carries everything any recommender may use to score it:
+the items the user interacted with before the query (`history`, a CSR matrix over the item
+vocabulary: what a history-based model such as EASE or item-KNN scores from, what ALS folds in),
+the user's row in the fitted vocabulary (-1 for a user the fit rows never saw), and the LLM
+features as of the query time from Feast (`features`: `user_emb` (Q, D), `user_extra`, and the
+item side `item_emb` (I, D)). `score(queries, rows)` returns the (len(rows), I) scores of a block
+of queries; callers rank blocks of `QUERY_CHUNK` queries, never a (Q, I) matrix at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+QUERY_CHUNK = 1024  # queries scored at a time: (chunk, I) scores, never (Q, I)
+
+
+@dataclass
+class FitData:
+    """The training interactions: `matrix` a binary CSR (users x items) over `users` x `items`,
+    `trained_items` the items with at least one training interaction."""
+
+    matrix: object
+    users: list[str]
+    items: list[str]
+    seed: int = 0
+
+    @property
+    def trained_items(self) -> np.ndarray:
+        return np.asarray(self.matrix.sum(axis=0)).ravel() > 0
+
+
+@dataclass
+class Queries:
+    """What a block of ranking queries carries (see the module docstring). `history` is a binary
+    CSR (Q x I); `user_rows` (Q,) int64 rows of the fitted users, -1 for unknown; `features`
+    numpy arrays: per query `user_emb`, `user_extra`, and `item_emb` for the items."""
+
+    history: object
+    user_rows: np.ndarray
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.history.shape[0]
+
+    def take(self, rows: slice) -> "Queries":
+        per_query = {k: v[rows] for k, v in self.features.items() if k != "item_emb"}
+        if "item_emb" in self.features:
+            per_query["item_emb"] = self.features["item_emb"]
+        return Queries(self.history[rows], self.user_rows[rows], per_query)
+
+
+class Recommender:
+    """Base class. Subclasses set `name`, take their hyperparameters as keyword arguments (stored
+    in `params`, reported with the results), and implement `fit` and `score`."""
+
+    name = "recommender"
+
+    def __init__(self, **params):
+        self.params = params
+
+    def fit(self, data: FitData) -> "Recommender":
+        raise NotImplementedError
+
+    def loss(self, batch: dict):
+        """The training loss on one batch (models trained by gradient descent)."""
+        raise NotImplementedError(f"{self.name} is not trained by batches")
+
+    def score(self, queries: Queries) -> np.ndarray:
+        """(len(queries), I) scores, higher is better."""
+        raise NotImplementedError
+
+    def export(self) -> dict[str, np.ndarray]:
+        """The item vectors (and whatever else) a serving system keeps; empty when the model has
+        no vectors (popularity, EASE, item-KNN score from the history directly)."""
+        return {}
+
+    def top_k(self, queries: Queries, mask: np.ndarray, k: int) -> np.ndarray:
+        """(Q, k) best items of every query, masked items excluded, scored QUERY_CHUNK at a time."""
+        from llmrec_ray.metrics import top_k
+
+        out = np.full((len(queries), k), -1, dtype=np.int64)
+        for lo in range(0, len(queries), QUERY_CHUNK):
+            rows = slice(lo, lo + QUERY_CHUNK)
+            out[rows] = top_k(self.score(queries.take(rows)), mask[rows], k)
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.name}({args})"
+
+
+class TrainedModel(Recommender):
+    """A trained torch model (two-tower, hybrid, graph) as a `Recommender`: the model scores
+    `Queries` itself (`score_queries`), on its own device, without gradients."""
+
+    def __init__(self, model):
+        super().__init__(**{k: v for k, v in model.hparams.items()
+                            if not isinstance(v, (list, tuple)) and v is not None})
+        self.model = model
+        self.name = model.kind
+
+    def fit(self, data: FitData) -> "TrainedModel":
+        raise NotImplementedError("trained models are fitted with Ray Train: `llmrec train`")
+
+    def loss(self, batch: dict):
+        return self.model.loss(batch)
+
+    def score(self, queries: Queries) -> np.ndarray:
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                return self.model.score_queries(queries).float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+
+    def export(self) -> dict[str, np.ndarray]:
+        return {}
