@@ -10,6 +10,7 @@ import pytest
 
 from llmrec_ray import baselines
 from llmrec_ray.evaluate import available_baselines, slices
+from llmrec_ray.recommender import FitData, Queries
 from llmrec_ray.schemas import TIMESTAMP
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -30,39 +31,102 @@ def two_communities(n_users=40, n_items=20, seed=0):
     return train, users, items
 
 
-@pytest.mark.parametrize("fit", [
-    lambda t, u, i: baselines.bpr_mf(t, u, i, factors=8, epochs=60, lr=0.05),
-    lambda t, u, i: baselines.implicit_als(t, u, i, factors=8, iterations=15),
-], ids=["bpr_mf", "implicit_als"])
-def test_id_models_learn_the_communities_and_know_nothing_of_cold_items(fit):
+def fit_data(train, users, items, seed=0):
+    return FitData(baselines.interaction_matrix(train, users, items), users, items, seed)
+
+
+def queries_of(histories, items, user_rows=None, **features):
+    rows = np.arange(len(histories)) if user_rows is None else np.asarray(user_rows)
+    return Queries(baselines.history_matrix(histories, items), rows, features)
+
+
+def own_histories(train, users):
+    pairs = zip(train.column("user_id").to_pylist(), train.column("item_id").to_pylist())
+    by_user = {u: [] for u in users}
+    for u, i in pairs:
+        by_user[u].append(i)
+    return [by_user[u] for u in users]
+
+
+@pytest.mark.parametrize("rec", [
+    lambda: baselines.BPR(factors=8, learning_rate=0.05, iterations=200),
+    lambda: baselines.ImplicitALS(factors=8, iterations=15),
+    lambda: baselines.EASE(l2=10.0),
+    lambda: baselines.ItemKNN(neighbors=5),
+], ids=["bpr", "implicit_als", "ease", "item_knn"])
+def test_interaction_models_learn_the_communities_and_know_nothing_of_cold_items(rec):
     pytest.importorskip("implicit")
     train, users, items = two_communities()
-    scores = fit(train, users, items)
+    r = rec().fit(fit_data(train, users, items))
+    scores = r.score(queries_of(own_histories(train, users), items))
     assert scores.shape == (40, 21)
     seen = baselines.interaction_matrix(train, users, items).toarray().astype(bool)
     masked = np.where(seen, -np.inf, scores)
     best = masked[:, :20].argmax(axis=1)
     # a user's best unseen item is from their own community
     assert ((best < 10) == (np.arange(40) < 20)).mean() >= 0.9
-    np.testing.assert_allclose(scores[:, 20], 0.0, atol=1e-3)  # the cold item: no factors
+    np.testing.assert_allclose(scores[:, 20], 0.0, atol=1e-3)  # the cold item: nothing learned
+
+
+def test_ease_matches_the_closed_form_by_hand():
+    """Two items a, b; a seen by 3 users, b by 2, both by 1. EASE's B[a, b] is the ridge
+    regression of column b on column a: c / (n_a + l2) = 1 / (3 + 1); B[b, a] = 1 / (2 + 1);
+    the diagonal is 0. A user who saw a scores b at B[a, b]."""
+    train = pa.table({"user_id": ["u1", "u1", "u2", "u3", "u4"], "item_id": ["a", "b", "a", "a", "b"]})
+    r = baselines.EASE(l2=1.0).fit(fit_data(train, ["u1", "u2", "u3", "u4"], ["a", "b"]))
+    np.testing.assert_allclose(r.b, [[0.0, 1 / 4], [1 / 3, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(r.score(queries_of([["a"], ["a", "b"]], ["a", "b"])),
+                               [[0.0, 0.25], [1 / 3, 0.25]], rtol=1e-6)
+
+
+def test_item_knn_cosine_and_neighbour_cut_by_hand():
+    """Items x, y, z. x: users 1, 2; y: users 1, 2, 3; z: user 3. cos(x, y) = 2 / sqrt(2 * 3),
+    cos(y, z) = 1 / sqrt(3), cos(x, z) = 0. With one neighbour per item, z keeps only y and y
+    keeps only x."""
+    train = pa.table({"user_id": ["1", "2", "1", "2", "3", "3"], "item_id": ["x", "x", "y", "y", "y", "z"]})
+    items = ["x", "y", "z"]
+    full = baselines.ItemKNN(neighbors=2).fit(fit_data(train, ["1", "2", "3"], items))
+    cxy, cyz = 2 / np.sqrt(6), 1 / np.sqrt(3)
+    np.testing.assert_allclose(full.sim.toarray(), [[0, cxy, 0], [cxy, 0, cyz], [0, cyz, 0]], rtol=1e-6)
+    one = baselines.ItemKNN(neighbors=1).fit(fit_data(train, ["1", "2", "3"], items))
+    np.testing.assert_allclose(one.sim.toarray(), [[0, cxy, 0], [cxy, 0, cyz], [0, 0, 0]], rtol=1e-6)
+    # a query who saw y: x and z are scored by their similarity to y, in the kept neighbours
+    np.testing.assert_allclose(one.score(queries_of([["y"]], items)), [[cxy, 0, cyz]], rtol=1e-6)
+
+
+def test_tune_picks_the_best_validation_point_and_reports_every_trial():
+    train, users, items = two_communities()
+    grid = {"l2": [1.0, 10.0, 100.0]}
+    value = {1.0: 0.2, 10.0: 0.5, 100.0: 0.5}  # a tie: the earlier point wins
+    best, trials = baselines.tune("ease", grid, fit_data(train, users, items),
+                                  lambda rec: value[rec.params["l2"]])
+    assert best.params == {"l2": 10.0}
+    assert [t["value"] for t in trials] == [0.2, 0.5, 0.5]
+    # the shared eigendecomposition gives the same B as a fresh fit
+    fresh = baselines.EASE(l2=10.0).fit(fit_data(train, users, items))
+    np.testing.assert_allclose(best.b, fresh.b, atol=1e-5)
+    assert baselines.grid_points({"a": [1, 2], "b": [3]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
 
 
 def test_popularity_counts_training_interactions():
     train = pa.table({"user_id": ["a", "b", "b"], "item_id": ["x", "x", "y"]})
-    s = baselines.popularity(train, ["a", "b"], ["x", "y", "z"])
-    assert s.tolist() == [[2, 1, 0], [2, 1, 0]]
+    r = baselines.Popularity().fit(fit_data(train, ["a", "b"], ["x", "y", "z"]))
+    assert r.score(queries_of([[], []], ["x", "y", "z"])).tolist() == [[2, 1, 0], [2, 1, 0]]
 
 
 def test_zero_shot_cosine():
     u = np.array([[3.0, 4.0]])
     v = np.array([[1.0, 0.0], [0.0, 2.0]])
-    np.testing.assert_allclose(baselines.zero_shot_cosine(u, v), [[0.6, 0.8]])
+    q = queries_of([[]], ["x", "y"], user_emb=u, item_emb=v)
+    np.testing.assert_allclose(baselines.ZeroShotCosine().score(q), [[0.6, 0.8]])
 
 
 def test_interaction_matrix_is_binary():
     train = pa.table({"user_id": ["a", "a", "b"], "item_id": ["x", "x", "y"]})
     m = baselines.interaction_matrix(train, ["a", "b"], ["x", "y"]).toarray()
     assert m.tolist() == [[1, 0], [0, 1]]
+    with pytest.raises(ValueError, match="outside the item table"):
+        baselines.interaction_matrix(train, ["a", "b"], ["x"])
 
 
 def test_slices_by_hand():
@@ -78,23 +142,16 @@ def test_slices_by_hand():
     assert got["new_users"] == [set(), {1}, set()]
 
 
-def test_rows_for_repeats_users_and_zeroes_unknown_ones():
-    scores = np.array([[1.0, 2.0], [3.0, 4.0]])
-    got = baselines.rows_for(scores, ["a", "b"], ["b", "new", "a", "b"])
-    assert got.tolist() == [[3.0, 4.0], [0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]
-
-
 def test_als_fold_in_serves_histories_including_new_users():
     """With histories, ALS recomputes each query's user factors from it (implicit's
     recalculate_user): a fitted user's own history gives the fitted scores, and a user who never
     appeared in the fit rows is served from their history like a community member."""
     pytest.importorskip("implicit")
     train, users, items = two_communities()
-    fitted = baselines.implicit_als(train, users, items, factors=4, iterations=30, seed=0)
-    history_u0 = [i for u, i in zip(train.column("user_id").to_pylist(), train.column("item_id").to_pylist())
-                  if u == users[0]]
-    folded = baselines.implicit_als(train, users, items, factors=4, iterations=30, seed=0,
-                                    histories=[history_u0, history_u0[:2], []])
+    als = baselines.ImplicitALS(factors=4, iterations=30).fit(fit_data(train, users, items))
+    fitted = np.asarray(als.model.user_factors) @ np.asarray(als.model.item_factors).T
+    history_u0 = own_histories(train, users)[0]
+    folded = als.score(queries_of([history_u0, history_u0[:2], []], items, [0, -1, -1]))
     assert folded.shape == (3, len(items))
     np.testing.assert_allclose(folded[0], fitted[0], atol=0.05)
     # a newcomer who saw two items of the first community is recommended that community
