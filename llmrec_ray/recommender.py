@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 QUERY_CHUNK = 1024  # queries scored at a time: (chunk, I) scores, never (Q, I)
+ITEM_FEATURES = ("item_emb", "item_idx")  # per item, not per query: kept whole in a block
 
 
 @dataclass
@@ -42,7 +43,8 @@ class FitData:
 class Queries:
     """What a block of ranking queries carries (see the module docstring). `history` is a binary
     CSR (Q x I); `user_rows` (Q,) int64 rows of the fitted users, -1 for unknown; `features`
-    numpy arrays: per query `user_emb`, `user_extra`, and `item_emb` for the items."""
+    numpy arrays: per query `user_emb`, `user_extra`, `user_idx`; per item (`ITEM_FEATURES`)
+    `item_emb`, `item_idx`."""
 
     history: object
     user_rows: np.ndarray
@@ -52,10 +54,8 @@ class Queries:
         return self.history.shape[0]
 
     def take(self, rows: slice) -> "Queries":
-        per_query = {k: v[rows] for k, v in self.features.items() if k != "item_emb"}
-        if "item_emb" in self.features:
-            per_query["item_emb"] = self.features["item_emb"]
-        return Queries(self.history[rows], self.user_rows[rows], per_query)
+        part = {k: (v if k in ITEM_FEATURES else v[rows]) for k, v in self.features.items()}
+        return Queries(self.history[rows], self.user_rows[rows], part)
 
 
 class Recommender:

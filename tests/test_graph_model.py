@@ -90,3 +90,16 @@ def test_training_lowers_the_loss_and_the_checkpoint_round_trips():
     fresh.vocab = m.vocab = {"users": [], "items": [], "trained_items": []}
     q = Queries(csr_matrix(np.eye(2, n_items, dtype=np.float32)), np.array([0, 1]), {})
     np.testing.assert_allclose(TrainedModel(fresh).score(q), TrainedModel(m).score(q), rtol=1e-5)
+
+
+def test_query_blocks_keep_the_item_features_whole():
+    """More queries than one block: per-query features are sliced, per-item ones are not."""
+    from llmrec_ray.recommender import QUERY_CHUNK
+
+    n = QUERY_CHUNK + 3
+    q = Queries(csr_matrix((n, 4), dtype=np.float32), np.arange(n),
+                {"user_emb": np.zeros((n, 2)), "user_idx": np.arange(n),
+                 "item_emb": np.zeros((4, 2)), "item_idx": np.arange(4)})
+    part = q.take(slice(QUERY_CHUNK, None))
+    assert len(part) == 3 and part.features["user_idx"].tolist() == [n - 3, n - 2, n - 1]
+    assert part.features["item_idx"].tolist() == [0, 1, 2, 3] and part.features["item_emb"].shape == (4, 2)

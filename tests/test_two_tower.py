@@ -187,13 +187,9 @@ def test_residual_ids_leave_unseen_items_their_text_vector_and_text_aux_adds_a_l
     torch.testing.assert_close(aux.loss(batch), 1.5 * plain.loss(batch))
 
 
-def test_id_indices_give_unknown_to_what_training_never_saw(tmp_path):
-    import json
+def test_id_indices_give_unknown_to_what_training_never_saw():
+    from llmrec_ray.model_inputs import item_id_index, user_id_index
 
-    from llmrec_ray.train import item_id_index, user_id_index
-
-    (tmp_path / "users.json").write_text(json.dumps(["u1", "u2"]))
-    (tmp_path / "items.json").write_text(json.dumps(["a", "b", "c"]))
-    (tmp_path / "trained_items.json").write_text(json.dumps(["a", "c"]))
-    assert user_id_index(tmp_path, ["u2", "new", "u1"]).tolist() == [1, -1, 0]
-    assert item_id_index(tmp_path, ["c", "b", "zzz", "a"]).tolist() == [2, -1, -1, 0]
+    vocab = {"users": ["u1", "u2"], "items": ["a", "b", "c"], "trained_items": ["a", "c"]}
+    assert user_id_index(vocab, ["u2", "new", "u1"]).tolist() == [1, -1, 0]
+    assert item_id_index(vocab, ["c", "b", "zzz", "a"]).tolist() == [2, -1, -1, 0]
