@@ -43,10 +43,9 @@ def interaction_matrix(train: pa.Table, users: list[str], item_ids: list[str]):
     cols = pc.index_in(train.column("item_id"), value_set=pa.array(item_ids, pa.string()))
     if cols.null_count:
         raise ValueError(f"{cols.null_count} training rows name items outside the item table")
-    rows = rows.to_numpy(zero_copy_only=False)
-    keep = ~np.isnan(rows.astype(np.float64)) if rows.dtype.kind == "f" else np.ones(len(rows), bool)
-    r = np.asarray(rows[keep], dtype=np.int64)
-    c = np.asarray(cols.to_numpy(zero_copy_only=False)[keep], dtype=np.int64)
+    keep = pc.is_valid(rows)
+    r = pc.filter(rows, keep).to_numpy(zero_copy_only=False).astype(np.int64)
+    c = pc.filter(cols, keep).to_numpy(zero_copy_only=False).astype(np.int64)
     m = csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(users), len(item_ids)))
     m.sum_duplicates()
     m.data[:] = 1.0  # duplicates summed by the constructor: binarise
@@ -86,17 +85,15 @@ class EASE(Recommender):
     def __init__(self, l2: float = 500.0, max_items: int = 50_000):
         super().__init__(l2=l2)
         self.max_items = max_items
-        self._eig = None  # (eigenvalues, eigenvectors) of X'X: shared by every l2 of a grid
 
     def fit(self, data: FitData) -> "EASE":
         n_items = data.matrix.shape[1]
         if n_items > self.max_items:
             raise ValueError(f"ease: {n_items} items needs a dense {n_items}^2 matrix; "
                              f"above max_items={self.max_items}, leave ease out of evaluate.baselines")
-        if self._eig is None:
-            gram = (data.matrix.T @ data.matrix).toarray().astype(np.float64)
-            self._eig = np.linalg.eigh(gram)
-        w, v = self._eig
+        # (eigenvalues, eigenvectors) of X'X: one decomposition for every l2 of a grid
+        w, v = data.cached("ease_eigh", lambda: np.linalg.eigh(
+            (data.matrix.T @ data.matrix).toarray().astype(np.float64)))
         p = (v / (w + self.params["l2"])) @ v.T  # (X'X + l2 I)^-1 from one eigendecomposition
         b = -p / np.diag(p)
         np.fill_diagonal(b, 0.0)
@@ -116,19 +113,19 @@ class ItemKNN(Recommender):
 
     def __init__(self, neighbors: int = 100, shrink: float = 0.0):
         super().__init__(neighbors=neighbors, shrink=shrink)
-        self._sim = None
 
     def fit(self, data: FitData) -> "ItemKNN":
         from scipy.sparse import csc_matrix
 
-        if self._sim is None:
+        def cosine():
             x = data.matrix.tocsc()
             co = (x.T @ x).toarray().astype(np.float32)
             norms = np.sqrt(np.diag(co))
             sim = co / (np.outer(norms, norms) + self.params["shrink"] + 1e-12)
             np.fill_diagonal(sim, 0.0)
-            self._sim = sim
-        sim = self._sim
+            return sim
+
+        sim = data.cached(f"item_knn_cosine_shrink={self.params['shrink']}", cosine)
         k = min(self.params["neighbors"], sim.shape[0] - 1)
         # keep, for every target item j (column), its k most similar items
         top = np.argpartition(-sim, k - 1, axis=0)[:k] if k > 0 else np.zeros((0, sim.shape[1]), int)
@@ -262,13 +259,8 @@ def tune(name: str, grid: dict[str, list], data: FitData, score_fn) -> tuple[Rec
     cls = BASELINES[name]
     points = grid_points(grid)
     best, best_value, trials = None, -np.inf, []
-    shared = None  # EASE and kNN reuse their O(I^2) statistics across the grid
-    for point in points:
-        rec = cls(**point)
-        if shared is not None:
-            rec._eig, rec._sim = shared
-        rec.fit(data)
-        shared = (getattr(rec, "_eig", None), getattr(rec, "_sim", None))
+    for point in points:  # EASE and kNN share their O(I^2) statistics through `data.cached`
+        rec = cls(**point).fit(data)
         value = score_fn(rec) if score_fn is not None and len(points) > 1 else None
         trials.append({**point, "value": value})
         if value is None:

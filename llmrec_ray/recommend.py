@@ -71,7 +71,8 @@ def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.n
                 "item_emb": embedding_matrix(items["embedding"]),
                 "user_idx": user_id_index(vocab, users).numpy(),
                 "item_idx": item_id_index(vocab, item_ids).numpy()}
-    queries = Queries(history_matrix([[i for i in seen if i in set(item_ids)]], item_ids),
+    known = set(item_ids)
+    queries = Queries(history_matrix([[i for i in seen if i in known]], item_ids),
                       features["user_idx"].astype(np.int64), features)
     scores = TrainedModel(model).score(queries)[0]
     out = []

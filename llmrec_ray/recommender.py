@@ -33,6 +33,14 @@ class FitData:
     users: list[str]
     items: list[str]
     seed: int = 0
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def cached(self, key: str, compute):
+        """`compute()` once per key: statistics of the matrix that every point of a
+        hyperparameter grid shares (EASE's eigendecomposition, item-KNN's similarities)."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     @property
     def trained_items(self) -> np.ndarray:
