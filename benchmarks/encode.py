@@ -8,6 +8,12 @@ pipeline, the Ray worker processes, sampled every 0.2 s). Texts are what `llmrec
 encodes for configs/ml-100k.yaml (item texts and user snapshots). The naive variant encodes one
 sentence per interaction; it is timed on `--naive-sample` interactions and its full-data time is
 projected from that measured rate (marked `projected`).
+
+`pipeline_items` is the build under `serialize.user_vectors: items_mean` (AlphaRec's input): the
+pipeline encodes the item texts only (cold cache) and every user snapshot is the mean of its
+history's item vectors (llmrec_ray/user_vectors.py, in the driver); its wall time is the encode
+plus the pooling, the same scope as `pipeline_cold` (serialization and Ray start outside both).
+`--variants` runs a subset (e.g. `naive,pipeline_items`); the naive baseline is the same either way.
 """
 
 from __future__ import annotations
@@ -134,13 +140,15 @@ def ml100k_texts(path: str) -> tuple[list[str], list[str]]:
     return texts, naive
 
 
+VARIANTS = ("naive", "plain", "floor", "pipeline_cold", "pipeline_warm", "pipeline_items", "roof",
+            "memory_1x", "memory_10x")
 DEVICE, DTYPE, BUDGET = "cpu", "auto", 8192  # set from the arguments in each variant's process
 
 
 def load_model(dtype: str):
     from transformers import AutoModel, AutoTokenizer
 
-    from llmrec_ray.encode import pick_dtype, resolve_model
+    from llmrec_ray.text_model import pick_dtype, resolve_model
 
     path, _ = resolve_model("minilm")
     dt = pick_dtype(dtype, DEVICE)
@@ -208,7 +216,8 @@ def pipeline_encode(texts: list[str], cache_dir: str) -> dict:
 
     from llmrec_ray.cache import EmbeddingCache
     from llmrec_ray.config import EncodeConfig
-    from llmrec_ray.encode import encode_texts, encoder_key, text_hashes
+    from llmrec_ray.encode import encode_texts
+    from llmrec_ray.text_model import encoder_key, text_hashes
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     cfg = EncodeConfig(device="cuda" if DEVICE == "cuda" else "cpu", dtype=DTYPE, token_budget=BUDGET)
@@ -220,6 +229,44 @@ def pipeline_encode(texts: list[str], cache_dir: str) -> dict:
     return {"wall_s": wall, "texts": len(texts), "tokens": stats.get("tokens", 0),
             "padding_efficiency": stats.get("padding_efficiency"), "encoded": stats["encoded"],
             "cached": stats["cached"]}
+
+
+def pipeline_items(path: str, cache_dir: str) -> dict:
+    """The ML-100K features with user vectors pooled from item vectors: encode the item texts on
+    the pipeline, then pool every user snapshot (serialize.user_vectors items_mean)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray
+
+    from llmrec_ray import serialize
+    from llmrec_ray.cache import EmbeddingCache
+    from llmrec_ray.config import EncodeConfig, load_config
+    from llmrec_ray.datasets import load_dataset
+    from llmrec_ray.encode import encode_texts
+    from llmrec_ray.text_model import encoder_key, text_hashes
+    from llmrec_ray.user_vectors import pooled_user_view
+
+    cfg = load_config(ROOT / "configs" / "ml-100k.yaml", [f"data.path={path}", "serialize.user_vectors=items_mean"])
+    ds = load_dataset(cfg.data)
+    t0 = time.perf_counter()
+    items, users = serialize.serialize_dataset(ds.items, ds.interactions, cfg.serialize, 0)
+    serialize_s = time.perf_counter() - t0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ecfg = EncodeConfig(device="cuda" if DEVICE == "cuda" else "cpu", dtype=DTYPE, token_budget=BUDGET)
+    rows = items.append_column("text_hash", text_hashes(items.column("text"), encoder_key(ecfg)))
+    start = time.perf_counter()
+    vectors, stats = encode_texts(rows, ecfg, cache=EmbeddingCache(cache_dir))
+    encoded = time.perf_counter()
+    idx = pc.index_in(rows.column("text_hash"), value_set=vectors.column("text_hash"))
+    item_view = pa.table({"item_id": rows.column("entity_id"), "embedding": vectors.column("embedding").take(idx)})
+    user_view = pooled_user_view(ds.interactions, users, item_view, cfg.serialize, ecfg.normalize)
+    wall = time.perf_counter() - start
+    ray.shutdown()
+    return {"wall_s": wall, "texts": rows.num_rows, "tokens": stats.get("tokens", 0),
+            "padding_efficiency": stats.get("padding_efficiency"), "encoded": stats["encoded"],
+            "cached": stats["cached"], "user_texts": 0, "user_snapshots": user_view.num_rows,
+            "encode_s": encoded - start, "pool_s": wall - (encoded - start),
+            "serialize_s_untimed": serialize_s, "dim": stats.get("dim")}
 
 
 def roof(dtype: str, seq_len: float) -> dict:
@@ -286,6 +333,9 @@ def run_variant(name: str, args) -> dict:
             out = floor_encode(texts, args.dtype, args.token_budget)
         elif name in ("pipeline_cold", "pipeline_warm"):
             out = pipeline_encode(texts, args.cache_dir)
+        elif name == "pipeline_items":
+            with tempfile.TemporaryDirectory() as own:  # its own, cold cache
+                out = pipeline_items(args.ml100k, own)
         else:
             raise ValueError(name)
     return {**out, "peak_rss_mb": rss.mb}
@@ -301,7 +351,14 @@ def markdown(results: dict) -> str:
         rows.append(f"| {name} | {wall} | {v['texts_per_s']:.0f} | {v['tokens_per_s']:.0f} | {pad} | "
                     f"{v['peak_rss_mb']:.0f} |")
     r = results["ratios"]
-    m = results["memory_scaling"]
+    m = results.get("memory_scaling")
+    if "naive_wall_over_pipeline_items_wall" in r:
+        it = results["variants"]["pipeline_items"]
+        rows += ["", f"User vectors pooled from item vectors (pipeline_items: {it['texts']} item texts "
+                 f"encoded, 0 user texts, {it['user_snapshots']} snapshots pooled in {it['pool_s']:.1f} s): "
+                 f"naive wall / pipeline_items wall: {r['naive_wall_over_pipeline_items_wall']:.1f}x."]
+    if m is None or "pipeline_vs_plain_tokens_per_s" not in r:
+        return "\n".join(rows)
     rows += ["", f"Roof: {results['roof_tokens_per_s']:.0f} tokens/s (matmul rate / FLOPs per token). "
              f"Pipeline (cold) vs plain: {r['pipeline_vs_plain_tokens_per_s']:.2f}x tokens/s; vs floor: "
              f"{r['pipeline_vs_floor_tokens_per_s']:.2f}x; fraction of roof: "
@@ -322,6 +379,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where plain/floor/pipeline/roof run")
     p.add_argument("--token-budget", type=int, default=None, help="padded tokens per forward pass (default: the pipeline's, 4096 CPU / 32768 GPU)")
     p.add_argument("--seq-len", type=float, default=80.0, help="mean tokens per text, for the roof's attention term")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -337,11 +395,17 @@ def main() -> None:
     if args.variant:  # child process
         print(json.dumps(run_variant(args.variant, args)))
         return
-    results: dict = {"variants": {}, "machine": {"cpus": os.cpu_count(), "device": args.device},
+    from llmrec_ray.text_model import cpu_has_bf16
+
+    results: dict = {"variants": {}, "machine": {"cpus": os.cpu_count(), "device": args.device,
+                                                 "cpu_bf16": cpu_has_bf16()},
                      "dtype": args.dtype, "token_budget": args.token_budget}
     with tempfile.TemporaryDirectory() as cache:
-        for name in ("naive", "plain", "floor", "pipeline_cold", "pipeline_warm", "roof",
-                     "memory_1x", "memory_10x"):
+        wanted = args.variants.split(",")
+        unknown = sorted(set(wanted) - set(VARIANTS))
+        if unknown:
+            p.error(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
+        for name in [v for v in VARIANTS if v in wanted]:
             cmd = [sys.executable, __file__, "--out", args.out, "--variant", name, "--cache-dir", cache,
                    "--ml100k", args.ml100k, "--naive-sample", str(args.naive_sample), "--dtype", args.dtype,
                    "--device", args.device,
@@ -362,14 +426,20 @@ def main() -> None:
                 results["variants"][name] = out
             print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
     v = results["variants"]
-    c = v["pipeline_cold"]
-    results["ratios"] = {
-        "pipeline_vs_plain_tokens_per_s": c["tokens_per_s"] / v["plain"]["tokens_per_s"],
-        "naive_wall_over_pipeline_wall": v["naive"]["wall_s"] / c["wall_s"],
-        "pipeline_cold_over_warm_wall": c["wall_s"] / v["pipeline_warm"]["wall_s"],
-        "pipeline_vs_floor_tokens_per_s": c["tokens_per_s"] / v["floor"]["tokens_per_s"],
-        "pipeline_fraction_of_roof": c["tokens_per_s"] / results["roof_tokens_per_s"],
-    }
+    results["ratios"] = {}
+    if {"naive", "plain", "floor", "pipeline_cold", "pipeline_warm"} <= set(v) and "roof_tokens_per_s" in results:
+        c = v["pipeline_cold"]
+        results["ratios"] = {
+            "pipeline_vs_plain_tokens_per_s": c["tokens_per_s"] / v["plain"]["tokens_per_s"],
+            "naive_wall_over_pipeline_wall": v["naive"]["wall_s"] / c["wall_s"],
+            "pipeline_cold_over_warm_wall": c["wall_s"] / v["pipeline_warm"]["wall_s"],
+            "pipeline_vs_floor_tokens_per_s": c["tokens_per_s"] / v["floor"]["tokens_per_s"],
+            "pipeline_fraction_of_roof": c["tokens_per_s"] / results["roof_tokens_per_s"],
+        }
+    if {"naive", "pipeline_items"} <= set(v):
+        results["ratios"]["naive_wall_over_pipeline_items_wall"] = v["naive"]["wall_s"] / v["pipeline_items"]["wall_s"]
+    if {"pipeline_cold", "pipeline_items"} <= set(v):
+        results["ratios"]["pipeline_cold_over_items_wall"] = v["pipeline_cold"]["wall_s"] / v["pipeline_items"]["wall_s"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(markdown(results))

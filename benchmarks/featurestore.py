@@ -59,8 +59,9 @@ def build_repo(repo: Path, users: int, snapshots: int, dim: int, seed: int,
     `snapshot_counts`) and the other views."""
     import pyarrow as pa
 
-    from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW,
-                                         USER_HISTORY_VIEW, USER_STATS_VIEW, FeatureRepo)
+    from llmrec_ray.featurestore import FeatureRepo
+    from llmrec_ray.views import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW,
+                                  USER_HISTORY_VIEW, USER_STATS_VIEW)
     from llmrec_ray.schemas import TIMESTAMP
     from llmrec_ray.stats import ITEM_STATS, USER_STATS
 
@@ -124,7 +125,8 @@ def entity_rows(rows: int, users: int, seed: int, weights: np.ndarray | None = N
 def run_feast(repo: Path, args) -> dict:
     import ray
 
-    from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo
+    from llmrec_ray.featurestore import FeatureRepo
+    from llmrec_ray.views import USER_HISTORY_VIEW
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     df = entity_rows(args.rows, args.users, args.seed)
@@ -142,7 +144,8 @@ def run_feast(repo: Path, args) -> dict:
 def run_merge_asof(repo: Path, args) -> dict:
     import pandas as pd
 
-    from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo
+    from llmrec_ray.featurestore import FeatureRepo
+    from llmrec_ray.views import USER_HISTORY_VIEW
 
     df = entity_rows(args.rows, args.users, args.seed)
     start = time.perf_counter()
@@ -164,7 +167,8 @@ def free_port() -> int:
 def run_materialize(repo: Path, args, online: str) -> dict:
     import ray
 
-    from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo
+    from llmrec_ray.featurestore import FeatureRepo
+    from llmrec_ray.views import USER_HISTORY_VIEW
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     server = None

@@ -34,7 +34,7 @@ def tiny_encoder(path: Path) -> str:
     import torch
     from transformers import AutoModel, AutoTokenizer, BertConfig
 
-    from llmrec_ray.encode import resolve_model
+    from llmrec_ray.text_model import resolve_model
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

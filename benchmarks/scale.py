@@ -191,7 +191,7 @@ def run(args, texts: list[str]) -> dict:
     import ray
 
     from llmrec_ray.config import EncodeConfig
-    from llmrec_ray.encode import encoder_key, text_hashes
+    from llmrec_ray.text_model import encoder_key, text_hashes
 
     cores = physical_cores()
     cluster = start_cluster(args.head_cpus, args.worker_cpus, args.workers, args.store_mb)

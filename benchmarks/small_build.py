@@ -59,7 +59,7 @@ def timed(fn):
 
 def measure_stats(cfg, repo) -> dict:
     from llmrec_ray.build import load_saved_dataset
-    from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW
+    from llmrec_ray.views import ITEM_TEXT_VIEW, USER_HISTORY_VIEW
     from llmrec_ray.stats import DAY_US, item_stats, user_stats
 
     inter = load_saved_dataset(cfg.run_dir)["interactions"]
@@ -88,7 +88,8 @@ def measure_batch_dependence(cfg) -> dict:
 
     from llmrec_ray.build import load_saved_dataset
     from llmrec_ray import serialize
-    from llmrec_ray.encode import cpu_has_bf16, encode_texts, encoder_key, text_hashes
+    from llmrec_ray.encode import encode_texts
+    from llmrec_ray.text_model import cpu_has_bf16, encoder_key, text_hashes
 
     ds = load_saved_dataset(cfg.run_dir)
     items, users = serialize.serialize_dataset(ds["items"], ds["interactions"], cfg.serialize, 0)

@@ -55,7 +55,8 @@ def setup(repo: Path, args, by_position: bool = True):
     """The training dataset and the model/loop config, as `train.fit` builds them."""
     from llmrec_ray.config import TrainConfig
     from llmrec_ray.featurestore import FeatureRepo
-    from llmrec_ray.train import USER_EXTRA_DIM, training_dataset
+    from llmrec_ray.model_inputs import USER_EXTRA_DIM
+    from llmrec_ray.train import training_dataset
 
     table = interactions(args)
     item_ids = [f"i{k}" for k in range(args.items)]

@@ -41,7 +41,8 @@ item_metadata_source = FileSource(
 user_history_source = FileSource(
     name="user_history_embedding_source", path=_path("user_history_embedding"),
     timestamp_field="event_timestamp",
-    description="User history text encoded at snapshot times; a snapshot at s covers interactions < s.")
+    description="User history vectors at snapshot times (the history text encoded, or pooled item "
+                "vectors); a snapshot at s covers interactions < s.")
 user_stats_source = FileSource(
     name="user_stats_source", path=_path("user_stats"), timestamp_field="event_timestamp",
     description="User statistics at the user's snapshot times; a snapshot at s covers interactions < s.")
@@ -67,8 +68,9 @@ user_history_embedding = FeatureView(
     schema=[Field(name="embedding", dtype=Array(Float32)), Field(name="n_tokens", dtype=Int64),
             Field(name="truncated", dtype=Bool), Field(name="n_history", dtype=Int64)],
     online=True, tags=_tags("user_history_embedding"),
-    description="Pooled LLM embedding of the user's last N interactions (snapshots); tags name the "
-                "encoder and dimension.")
+    description="Pooled LLM embedding of the user's last N interactions (snapshots), or the pooled "
+                "item vectors of the history (tag user_vectors: text, items_mean, items_recency); "
+                "tags name the encoder and dimension.")
 
 user_stats = FeatureView(
     name="user_stats", entities=[user], ttl=timedelta(0), source=user_stats_source,
@@ -85,7 +87,8 @@ item_stats = FeatureView(
     online=True, description="Popularity: interactions so far and in the last 7 and 30 days, mean "
                              "rating, last interaction time (unix s, 0 = none).")
 
-# The trained towers' vectors, written by `llmrec train` (declared once a training exported them):
+# The trained model's vectors, written by `llmrec train` (declared once a training exported them;
+# the graph model exports item vectors only):
 # serving fetches them like any feature; tags name the encoder and the trained model.
 def _tower_view(name: str, entity: Entity, description: str) -> FeatureView:
     return FeatureView(
@@ -97,7 +100,8 @@ def _tower_view(name: str, entity: Entity, description: str) -> FeatureView:
 
 if "item_tower_embedding" in _SOURCES:
     item_tower_embedding = _tower_view("item_tower_embedding", item,
-                                       "Item vectors of the trained item tower.")
+                                       "Item vectors of the trained model (its item tower, or the "
+                                       "graph model's propagated item vectors).")
 if "user_tower_embedding" in _SOURCES:
     user_tower_embedding = _tower_view("user_tower_embedding", user,
                                        "User vectors of the trained user tower, at the user snapshot times.")

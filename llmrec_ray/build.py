@@ -1,6 +1,6 @@
 """Build the features: data -> text -> vectors -> Feast (parquet, apply, materialize, verify).
 
-The stage chain of DESIGN.md up to the feature repository. Also saves the accepted canonical tables
+The stage chain of docs/design.md ("Stages") up to the feature repository. Also saves the accepted canonical tables
 and the rejects ledger under the run directory, so the later stages (train, evaluate, recommend)
 read exactly the rows the features were built from. Under evaluate.protocol given the saved
 interactions keep their `split` column and the features come from the train rows only
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,12 +21,15 @@ import pyarrow.parquet as pq
 
 from llmrec_ray import serialize
 from llmrec_ray.datasets import Dataset, load_dataset
-from llmrec_ray.encode import encode_texts, encoder_key, resolve_model, text_hashes
-from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW,
-                                     USER_HISTORY_VIEW, USER_STATS_VIEW, VIEWS, open_repo)
+from llmrec_ray.encode import encode_texts
+from llmrec_ray.text_model import encoder_key, resolve_model, text_hashes
+from llmrec_ray.featurestore import open_repo
+from llmrec_ray.views import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
+                              USER_STATS_VIEW, VIEWS)
 from llmrec_ray.serialize import parse_duration_us
 from llmrec_ray.stats import item_stats, user_stats
 from llmrec_ray.schemas import TIMESTAMP
+from llmrec_ray.user_vectors import pooled_user_view, user_vectors_key, user_vectors_tags
 
 logger = logging.getLogger(__name__)
 
@@ -57,29 +61,43 @@ def _vectors_for(rows: pa.Table, vectors: pa.Table) -> pa.Table:
         .append_column("n_tokens", v.column("n_tokens")).append_column("truncated", v.column("truncated"))
 
 
+def features_key(cfg) -> str:
+    """The manifest's `encoder_key`: the encoder's key, plus under serialize.user_vectors
+    items_mean / items_recency how the user vectors were pooled, so features built one way are
+    never taken for the other (pipeline.feature_repo compares it)."""
+    return user_vectors_key(encoder_key(cfg.encode), cfg.serialize)
+
+
 def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
-    """Serialize and encode; return the three views' tables and the encode stats."""
+    """Serialize and encode; return the three views' tables and the encode stats.
+
+    serialize.user_vectors text: item and user texts are encoded; items_mean / items_recency:
+    only the item texts, the user snapshots pool their history's item vectors (user_vectors.py).
+    """
     start = pc.min(ds.interactions.column("event_timestamp")).as_py()
     valid_from = int(start.timestamp() * 1_000_000) if start else 0
     items, users = serialize.serialize_dataset(ds.items, ds.interactions, cfg.serialize, valid_from)
+    user_text = cfg.serialize.user_vectors == "text"
     key = encoder_key(cfg.encode)
     items = items.append_column("text_hash", text_hashes(items.column("text"), key))
-    users = users.append_column("text_hash", text_hashes(users.column("text"), key))
     common = ["entity", "entity_id", "event_timestamp", "text", "text_hash"]
-    text_rows = pa.concat_tables([items.select(common), users.select(common)])
-    logger.info("serialized %d item texts and %d user snapshots", items.num_rows, users.num_rows)
+    if user_text:
+        users = users.append_column("text_hash", text_hashes(users.column("text"), key))
+        text_rows = pa.concat_tables([items.select(common), users.select(common)])
+    else:
+        text_rows = items.select(common)
+    logger.info("serialized %d item texts and %d user snapshots (user vectors: %s)", items.num_rows,
+                users.num_rows, cfg.serialize.user_vectors)
     cache = None
     if cfg.encode.cache:
         from llmrec_ray.cache import EmbeddingCache
-        from llmrec_ray.config import expand_env
 
-        cache_dir = cfg.encode.cache_dir or str(Path(expand_env(cfg.output_dir)) / "embedding_cache")
-        cache = EmbeddingCache(expand_env(cache_dir))
+        cache = EmbeddingCache(cfg.encode.cache_dir or str(Path(cfg.output_dir) / "embedding_cache"))
     vectors, stats = encode_texts(text_rows, cfg.encode, cache=cache)
-    stats.update(item_texts=items.num_rows, user_snapshots=users.num_rows)
+    stats.update(item_texts=items.num_rows, user_snapshots=users.num_rows,
+                 user_texts=users.num_rows if user_text else 0, user_vectors=cfg.serialize.user_vectors)
 
     items = _vectors_for(items, vectors)
-    users = _vectors_for(users, vectors)
     item_view = pa.table({"item_id": items.column("entity_id"),
                           "event_timestamp": items.column("event_timestamp"),
                           "embedding": items.column("embedding"), "n_tokens": items.column("n_tokens"),
@@ -87,10 +105,16 @@ def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
     meta = pa.table({"item_id": items.column("entity_id"),
                      "event_timestamp": items.column("event_timestamp"),
                      "title": ds.items.column("title"), "genres": ds.items.column("genres")})
-    user_view = pa.table({"user_id": users.column("entity_id"),
-                          "event_timestamp": users.column("event_timestamp"),
-                          "embedding": users.column("embedding"), "n_tokens": users.column("n_tokens"),
-                          "truncated": users.column("truncated"), "n_history": users.column("n_history")})
+    if user_text:
+        users = _vectors_for(users, vectors)
+        user_view = pa.table({"user_id": users.column("entity_id"),
+                              "event_timestamp": users.column("event_timestamp"),
+                              "embedding": users.column("embedding"), "n_tokens": users.column("n_tokens"),
+                              "truncated": users.column("truncated"), "n_history": users.column("n_history")})
+    else:
+        pool_start = time.perf_counter()
+        user_view = pooled_user_view(ds.interactions, users, item_view, cfg.serialize, cfg.encode.normalize)
+        stats["user_pool_seconds"] = round(time.perf_counter() - pool_start, 2)
     return {ITEM_TEXT_VIEW: item_view, ITEM_METADATA_VIEW: meta, USER_HISTORY_VIEW: user_view}, stats
 
 
@@ -130,12 +154,15 @@ def build_features(cfg) -> dict:
     views.update(stats_tables(ds, views, cfg.featurestore))
 
     repo = open_repo(cfg.featurestore)
-    key = encoder_key(cfg.encode)
+    key, fkey = encoder_key(cfg.encode), features_key(cfg)
     _, model_id = resolve_model(cfg.encode.model)
     for name, table in views.items():
         embedding = VIEWS[name].embedding
-        repo.write_view(name, table, encoder_key=key if embedding else None,
-                        tags={"model": model_id, "run": cfg.name} if embedding else {"run": cfg.name})
+        tags = {"model": model_id, "run": cfg.name} if embedding else {"run": cfg.name}
+        if name == USER_HISTORY_VIEW:  # how its vectors were built; key = fkey (encoder + pooling)
+            tags.update(user_vectors_tags(cfg.serialize))
+        repo.write_view(name, table, encoder_key=(fkey if name == USER_HISTORY_VIEW else key)
+                        if embedding else None, tags=tags)
     summary["feast_objects"] = repo.apply()
     # Online = the state just after the data ends. Item stats rows later than that (popularity
     # windows emptying) go online as time passes, with `llmrec materialize --incremental`.
@@ -146,7 +173,8 @@ def build_features(cfg) -> dict:
     summary["online"] = repo.materialize(start, end)
     summary["views"] = {name: t.num_rows for name, t in views.items()}
     repo.write_manifest({
-        "run": cfg.name, "dataset": ds.name, "encoder_key": key,
+        "run": cfg.name, "dataset": ds.name, "encoder_key": fkey, "item_encoder_key": key,
+        "user_vectors": user_vectors_tags(cfg.serialize),
         "model": model_id, "dim": stats.get("dim"), "views": summary["views"],
         "materialized": [start.isoformat(), end.isoformat()], "run_dir": str(cfg.run_dir.resolve()),
         "built_at": datetime.now(timezone.utc).isoformat(),

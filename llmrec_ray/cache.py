@@ -1,7 +1,8 @@
 """Persistent embedding cache: vector rows keyed by `text_hash`, in parquet part files.
 
 `text_hash` covers the text and everything that changes its vector (model, pooling, layers,
-max_length, normalisation, prompt), so one cache directory serves every encoder safely. A re-run
+max_length, normalisation, EOS, dtype, prompt: `text_model.encoder_key`), so one cache directory serves
+every encoder safely. A re-run
 on the same data encodes nothing; new texts are encoded and appended as a new part (written to a
 temp file, then renamed, so a crash never leaves a half-written part).
 """

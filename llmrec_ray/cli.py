@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
-import warnings
 
+from llmrec_ray import console
 from llmrec_ray.config import ConfigError, load_config
+from llmrec_ray.console import say
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,12 +27,15 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--config", "-c", help="YAML config (defaults: the synthetic dataset)")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=5 (repeatable)")
-        s.add_argument("--log-level", default=os.environ.get("LLMREC_LOG_LEVEL", "INFO"))
+        s.add_argument("--log-level", default=os.environ.get("LLMREC_LOG_LEVEL", "INFO"),
+                       help="level of the log file <run_dir>/logs/llmrec.log (default INFO)")
+        s.add_argument("-v", "--verbose", action="store_true",
+                       help="show library logs, warnings and Ray's worker output on the terminal too")
         return s
 
     add("run", "all stages: build features, train, evaluate")
     add("build-features", "load, serialize, encode, write + apply + materialize the Feast repo")
-    add("train", "fit the two-tower model on features from Feast with Ray Train")
+    add("train", "fit train.model (two-tower, hybrid, LLM graph) on features from Feast with Ray Train")
     e = add("evaluate", "full-ranking metrics, per slice, for the model and the baselines")
     e.add_argument("--out", help="write the metrics JSON here (default <run_dir>/metrics.json)")
     m = add("materialize", "load the feature views into the online store (SQLite or Redis), "
@@ -52,56 +55,64 @@ def _parser() -> argparse.ArgumentParser:
 
 def _print_counts(summary: dict) -> None:
     for table, c in summary["data"].items():
-        print(f"  {table:<13} in {c['in']:>8}  accepted {c['accepted']:>8}  rejected {c['rejected']:>6}")
+        say(f"  {table:<13} in {c['in']:>8}  accepted {c['accepted']:>8}  rejected {c['rejected']:>6}")
     e = summary["encode"]
-    print(f"  texts         {e['texts']:>8}  (items {e['item_texts']}, user snapshots "
-          f"{e['user_snapshots']}); encoded {e.get('encoded', 0)}, from cache {e.get('cached', 0)}, "
-          f"duplicates skipped {e['deduplicated']}, "
-          f"truncated {e.get('truncated', 0)}, {e.get('tokens_per_s', 0):.0f} tokens/s, padding efficiency "
-          f"{e.get('padding_efficiency', 1.0):.3f}")
-    print("  feature views " + ", ".join(f"{k} {v}" for k, v in summary["views"].items()))
-    print("  online rows   " + ", ".join(f"{k} {v}" for k, v in summary["online"].items()) + " (verified)")
+    say(f"  texts         {e['texts']:>8}  (items {e['item_texts']}, user snapshots "
+        f"{e['user_snapshots']}); encoded {e.get('encoded', 0)}, from cache {e.get('cached', 0)}, "
+        f"truncated {e.get('truncated', 0)}, {e.get('tokens_per_s', 0):.0f} tokens/s, padding efficiency "
+        f"{e.get('padding_efficiency', 1.0):.3f}")
+    say("  feature views " + ", ".join(f"{k} {v}" for k, v in summary["views"].items()))
+    say("  online rows   " + ", ".join(f"{k} {v}" for k, v in summary["online"].items()) + " (verified)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Feast calls APIs that newer Ray deprecates; the warnings say nothing to our users.
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    log = console.setup(cfg.run_dir / "logs", verbose=args.verbose, level=args.log_level.upper())
+    try:
+        return _run(args, cfg, log)
+    finally:
+        console.teardown()
+
+
+def _run(args, cfg, log: Path) -> int:
+    if args.command != "recommend":
+        say(f"llmrec {args.command}: run {cfg.name!r} in {cfg.run_dir}")
+        say(f"  logs and warnings: {log}" + ("" if args.verbose else " (-v shows them here)"))
     from llmrec_ray import pipeline
 
     try:
         if args.command in ("run", "build-features"):
+            say("[build-features] load, serialize, encode, write the Feast views, materialize")
             s = pipeline.build_stage(cfg)
-            print(f"[build-features] {s['seconds']}s")
             _print_counts(s)
+            say(f"[build-features] done in {s['seconds']}s")
         if args.command in ("run", "train"):
+            say(f"[train] {cfg.train.model} with Ray Train on features from Feast")
             s = pipeline.train_stage(cfg)
             metric = f"valid_{cfg.train.early_stopping_metric}"
             best = s.get(metric)
-            print(f"[train] {s['rows']} fit rows ({s['split']['protocol']}), {s['workers']} worker(s), "
-                  f"{s['epochs_run']}/{s['epochs']} epochs{' (early stop)' if s['stopped_early'] else ''}, "
-                  f"loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}, model of epoch {s['best_epoch']}"
-                  + (f" ({metric} {best:.4f})" if best is not None else "") + f", {s['seconds']}s")
+            say(f"[train] {s['rows']} fit rows ({s['split']['protocol']}), {s['workers']} worker(s), "
+                f"{s['epochs_run']}/{s['epochs']} epochs{' (early stop)' if s['stopped_early'] else ''}, "
+                f"loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}, model of epoch {s['best_epoch']}"
+                + (f" ({metric} {best:.4f})" if best is not None else "") + f", {s['seconds']}s")
         if args.command in ("run", "evaluate"):
+            say("[evaluate] full ranking of the test queries: the model, its blend and the tuned peers")
             s = pipeline.evaluate_stage(cfg, getattr(args, "out", None))
             n = next(iter(s["metrics"]["all"].values()))["users"]
             p = s["protocol"]
-            print(f"[evaluate] {p['protocol']}: {p['fit']} fit / {p['valid']} validation / {p['test']} "
-                  f"test rows; {n} test queries; full ranking, items seen before each query masked")
-            print(s["table"])
-            print(f"metrics written to {s['path']} (+ markdown and one PNG chart per slice: "
-                  f"{', '.join(Path(f).name for f in s['files'][1:])})")
+            say(f"[evaluate] {p['protocol']}: {p['fit']} fit / {p['valid']} validation / {p['test']} "
+                f"test rows; {n} test queries; items seen before each query masked; {s['seconds']}s")
+            say(s["table"])
+            say(f"metrics written to {s['path']} (+ every metric of every slice in markdown, one PNG "
+                f"chart per slice: {', '.join(Path(f).name for f in s['files'][1:])})")
         if args.command == "materialize":
             counts = pipeline.materialize_stage(cfg, args.incremental, args.start, args.end)
-            print("  online rows   " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " (verified)")
+            say("  online rows   " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " (verified)")
         if args.command == "recommend":
             recs = pipeline.recommend_stage(cfg, args.user, args.k, args.text)
             if args.json:

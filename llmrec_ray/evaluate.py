@@ -14,47 +14,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, FeatureRepo
+from llmrec_ray.console import progress
+from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.metrics import ranking_metrics
-from llmrec_ray.recommender import Queries, Recommender, TrainedModel
+from llmrec_ray.model_inputs import masks, query_times_us, ranking_queries, truth_sets
+from llmrec_ray.recommender import Blend, Recommender, TrainedModel, metric_on
 
 logger = logging.getLogger(__name__)
-
-
-def _features_as_of(repo: FeatureRepo, key: str, ids: list[str], times: list, view: str) -> np.ndarray:
-    """One vector per (id, time), point in time, in input order."""
-    from llmrec_ray.featurestore import embedding_matrix
-
-    df = pd.DataFrame({"row_id": np.arange(len(ids)), key: ids,
-                       "event_timestamp": pd.to_datetime(times, utc=True)})
-    out = repo.historical_table(df, [f"{view}:embedding"])  # in input order
-    return embedding_matrix(out.column(f"{view}__embedding"))
-
-
-def masks(item_ids: list[str], seen: list[list[str]], items: pa.Table, query_times: np.ndarray) -> np.ndarray:
-    """(Q, I) True where an item is excluded from query q's ranking: the user saw it before the
-    query (`seen[q]`), or it is not yet available at the query time (µs since the epoch)."""
-    index = {item: i for i, item in enumerate(item_ids)}
-    mask = np.zeros((len(seen), len(item_ids)), dtype=bool)
-    for q, items_seen in enumerate(seen):
-        mask[q, [index[i] for i in items_seen]] = True
-    avail = items.column("available_from")
-    if avail.null_count < items.num_rows:
-        order = pc.index_in(pa.array(item_ids), value_set=items.column("item_id").combine_chunks())
-        a = avail.combine_chunks().take(order).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        a = np.nan_to_num(np.asarray(a, dtype=np.float64), nan=-np.inf)
-        mask |= a[None, :] > np.asarray(query_times, dtype=np.float64)[:, None]
-    return mask
-
-
-def truth_sets(truth: list[list[str]], item_ids: list[str]) -> list[set[int]]:
-    """Each query's test items as item indices."""
-    index = {item: i for i, item in enumerate(item_ids)}
-    return [{index[i] for i in items} for items in truth]
 
 
 def available_baselines(requested: list[str] | None) -> list[str]:
@@ -100,77 +69,41 @@ def slices(truth: list[set[int]], fit: pa.Table, users: list[str], item_ids: lis
     return out
 
 
-STAT_COLUMNS = ("n_interactions", "mean_rating", "n_30d", "last_interaction_unix")
+def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict, metric: str,
+               weights: list[float], peer_items: np.ndarray | None = None) -> tuple[Blend, list[dict]]:
+    """The blend of `trained` with the peer best on the validation queries, at the weight best on
+    them (ties to the earlier weight); items outside `peer_items` (items without training
+    interactions) keep the trained model's score (`Blend`). Returns (blend, trials: the peers'
+    and weights' values)."""
+    peer_values = {name: metric_on(rec, valid, metric) for name, rec in peers.items()}
+    peer = max(peer_values, key=lambda n: peer_values[n])  # first of equals: dicts keep order
+    trials: list[dict] = [{"peer": n, "value": v} for n, v in peer_values.items()]
+    best, best_value = None, -np.inf
+    for w in weights:
+        blend = Blend(trained, peers[peer], w, peer_items)
+        value = metric_on(blend, valid, metric)
+        trials.append({"weight": w, "value": value})
+        if value > best_value + 1e-12:
+            best, best_value = blend, value
+    logger.info("blend %s tuned on validation: %s", best.name, trials)
+    return best, trials
 
 
-def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: list[str],
-                 vocab: dict | None = None) -> dict[str, np.ndarray]:
-    """Every feature input of ranking queries: user-history vectors and user statistics as of
-    each query time (Feast, point in time), item text vectors as of the last query time, and,
-    with a checkpoint's `vocab`, the ID rows of users and items (-1, the unknown ID, for those
-    the fit rows never saw)."""
-    from llmrec_ray.featurestore import USER_STATS_VIEW, embedding_matrix
-    from llmrec_ray.model_inputs import item_id_index, user_extra_features, user_id_index
-
-    df = pd.DataFrame({"row_id": np.arange(len(users)), "user_id": users,
-                       "event_timestamp": pd.to_datetime(times, utc=True)})
-    refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STAT_COLUMNS]
-    out = repo.historical_table(df, refs)  # in input order
-    inputs = {"user_emb": embedding_matrix(out.column(f"{USER_HISTORY_VIEW}__embedding")),
-              "user_extra": user_extra_features(out),
-              "item_emb": latest_item_vectors(repo, item_ids, max(df["event_timestamp"], default=None))}
-    if vocab is not None:
-        inputs["user_idx"] = user_id_index(vocab, users).numpy()
-        inputs["item_idx"] = item_id_index(vocab, item_ids).numpy()
-    return inputs
-
-
-def latest_item_vectors(repo: FeatureRepo, item_ids: list[str], as_of=None) -> np.ndarray:
-    """(I, D) item text vectors as of `as_of` (the last query), or of the newest item row when
-    items arrive later (those are masked until they are available: `masks`)."""
-    newest_item = pc.max(repo.read_view(ITEM_TEXT_VIEW, columns=["event_timestamp"])
-                         .column("event_timestamp")).as_py()
-    end = pd.Timestamp(newest_item) if as_of is None else max(pd.Timestamp(as_of), pd.Timestamp(newest_item))
-    return _features_as_of(repo, "item_id", item_ids, [end] * len(item_ids), ITEM_TEXT_VIEW)
-
-
-def ranking_queries(repo: FeatureRepo, queries: pd.DataFrame, item_ids: list[str], vocab: dict) -> Queries:
-    """A split's query frame -> `Queries`: each query's history (the items before it), its user's
-    row in the fitted vocabulary, and its features as of the query time (`query_inputs`)."""
-    from llmrec_ray.baselines import history_matrix
-
-    users = queries["user_id"].tolist()
-    known = {u: k for k, u in enumerate(vocab["users"])}
-    return Queries(history_matrix(queries["seen"].tolist(), item_ids),
-                   np.array([known.get(u, -1) for u in users], dtype=np.int64),
-                   query_inputs(repo, users, queries["query_time"].tolist(), item_ids, vocab))
-
-
-def validation_score(model, valid: dict, metric: str) -> float:
-    """`metric` (e.g. "ndcg@20") of a trained model on prepared validation queries
-    (`train.validation_data`: queries, mask, truth)."""
-    return metric_on(TrainedModel(model), valid, metric)
-
-
-def metric_on(rec: Recommender, valid: dict, metric: str) -> float:
-    k = int(metric.split("@")[1])
-    return ranking_metrics(rec.top_k(valid["queries"], valid["mask"], k), valid["truth"], [k])[metric]
-
-
-def query_times_us(queries: pd.DataFrame) -> np.ndarray:
-    return pd.to_datetime(queries["query_time"], utc=True).astype("int64").to_numpy() // 1000
-
-
-def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ks: list[int],
-             baselines: list[str] | None = None, light_user_max: int = 20, seed: int = 0,
-             grids: dict[str, dict[str, list]] | None = None, metric: str = "ndcg@20",
-             valid: dict | None = None) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
+def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ecfg,
+             seed: int = 0, metric: str = "ndcg@20", valid: dict | None = None,
+             ) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
     """({slice: {model: metrics}}, {baseline: tuning}) over `split.test_queries` for the trained
-    model and the baselines, all fitted on `split.fit`, each query ranked over every item
-    available at its time, the items the user saw before it masked. Each baseline's
-    hyperparameters are chosen from `grids` (default `baselines.DEFAULT_GRIDS`) by `metric` on
-    the validation queries (`valid`, as `train.validation_data` prepares them)."""
+    model and the baselines (`ecfg`: the `EvalConfig`), all fitted on `split.fit`, each query
+    ranked over every item available at its time, the items the user saw before it masked. Each
+    baseline's hyperparameters are chosen from its grid (`ecfg.grids` over
+    `baselines.DEFAULT_GRIDS`) by `metric` on the validation queries (`valid`, as
+    `model_inputs.validation_data` prepares them). With `ecfg.blend_weights` and validation
+    queries, the trained model is also blended with the peer best on validation (`Blend`), its
+    weight chosen on validation too."""
     from llmrec_ray import baselines as base
+
+    ks, baselines, light_user_max, blend_weights = ecfg.ks, ecfg.baselines, ecfg.light_user_max, ecfg.blend_weights
+    grids = {**base.DEFAULT_GRIDS, **(ecfg.grids or {})}
 
     queries = split.test_queries
     if queries.empty:
@@ -182,20 +115,31 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     k_max = max(ks)
 
     trained = TrainedModel(model)
+    names = available_baselines(baselines)
+    blending = bool(blend_weights) and valid is not None and bool(names)
+    bar = progress("evaluate", 1 + len(names) + blending, "models")
     # each model's (Q, I) scores are ranked block by block as soon as they exist: one at a time
     ranked: dict[str, np.ndarray] = {trained.name: trained.top_k(test, mask, k_max)}
+    bar.update(1, trained.name)
     fit = base.FitData(base.interaction_matrix(split.fit, vocab["users"], item_ids), vocab["users"],
                        item_ids, seed)
-    grids = base.DEFAULT_GRIDS if grids is None else grids
-    tuning = {}
-    for name in available_baselines(baselines):
+    tuning, peers = {}, {}
+    for name in names:
         start = time.perf_counter()
         score_fn = (lambda rec: metric_on(rec, valid, metric)) if valid is not None else None
         rec, trials = base.tune(name, grids.get(name, {}), fit, score_fn)
         ranked[name] = rec.top_k(test, mask, k_max)
         tuning[name] = {"chosen": rec.params, "trials": trials, "metric": f"valid {metric}"}
+        peers[name] = rec
         logger.info("baseline %s %s fitted, tuned, scored and ranked in %.1fs", name, rec.params,
                     time.perf_counter() - start)
+        bar.update(1, name)
+    if blending:
+        blend, trials = tune_blend(trained, peers, valid, metric, blend_weights, fit.trained_items)
+        ranked[blend.name] = blend.top_k(test, mask, k_max)
+        tuning[blend.name] = {"chosen": blend.params, "trials": trials, "metric": f"valid {metric}"}
+        bar.update(1, blend.name)
+    bar.close()
     groups = slices(truth, split.fit, queries["user_id"].tolist(), item_ids, light_user_max,
                     new_users=split.protocol == "global-temporal")
     results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in groups}
@@ -220,13 +164,32 @@ def format_table(results: dict[str, dict[str, dict[str, float]]], ks: list[int])
     return "\n".join(out).rstrip()
 
 
+def format_summary(results: dict[str, dict[str, dict[str, float]]], k: int) -> str:
+    """The terminal's table: one row per model, Recall@k and NDCG@k of every slice (the markdown
+    file of `write_results` has every metric at every K)."""
+    slices_ = [s for s, models in results.items() if models]
+    head = [f"{s} ({next(iter(results[s].values()))['users']} users)" for s in slices_]
+    width = max([len("model")] + [len(n) for s in slices_ for n in results[s]])
+    cols = [f"{h} R@{k} / N@{k}" for h in head]
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{c:>{max(len(c), 15)}}" for c in cols)]
+    for name in results[slices_[0]] if slices_ else []:
+        cells = []
+        for s, c in zip(slices_, cols):
+            m = results[s].get(name)
+            cell = "-" if m is None else f"{m[f'recall@{k}']:.4f} / {m[f'ndcg@{k}']:.4f}"
+            cells.append(f"{cell:>{max(len(c), 15)}}")
+        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def format_tuning(tuning: dict) -> str:
     """One line per baseline: the hyperparameters chosen on validation, out of how many tried."""
     lines = []
     for name, t in tuning.items():
         chosen = ", ".join(f"{k}={v}" for k, v in t["chosen"].items())
         tried = len(t["trials"])
-        best = max((x["value"] for x in t["trials"] if x["value"] is not None), default=None)
+        best = next((x["value"] for x in t["trials"] if x["value"] is not None and all(
+            t["chosen"].get(k, object()) == v for k, v in x.items() if k != "value")), None)
         lines.append(f"- {name}: {chosen or 'no hyperparameters'}" + (
             f" (best of {tried} on {t['metric']}: {best:.4f})" if tried > 1 and best is not None else ""))
     return "Baseline hyperparameters (chosen on the validation queries):\n" + "\n".join(lines)

@@ -1,156 +1,46 @@
-"""The Feast repository: write the feature parquet, apply, materialize, verify, retrieve.
+"""The Feast repository: registry, materialization, online reads, retrieval.
 
 `FeatureRepo` wraps one Feast repo directory (feature_store.yaml + declarations in features.py;
-data under data/). Writes are atomic (temp file, then rename). Every materialization is followed by
-a count check against the online store, because Feast has been seen to swallow write errors.
-Historical retrieval goes through the project's offline store (`offline_store.py`), which keeps
-one output row per entity row by construction.
+the views' parquet files under data/, written atomically by `views.ViewFiles`, its base class).
+Every materialization is followed by a count check against the online store, because Feast has
+been seen to swallow write errors. Historical retrieval goes through the project's offline store
+(`offline_store.py`, `retrieval.py`), which keeps one output row per entity row by construction.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
-import shutil
-import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
-from llmrec_ray.schemas import EMBEDDING, TIMESTAMP
+from llmrec_ray.console import quiet
+from llmrec_ray.views import BUILT_VIEWS, TEXT_VIEWS, VIEW_KEYS, VIEWS, ViewFiles
 
 logger = logging.getLogger(__name__)
 
-ITEM_TEXT_VIEW = "item_text_embedding"
-ITEM_METADATA_VIEW = "item_metadata"
-USER_HISTORY_VIEW = "user_history_embedding"
-USER_STATS_VIEW = "user_stats"
-ITEM_STATS_VIEW = "item_stats"
-ITEM_TOWER_VIEW = "item_tower_embedding"  # written by `llmrec train` (the trained item tower)
-USER_TOWER_VIEW = "user_tower_embedding"
-MANIFEST = "manifest.json"
-SOURCES = "sources.json"  # view -> source directory and tags; features.py reads it
-PARTITION = "month"  # hive partition column of every view's parquet (from event_timestamp)
 
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """What a view's source parquet must hold besides its key and event_timestamp."""
-
-    key: str
-    columns: dict
-    embedding: bool = False  # vectors of one encoder: written under a directory of that encoder
-
-
-def _stats_columns(windows):
-    return {"n_interactions": pa.int64(), "mean_rating": pa.float32(),
-            "last_interaction_unix": pa.int64(), **{f"n_{w}": pa.int64() for w in windows}}
-
-
-VIEWS = {
-    ITEM_TEXT_VIEW: ViewSpec("item_id", {"embedding": EMBEDDING, "n_tokens": pa.int64(),
-                                         "truncated": pa.bool_()}, embedding=True),
-    ITEM_METADATA_VIEW: ViewSpec("item_id", {"title": pa.string(), "genres": pa.string()}),
-    USER_HISTORY_VIEW: ViewSpec("user_id", {"embedding": EMBEDDING, "n_tokens": pa.int64(),
-                                            "truncated": pa.bool_(), "n_history": pa.int64()},
-                                embedding=True),
-    USER_STATS_VIEW: ViewSpec("user_id", _stats_columns(("30d",))),
-    ITEM_STATS_VIEW: ViewSpec("item_id", _stats_columns(("7d", "30d"))),
-    ITEM_TOWER_VIEW: ViewSpec("item_id", {"embedding": EMBEDDING}, embedding=True),
-    USER_TOWER_VIEW: ViewSpec("user_id", {"embedding": EMBEDDING}, embedding=True),
-}
-VIEW_KEYS = {name: spec.key for name, spec in VIEWS.items()}
-BUILT_VIEWS = (ITEM_TEXT_VIEW, ITEM_METADATA_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW)
-TEXT_VIEWS = (ITEM_TEXT_VIEW, USER_HISTORY_VIEW)  # the encoder's vectors
-
-
-def encoder_id(encoder_key: str | None) -> str:
-    """Short, stable directory name of an encoder's vectors."""
-    return "enc-" + hashlib.sha256((encoder_key or "unspecified").encode()).hexdigest()[:12]
-
-
-def validate_view(view: str, table: pa.Table) -> pa.Table:
-    """The view's table conformed to its spec, or a ValueError naming the view, column and row.
-
-    Checked before anything is written: every declared column present and castable (no other
-    columns), the entity key a string, event_timestamp timezone-aware, no null key or timestamp,
-    one row per (key, event_timestamp), and for embedding views one non-empty vector length.
-    """
-    if view not in VIEWS:
-        raise ValueError(f"unknown feature view {view!r} (known: {sorted(VIEWS)})")
-    spec = VIEWS[view]
-    wanted = {spec.key: pa.string(), "event_timestamp": TIMESTAMP, **spec.columns}
-    missing = [c for c in wanted if c not in table.column_names]
-    extra = [c for c in table.column_names if c not in wanted]
-    if missing or extra:
-        raise ValueError(f"{view}: schema mismatch: missing columns {missing}, unexpected columns "
-                         f"{extra} (expected {list(wanted)})")
-    key_type = table.schema.field(spec.key).type
-    if not (pa.types.is_string(key_type) or pa.types.is_large_string(key_type)):
-        raise ValueError(f"{view}: entity key {spec.key!r} has type {key_type}; the Feast entity is a "
-                         "STRING (cast the ids to strings)")
-    ts_type = table.schema.field("event_timestamp").type
-    if not pa.types.is_timestamp(ts_type) or ts_type.tz is None:
-        raise ValueError(f"{view}: event_timestamp has type {ts_type}; expected a timezone-aware "
-                         "timestamp (UTC)")
-    columns = {}
-    for name, typ in wanted.items():
-        try:
-            columns[name] = table.column(name).cast(typ)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise ValueError(f"{view}: column {name!r} of type {table.schema.field(name).type} "
-                             f"cannot be read as {typ}: {e}") from None
-    out = pa.table(columns)
-    for name in (spec.key, "event_timestamp"):
-        nulls = out.column(name).is_null()
-        if pc.any(nulls).as_py():
-            row = pc.index(nulls, True).as_py()
-            raise ValueError(f"{view}: {name} is null in row {row}")
-    pairs = out.select([spec.key, "event_timestamp"])
-    counted = pairs.group_by([spec.key, "event_timestamp"]).aggregate([([], "count_all")])
-    if counted.num_rows != out.num_rows:
-        dup = counted.filter(pc.greater(counted.column("count_all"), 1)).slice(0, 1).to_pylist()[0]
-        raise ValueError(f"{view}: duplicate ({spec.key}, event_timestamp) rows, e.g. "
-                         f"{dup[spec.key]!r} at {dup['event_timestamp']} ({dup['count_all']} rows); "
-                         "the point-in-time join would be ambiguous")
-    if spec.embedding and out.num_rows:
-        lengths = pc.list_value_length(out.column("embedding"))
-        bad = pc.or_kleene(lengths.is_null(), pc.equal(lengths, 0))
-        if pc.any(bad).as_py():
-            raise ValueError(f"{view}: row {pc.index(bad, True).as_py()} has no vector")
-        lo, hi = pc.min(lengths).as_py(), pc.max(lengths).as_py()
-        if lo != hi:
-            raise ValueError(f"{view}: vectors of different lengths ({lo} and {hi}): two encoders mixed")
-    return out
-
-
-class FeatureRepo:
-    """One Feast repository directory."""
+class FeatureRepo(ViewFiles):
+    """One Feast repository directory: its view files (`ViewFiles`) and its Feast store."""
 
     def __init__(self, repo_path: str | Path, offline_store: str | None = None,
                  online_store: str | None = None, redis_connection: str | None = None):
-        self.path = Path(repo_path).resolve()
-        if not (self.path / "feature_store.yaml").exists():
-            raise FileNotFoundError(f"featurestore.repo_path: {self.path} has no feature_store.yaml")
+        if not (Path(repo_path).resolve() / "feature_store.yaml").exists():
+            raise FileNotFoundError(f"featurestore.repo_path: {Path(repo_path).resolve()} has no "
+                                    "feature_store.yaml")
         if online_store == "redis" and not redis_connection:
             raise ValueError("featurestore.online_store=redis needs a connection string "
                              "(host:port[,password=...]) in the environment variable named by "
                              "featurestore.redis_connection_env")
-        self.data_dir = self.path / "data"
+        super().__init__(repo_path)
         self.offline_store, self.online_store = offline_store, online_store
         self._redis = redis_connection
         self._store = None
-        self._drop_online: set[str] = set()  # views whose encoder changed: online rows to drop
-        self._recover()
 
     @property
     def store(self):
@@ -179,111 +69,6 @@ class FeatureRepo:
                                            repo_path=str(self.path))
         return self._store
 
-    # ---- writing -------------------------------------------------------------------------------
-    def sources(self) -> dict:
-        path = self.data_dir / SOURCES
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def source_path(self, view: str) -> Path:
-        """The directory of the view's current source parquet (partitioned by month)."""
-        entry = self.sources().get(view)
-        return self.path / entry["path"] if entry else self.data_dir / view
-
-    def read_view(self, view: str, columns: list[str] | None = None) -> pa.Table:
-        """The view's current source rows (without the partition column)."""
-        path = self.source_path(view)
-        if not path.exists():
-            raise FileNotFoundError(f"feature view {view!r}: its source {path} does not exist; "
-                                    "run `llmrec build-features` first")
-        ds = pads.dataset(str(path), format="parquet", partitioning="hive")
-        names = [c for c in ds.schema.names if c != PARTITION] if columns is None else columns
-        return ds.to_table(columns=names)
-
-    def write_view(self, view: str, table: pa.Table, encoder_key: str | None = None,
-                   tags: dict | None = None) -> Path:
-        """Validate, then replace the view's source with `table`, partitioned by month.
-
-        Idempotent: the same table written twice leaves the same rows (a build replaces its views,
-        it never appends). Atomic: the partitions go to a temp directory that then takes the
-        place of the old one, so a reader sees the old rows or the new ones, never a mix. An
-        embedding view lives under a directory of its encoder (`enc-<hash>`), with the encoder
-        in its tags: a build with another model writes beside, never into, the old vectors, and
-        the online rows of the old model are dropped on the next `apply`.
-        """
-        table = validate_view(view, table)
-        spec = VIEWS[view]
-        tags = {**(tags or {})}
-        dest = self.data_dir / view
-        if spec.embedding:
-            dest = dest / encoder_id(encoder_key)
-            dim = len(table.column("embedding")[0]) if table.num_rows else 0
-            tags.update(encoder_key=encoder_key or "unspecified", dim=str(dim))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-        month = pc.strftime(table.column("event_timestamp"), format="%Y-%m")
-        try:
-            if table.num_rows:
-                pads.write_dataset(table.append_column(PARTITION, month), tmp, format="parquet",
-                                   partitioning=[PARTITION], partitioning_flavor="hive",
-                                   basename_template="part-{i}.parquet")
-            else:  # an empty view is still a view: one empty file carries its schema
-                tmp.mkdir()
-                pq.write_table(table, tmp / "part-0.parquet")
-            if dest.exists():
-                old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        sources = self.sources()
-        previous = sources.get(view, {}).get("tags", {}).get("encoder_key")
-        if spec.embedding and previous not in (None, tags["encoder_key"]):
-            self._drop_online.add(view)
-        sources[view] = {"path": str(dest.relative_to(self.path)), "rows": table.num_rows,
-                         "tags": {k: str(v) for k, v in tags.items()}}
-        self._write_json(SOURCES, sources)
-        logger.info("wrote %s: %d rows -> %s", view, table.num_rows, dest)
-        return dest
-
-    def _recover(self) -> None:
-        """Finish a swap a crash interrupted: an `.X.old-*` directory without `X` goes back."""
-        if not self.data_dir.exists():
-            return
-        import time
-
-        # only leftovers older than a minute: a swap in flight in another process is not touched
-        cutoff = time.time() - 60
-        for old in self.data_dir.glob("**/.*.old-*"):
-            dest = old.parent / old.name[1:].split(".old-")[0]
-            if old.stat().st_mtime > cutoff:
-                continue
-            if dest.exists():
-                shutil.rmtree(old)
-            else:
-                os.replace(old, dest)
-                logger.warning("restored %s from an interrupted write", dest)
-        for tmp in self.data_dir.glob("**/.*.tmp-*"):
-            if tmp.stat().st_mtime < cutoff:
-                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-
-    def _write_json(self, name: str, data: dict) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.data_dir / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, self.data_dir / name)
-
-    def write_manifest(self, manifest: dict) -> None:
-        self._write_json(MANIFEST, manifest)
-
-    def read_manifest(self) -> dict:
-        path = self.data_dir / MANIFEST
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no features built yet; run `llmrec build-features` first")
-        return json.loads(path.read_text())
 
     # ---- registry ------------------------------------------------------------------------------
     def declarations(self) -> list:
@@ -327,19 +112,23 @@ class FeatureRepo:
                     self.store.project, tables_to_delete=registered, tables_to_keep=[],
                     entities_to_delete=[], entities_to_keep=[], partial=True)
                 logger.info("encoder changed: online rows of %s dropped", [v.name for v in registered])
-        self.store.apply(objects)
+        with quiet():
+            self.store.apply(objects)
         self._drop_online.clear()
         names = sorted(o.name for o in objects)
         logger.info("feast apply: %s", ", ".join(names))
         return names
 
-    def check_encoder(self, encoder_key: str) -> None:
-        """The registered embedding views hold vectors of `encoder_key` (from their tags)."""
+    def check_encoder(self, encoder_key: str, view_keys: dict | None = None) -> None:
+        """The registered embedding views hold vectors of `encoder_key` (from their tags), or of
+        `view_keys[view]` for a view whose vectors are built otherwise (user vectors pooled from
+        item vectors: the encoder's key plus the pooling, llmrec_ray.user_vectors)."""
         for view in TEXT_VIEWS:
+            want = (view_keys or {}).get(view, encoder_key)
             tags = self.store.get_feature_view(view).tags or {}
-            if tags.get("encoder_key") != encoder_key:
+            if tags.get("encoder_key") != want:
                 raise ValueError(f"feature view {view!r} holds vectors of encoder "
-                                 f"{tags.get('encoder_key')!r}, not {encoder_key!r}: rebuild the "
+                                 f"{tags.get('encoder_key')!r}, not {want!r}: rebuild the "
                                  "features with this encoder (`llmrec build-features`)")
 
     # ---- online --------------------------------------------------------------------------------
@@ -351,7 +140,8 @@ class FeatureRepo:
     def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict:
         """Materialize [start, end], then check that every entity with a row by `end` is online."""
         views = views or self.present_views()
-        self.store.materialize(start_date=start, end_date=end, feature_views=views)
+        with quiet():  # Feast prints its own lines and bars: to the log file
+            self.store.materialize(start_date=start, end_date=end, feature_views=views)
         return {v: self.verify_online(v, end) for v in views}
 
     def materialize_incremental(self, end: datetime, views: list[str] | None = None) -> dict:
@@ -379,7 +169,8 @@ class FeatureRepo:
             if not pc.any(window).as_py():
                 logger.info("materialize %s: no rows in (%s, %s]", view, start, end)
                 continue
-            self.store.materialize(start_date=start, end_date=end, feature_views=[view])
+            with quiet():
+                self.store.materialize(start_date=start, end_date=end, feature_views=[view])
         return {v: self.verify_online(v, end) for v in views}
 
     def verify_online(self, view: str, end: datetime) -> int:
@@ -448,13 +239,11 @@ class FeatureRepo:
 
 def open_repo(fs_cfg) -> FeatureRepo:
     """The FeatureRepo a `FeatureStoreConfig` describes (Redis connection from the environment)."""
-    from llmrec_ray.config import expand_env
-
     redis = os.environ.get(fs_cfg.redis_connection_env) if fs_cfg.online_store == "redis" else None
     if fs_cfg.online_store == "redis" and not redis:
         raise ValueError(f"featurestore.online_store=redis: set the environment variable "
                          f"{fs_cfg.redis_connection_env} to host:port[,password=...]")
-    return FeatureRepo(expand_env(fs_cfg.repo_path), fs_cfg.offline_store, fs_cfg.online_store, redis)
+    return FeatureRepo(fs_cfg.repo_path, fs_cfg.offline_store, fs_cfg.online_store, redis)
 
 
 def _same(a, b) -> bool:
@@ -465,24 +254,3 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def embedding_matrix(column) -> np.ndarray:
-    """A column of equal-length vectors (fixed-size or variable list<float>, or a pandas/object
-    column of arrays) -> (N, D) float32.
-
-    A missing vector (null or empty) is an error: callers decide before this what to do with them.
-    """
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if isinstance(column, pa.Array):
-        if column.null_count:
-            raise ValueError(f"{column.null_count} rows have no vector (first at position "
-                             f"{pc.index(column.is_null(), True).as_py()})")
-        if pa.types.is_fixed_size_list(column.type):
-            flat = column.flatten().to_numpy(zero_copy_only=False)
-            return np.asarray(flat, np.float32).reshape(len(column), column.type.list_size)
-        column = column.to_pylist()
-    values = [None if v is None else np.asarray(v, dtype=np.float32) for v in column]
-    bad = [i for i, v in enumerate(values) if v is None or v.size == 0]
-    if bad:
-        raise ValueError(f"{len(bad)} rows have no vector (first at position {bad[0]})")
-    return np.stack(values) if values else np.zeros((0, 0), np.float32)

@@ -16,42 +16,61 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from llmrec_ray.build import build_features, load_saved_dataset
-from llmrec_ray.baselines import DEFAULT_GRIDS
-from llmrec_ray.evaluate import evaluate, format_table, format_tuning, write_results
-from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo, open_repo
+from llmrec_ray.evaluate import evaluate, format_summary, format_tuning, write_results
+from llmrec_ray.featurestore import FeatureRepo, open_repo
+from llmrec_ray.views import USER_HISTORY_VIEW
 from llmrec_ray.split import given_eval_split, global_temporal_eval_split, user_temporal_eval_split
 
 logger = logging.getLogger(__name__)
 
 
 def init_ray(ray_cfg) -> None:
+    """Start (or join) Ray. Unless the command line is verbose (`console.verbose()`), the
+    workers' output stays in Ray's session logs (`/tmp/ray/session_latest/logs`) and Ray Data
+    shows no progress bars of its own: the stages report their progress through `console`."""
     import ray
+
+    from llmrec_ray import console
 
     if ray.is_initialized():
         return
+    console.adopt_library_loggers()  # Ray's own terminal handlers, attached at import
+    show = console.verbose()
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    # address="local": a new local instance even when another cluster runs on this machine
-    # (a bare ray.init() would join the latest `ray start` cluster and refuse the caps)
-    ray.init(address="local", num_cpus=ray_cfg.num_cpus, include_dashboard=False, log_to_driver=True,
-             object_store_memory=None if ray_cfg.object_store_memory_mb is None
-             else ray_cfg.object_store_memory_mb * 1024 * 1024)
+        ray.init(address=address, log_to_driver=show)
+    else:
+        # address="local": a new local instance even when another cluster runs on this machine
+        # (a bare ray.init() would join the latest `ray start` cluster and refuse the caps)
+        ray.init(address="local", num_cpus=ray_cfg.num_cpus, include_dashboard=False, log_to_driver=show,
+                 object_store_memory=None if ray_cfg.object_store_memory_mb is None
+                 else ray_cfg.object_store_memory_mb * 1024 * 1024)
+    if not show:
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    console.adopt_library_loggers()  # Ray (re)configures its loggers when it starts
 
 
 def feature_repo(cfg) -> FeatureRepo:
-    """The run's feature repo, checked to hold features built by this run with this encoder."""
-    from llmrec_ray.encode import encoder_key
+    """The run's feature repo, checked to hold features built by this run with this encoder and
+    this serialize.user_vectors mode (the manifest's encoder_key is `build.features_key`: the
+    encoder's key, plus the pooling when user vectors are pooled from item vectors)."""
+    from llmrec_ray.build import features_key
 
     repo = open_repo(cfg.featurestore)
     manifest = repo.read_manifest()
-    if manifest["run"] != cfg.name or manifest["encoder_key"] != encoder_key(cfg.encode):
+    key = features_key(cfg)
+    if manifest["run"] != cfg.name or manifest["encoder_key"] != key:
         raise ValueError(
             f"{repo.path}: features were built by run {manifest['run']!r} with encoder "
-            f"{manifest['encoder_key']!r}; this is run {cfg.name!r} with {encoder_key(cfg.encode)!r}. "
+            f"{manifest['encoder_key']!r}; this is run {cfg.name!r} with {key!r}. "
             "Run `llmrec build-features` with this config first.")
-    repo.check_encoder(manifest["encoder_key"])
+    # item vectors are the encoder's; user vectors the encoder's or pooled (manifest encoder_key)
+    repo.check_encoder(manifest.get("item_encoder_key", manifest["encoder_key"]),
+                       {USER_HISTORY_VIEW: manifest["encoder_key"]})
     return repo
 
 
@@ -98,20 +117,21 @@ def build_stage(cfg) -> dict:
     return summary
 
 
-def train_stage(cfg) -> dict:
+def train_stage(cfg, loop=None) -> dict:
+    """Train on features from Feast with Ray Train (`train.fit`; `loop`: see there)."""
     from llmrec_ray.train import fit
 
     init_ray(cfg.ray)
     start = time.perf_counter()
     repo = feature_repo(cfg)
     tables, split, item_ids = _split(cfg, repo)
-    summary = fit(cfg, repo, split, tables["items"], item_ids)
+    summary = fit(cfg, repo, split, tables["items"], item_ids, loop)
     if cfg.train.export:
-        from llmrec_ray.encode import encoder_key
-        from llmrec_ray.train import export_towers, load_model
+        from llmrec_ray.build import features_key
+        from llmrec_ray.artifacts import export_towers, load_model
 
         summary["exported_online"] = export_towers(repo, load_model(cfg.run_dir), cfg.run_dir / "model",
-                                                   encoder_key(cfg.encode), summary["fingerprint"])
+                                                   features_key(cfg), summary["fingerprint"])
     summary.update(split=split.summary(),
                    seconds=round(time.perf_counter() - start, 1))
     _write_summary(cfg, "train", summary)
@@ -119,24 +139,22 @@ def train_stage(cfg) -> dict:
 
 
 def evaluate_stage(cfg, out: str | None = None) -> dict:
-    from llmrec_ray.train import load_model
+    from llmrec_ray.artifacts import load_model
 
     init_ray(cfg.ray)
     start = time.perf_counter()
     repo = feature_repo(cfg)
     tables, split, item_ids = _split(cfg, repo)
-    from llmrec_ray.train import validation_data
+    from llmrec_ray.model_inputs import validation_data
 
     model = load_model(cfg.run_dir)
     valid = validation_data(repo, split, tables["items"], item_ids, model.vocab)
-    e = cfg.evaluate
-    grids = None if e.grids is None else {**DEFAULT_GRIDS, **e.grids}
-    results, tuning = evaluate(repo, model, split, tables["items"], item_ids, e.ks, e.baselines,
-                               e.light_user_max, cfg.seed, grids, cfg.train.early_stopping_metric, valid)
+    results, tuning = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate, cfg.seed,
+                               cfg.train.early_stopping_metric, valid)
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
     files = write_results(results, path, tuning)
     summary = {"metrics": results, "tuning": tuning,
-               "table": format_table(results, cfg.evaluate.ks) + "\n\n" + format_tuning(tuning),
+               "table": format_summary(results, max(cfg.evaluate.ks)) + "\n\n" + format_tuning(tuning),
                "protocol": split.summary(),
                "path": str(path), "files": [str(f) for f in files],
                "seconds": round(time.perf_counter() - start, 1)}
@@ -147,7 +165,7 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
 def recommend_stage(cfg, user_id: str | None, k: int, text: str | None = None) -> list[dict]:
     """Top-k for a known user (online store), or for a new user described by `text`."""
     from llmrec_ray.recommend import recommend_for_text, recommend_for_user
-    from llmrec_ray.train import load_model
+    from llmrec_ray.artifacts import load_model
 
     if (user_id is None) == (text is None):
         raise ValueError("give exactly one of --user and --text")

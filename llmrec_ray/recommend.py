@@ -1,7 +1,9 @@
-"""Top-K recommendations for a known user, served from the Feast online store.
+"""Top-K recommendations for a known user, or a new one described in words, served from the Feast
+online store.
 
-The user's newest history embedding and every item's text embedding and title come from the
-online store; the trained towers score them; items the user already interacted with are excluded.
+A known user's newest history embedding and statistics, and every item's text embedding and title,
+come from the online store; the trained model (two-tower, hybrid or the LLM graph model) scores
+them through its `Recommender` interface; items the user already interacted with are excluded.
 """
 
 from __future__ import annotations
@@ -10,41 +12,39 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from llmrec_ray.featurestore import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
-                                     USER_STATS_VIEW, FeatureRepo, embedding_matrix)
-from llmrec_ray.model_inputs import item_id_index, user_extra_features, user_id_index
+from llmrec_ray.featurestore import FeatureRepo
+from llmrec_ray.views import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW,
+                              embedding_matrix)
+from llmrec_ray.model_inputs import STAT_COLUMNS, item_id_index, user_extra_features, user_id_index
 from llmrec_ray.recommender import Queries, TrainedModel
-
-
-STATS = ["n_interactions", "mean_rating", "n_30d", "last_interaction_unix"]
 
 
 def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k: int) -> list[dict]:
     """[{rank, item_id, title, score}] for `user_id`, best first, `seen` excluded."""
-    refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STATS]
+    refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STAT_COLUMNS]
     got = repo.online(refs, [{"user_id": user_id}])
     if got["embedding"][0] is None:
         raise KeyError(f"user {user_id!r} is not in the online store ({USER_HISTORY_VIEW}); known "
                        "users are those with interactions in the built dataset")
     user_emb = np.asarray(got["embedding"][0], dtype=np.float32)[None, :]  # (1, H)
-    frame = pd.DataFrame({f"{USER_STATS_VIEW}__{f}": [got[f][0]] for f in STATS})
-    frame["event_timestamp"] = pd.Timestamp.now(tz="UTC")
-    return _rank_items(repo, model, user_emb, user_extra_features(frame), user_id, seen, k)
+    extra = user_extra_features({f: [got[f][0]] for f in STAT_COLUMNS}, [pd.Timestamp.now(tz="UTC")])
+    return _rank_items(repo, model, user_emb, extra, user_id, seen, k)
 
 
 def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) -> list[dict]:
     """A brand-new user described in words: the text is encoded with the features' encoder (same
     model, pooling, prompt) and scored as a user with no history (zero statistics, unknown ID)."""
-    from llmrec_ray.encode import Encoder, resolve_model
+    import torch
+
+    from llmrec_ray.encode import Encoder, encoder_kwargs
+    from llmrec_ray.text_model import dtype_name, resolve_model
 
     if not text.strip():
         raise ValueError("--text is empty")
     path, _ = resolve_model(encode_cfg.model)
-    enc = Encoder(path, encode_cfg.pooling, encode_cfg.max_length, encode_cfg.normalize,
-                  device="cpu" if encode_cfg.device == "cpu" else "auto", dtype=encode_cfg.dtype,
-                  trust_remote_code=encode_cfg.trust_remote_code, layers=encode_cfg.layers,
-                  prompt_template=encode_cfg.prompt_template, add_eos=encode_cfg.add_eos,
-                  allow_unsafe_weights=encode_cfg.allow_unsafe_weights)
+    device = "cuda" if encode_cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
+    enc = Encoder(**encoder_kwargs(encode_cfg, path, device=device,
+                                   dtype=dtype_name(encode_cfg.dtype, device)))
     out = enc(pa.table({"text_hash": ["query"], "text": [text]}))
     user_emb = np.asarray(out.column("embedding")[0].as_py(), dtype=np.float32)[None, :]
     user_extra = np.zeros((1, 4), dtype=np.float32)  # no interactions yet
@@ -57,6 +57,9 @@ def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.n
     vocabulary, with the items' features from the online store, through the model's
     `Recommender` interface; top k unseen, with titles."""
     from llmrec_ray.baselines import history_matrix
+
+    if k < 1:
+        raise ValueError(f"-k {k}: ask for at least one item")
 
     vocab = model.vocab
     item_ids = vocab["items"]

@@ -135,3 +135,50 @@ class TrainedModel(Recommender):
 
     def export(self) -> dict[str, np.ndarray]:
         return {}
+
+
+def standardize(scores: np.ndarray) -> np.ndarray:
+    """Each row to mean 0, standard deviation 1 (a constant row to 0): scores of different
+    models on one scale."""
+    s = np.asarray(scores, dtype=np.float32)
+    mean = s.mean(axis=1, keepdims=True)
+    std = s.std(axis=1, keepdims=True)
+    return (s - mean) / np.where(std > 0, std, 1.0)
+
+
+class Blend(Recommender):
+    """`(1 - weight) * z(a) + weight * z(b)`, z standardizing each query's scores over all
+    items: e.g. the trained LLM-feature model with the best collaborative-filtering peer. The
+    weight is chosen on the validation queries like any hyperparameter (`evaluate.blend_weights`).
+    Items outside `b_items` (a boolean mask: e.g. items without training interactions, of which
+    an interaction model knows nothing) are scored by `z(a)` alone, so cold items keep the
+    standing the feature model gives them."""
+
+    def __init__(self, a: Recommender, b: Recommender, weight: float = 0.5,
+                 b_items: np.ndarray | None = None):
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"blend weight {weight} is outside [0, 1]")
+        super().__init__(weight=weight, **{f"{b.name}.{k}": v for k, v in b.params.items()})
+        self.a, self.b, self.weight = a, b, weight
+        self.b_items = None if b_items is None else np.asarray(b_items, dtype=bool)
+        self.name = f"{a.name}+{b.name}"
+
+    def fit(self, data: FitData) -> "Blend":
+        return self  # both parts come fitted
+
+    def score(self, queries: Queries) -> np.ndarray:
+        w = self.weight
+        za = standardize(self.a.score(queries))
+        out = (1.0 - w) * za + w * standardize(self.b.score(queries))
+        if self.b_items is not None:
+            out[:, ~self.b_items] = za[:, ~self.b_items]
+        return out
+
+
+def metric_on(rec: Recommender, valid: dict, metric: str) -> float:
+    """`metric` (e.g. "ndcg@20") of `rec` on prepared validation queries ({queries, mask,
+    truth}: `model_inputs.validation_data`)."""
+    from llmrec_ray.metrics import ranking_metrics
+
+    k = int(metric.split("@")[1])
+    return ranking_metrics(rec.top_k(valid["queries"], valid["mask"], k), valid["truth"], [k])[metric]

@@ -1,6 +1,6 @@
 """The data contracts: the Arrow schemas that the stages share, and the rejects ledger.
 
-Every stage reads and writes these tables and nothing else (see DESIGN.md, "Data contracts").
+Every stage reads and writes these tables and nothing else (see docs/design.md, "Data contracts").
 A row that cannot be accepted is never dropped silently: it goes to a `Rejects` ledger with the
 file, the line or row, the column and the reason, so that for every table
 rows in = rows accepted + rows rejected.
@@ -37,16 +37,6 @@ ITEMS = pa.schema(
 )
 
 USERS = pa.schema([pa.field("user_id", pa.string(), nullable=False)])
-
-TEXT_ROWS = pa.schema(
-    [
-        pa.field("entity", pa.string(), nullable=False),
-        pa.field("entity_id", pa.string(), nullable=False),
-        pa.field("event_timestamp", TIMESTAMP, nullable=False),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("text_hash", pa.string(), nullable=False),
-    ]
-)
 
 # Feast maps only list<float>: not fixed-size lists, not tensor extension columns.
 EMBEDDING = pa.list_(pa.float32())
@@ -87,9 +77,6 @@ class Rejects:
             {"table": table, "source": source, "row": row, "column": column, "reason": reason,
              "value": text}
         )
-
-    def extend(self, other: "Rejects") -> None:
-        self.rows.extend(other.rows)
 
     def count(self, table: str) -> int:
         return sum(1 for r in self.rows if r["table"] == table)

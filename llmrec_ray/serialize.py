@@ -2,7 +2,7 @@
 
 Pure functions over Arrow tables and Python values; no Ray, no I/O.
 
-Point-in-time rule (DESIGN.md): a user snapshot at time `s` summarises only interactions with
+Point-in-time rule (docs/design.md): a user snapshot at time `s` summarises only interactions with
 timestamp `< s`. Snapshots are taken at a cadence (a boundary of `snapshot_every` after which the
 history changed) and as soon as `snapshot_max_new` new interactions accumulated, so fast raters get
 fresh features too; never when nothing changed.
@@ -108,6 +108,40 @@ def _format_rating(r: float | None) -> str:
     return "n/a" if r is None or r != r else f"{r:g}"
 
 
+def user_snapshots(interactions: pa.Table, every: str, max_new: int) -> tuple[pa.Table, pa.Table]:
+    """Interactions -> (the interactions sorted by user, time, item; one row per user snapshot).
+
+    Snapshot rows: `user_id`, `event_timestamp` (the snapshot time `s`, see `snapshot_times`),
+    `n_history` (the user's interactions with timestamp `< s`) and `history_start` (the row of the
+    user's first interaction in the sorted table), users in order, each user's snapshots in time
+    order. The same snapshots serve every `serialize.user_vectors` mode. One Python pass per user
+    (`snapshot_times`), in the driver.
+    """
+    every_us = parse_duration_us(every)
+    order = pc.sort_indices(interactions, [("user_id", "ascending"), ("event_timestamp", "ascending"),
+                                           ("item_id", "ascending")])
+    inter = interactions.take(order)
+    ts = inter.column("event_timestamp").cast(pa.int64()).to_numpy()
+    codes = pc.dictionary_encode(inter.column("user_id").combine_chunks()).indices.to_numpy()
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]]).astype(np.int64)
+    times, covered, starts = [], [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        user_ts = ts[a:b]
+        s = np.asarray(snapshot_times(user_ts, every_us, max_new), dtype=np.int64)
+        times.append(s)
+        covered.append(np.searchsorted(user_ts, s, side="left"))  # interactions with t < s
+        starts.append(np.full(len(s), a, dtype=np.int64))
+    cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
+    start = cat(starts, np.int64)
+    snaps = pa.table({
+        "user_id": inter.column("user_id").take(pa.array(start)),
+        "event_timestamp": pa.array(cat(times, np.int64)).cast(TIMESTAMP),
+        "n_history": pa.array(cat(covered, np.int64)),
+        "history_start": pa.array(start),
+    })
+    return inter, snaps
+
+
 def user_snapshot_rows(interactions: pa.Table, items: pa.Table, history_item_template: str,
                        user_template: str, separator: str, history_length: int, every: str,
                        max_new: int, empty_history: str = "nothing yet") -> pa.Table:
@@ -117,14 +151,10 @@ def user_snapshot_rows(interactions: pa.Table, items: pa.Table, history_item_tem
     snapshot, newest first, each rendered with `history_item_template` over the item's fields plus
     `rating` and `date`; `{history}` is `empty_history` for the first snapshot.
     """
-    every_us = parse_duration_us(every)
     item_rows = {r["item_id"]: r for r in items.to_pylist()}
-    order = pc.sort_indices(interactions, [("user_id", "ascending"), ("event_timestamp", "ascending"),
-                                           ("item_id", "ascending")])
-    inter = interactions.take(order)
+    inter, snaps = user_snapshots(interactions, every, max_new)
     users = inter.column("user_id").to_pylist()
     item_ids = inter.column("item_id").to_pylist()
-    ts = inter.column("event_timestamp").cast(pa.int64()).to_numpy()
     ratings = inter.column("rating").to_pylist()
     dates = pc.strftime(inter.column("event_timestamp"), format="%Y-%m-%d").to_pylist()
 
@@ -134,29 +164,18 @@ def user_snapshot_rows(interactions: pa.Table, items: pa.Table, history_item_tem
         values.update(rating=_format_rating(ratings[k]), date=dates[k])
         rendered.append(render(history_item_template, values, f"interaction of {users[k]!r}"))
 
-    out_user, out_ts, out_text, out_n = [], [], [], []
-    start = 0
-    while start < len(users):
-        end = start
-        while end < len(users) and users[end] == users[start]:
-            end += 1
-        user_ts = ts[start:end]
-        for s in snapshot_times(user_ts, every_us, max_new):
-            covered = int(np.searchsorted(user_ts, s, side="left"))  # interactions with t < s
-            lo = max(0, covered - history_length)
-            history = separator.join(reversed(rendered[start + lo:start + covered])) or empty_history
-            out_user.append(users[start])
-            out_ts.append(s)
-            out_text.append(render(user_template, {"history": history, "user_id": users[start]},
-                                   f"user {users[start]!r}"))
-            out_n.append(covered)
-        start = end
+    out_text = []
+    for start, covered in zip(snaps.column("history_start").to_pylist(), snaps.column("n_history").to_pylist()):
+        lo = max(0, covered - history_length)
+        history = separator.join(reversed(rendered[start + lo:start + covered])) or empty_history
+        out_text.append(render(user_template, {"history": history, "user_id": users[start]},
+                               f"user {users[start]!r}"))
     return pa.table({
-        "entity": pa.array(["user"] * len(out_user), pa.string()),
-        "entity_id": pa.array(out_user, pa.string()),
-        "event_timestamp": pa.array(out_ts, pa.int64()).cast(TIMESTAMP),
+        "entity": pa.array(["user"] * snaps.num_rows, pa.string()),
+        "entity_id": snaps.column("user_id").cast(pa.string()),
+        "event_timestamp": snaps.column("event_timestamp"),
         "text": pa.array(out_text, pa.string()),
-        "n_history": pa.array(out_n, pa.int64()),
+        "n_history": snaps.column("n_history"),
     })
 
 
@@ -170,9 +189,20 @@ def check_item_template(template: str, items: pa.Table) -> None:
 
 def serialize_dataset(items: pa.Table, interactions: pa.Table, cfg, valid_from: int) -> tuple[pa.Table, pa.Table]:
     """Items and interactions -> (item text rows, user snapshot rows), as `cfg` (a
-    SerializeConfig) describes. `valid_from`: µs since the epoch, see `item_text_rows`."""
+    SerializeConfig) describes. `valid_from`: µs since the epoch, see `item_text_rows`. Under
+    `user_vectors` items_mean / items_recency the user rows carry no `text` (nothing of the user
+    is encoded): `entity`, `entity_id`, `event_timestamp`, `n_history` of the same snapshots."""
     check_item_template(cfg.item_template, items)
     item_rows = item_text_rows(items, cfg.item_template, valid_from)
+    if getattr(cfg, "user_vectors", "text") != "text":
+        # user vectors pooled from item vectors (llmrec_ray/user_vectors.py): snapshots, no text
+        _, snaps = user_snapshots(interactions, cfg.snapshot_every, cfg.snapshot_max_new)
+        return item_rows, pa.table({
+            "entity": pa.array(["user"] * snaps.num_rows, pa.string()),
+            "entity_id": snaps.column("user_id").cast(pa.string()),
+            "event_timestamp": snaps.column("event_timestamp"),
+            "n_history": snaps.column("n_history"),
+        })
     user_rows = user_snapshot_rows(
         interactions, items, cfg.history_item_template, cfg.user_template, cfg.history_separator,
         cfg.history_length, cfg.snapshot_every, cfg.snapshot_max_new, cfg.empty_history)

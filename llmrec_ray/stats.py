@@ -1,20 +1,23 @@
-"""User and item statistics as point-in-time snapshots, computed with Ray Data aggregations.
+"""User and item statistics as point-in-time snapshots: one group function per user / item, run
+as a Ray Data groupby on the cluster from `ray_min_rows` rows on (featurestore.stats_ray_min_rows,
+default a million), in the calling process below.
 
-The point-in-time rule is the one of the text snapshots (DESIGN.md): a snapshot at `s` covers the
+The point-in-time rule is the one of the user snapshots (docs/design.md): a snapshot at `s` covers the
 interactions with timestamp `< s`, so a training row at interaction time `t` joined to the newest
 snapshot at or before `t` never sees its own interaction.
 
-- **User stats** are taken at the user's text-snapshot times (one row per `user_history_embedding`
-  row): interactions so far, mean rating, time of the last interaction, interactions in the last
-  30 days.
+- **User stats** are taken at the user's snapshot times (one row per `user_history_embedding`
+  row, whatever `serialize.user_vectors`): interactions so far, mean rating, time of the last
+  interaction, interactions in the last 30 days.
 - **Item stats** are taken at the start of the item's life (all zeros: a cold item has stats, not
   nulls) and at the first `every` boundary after any value changed: after an interaction, and after
   an interaction leaves the 7- or 30-day popularity window.
 
-The work is a `groupby(key).map_groups(...)` over interactions and snapshot times together, so it
-runs on every node of the cluster; each group is sorted once and answered with cumulative sums and
-binary search. Below `ray_min_rows` rows the same group function runs in the calling process: the
-table is already there, and a Ray Data shuffle costs seconds of scheduling on any size of input.
+On Ray the work is a `groupby(key).map_groups(...)` over interactions and snapshot times
+together, so it runs on every node of the cluster; each group is sorted once and answered with
+cumulative sums and binary search. Below `ray_min_rows` rows the same group function runs in the
+calling process: the table is already there, and a Ray Data shuffle costs seconds of scheduling on
+any size of input.
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ def _run(frame: pa.Table, fn, schema: pa.Schema, fn_kwargs: dict | None = None,
 
 
 def user_stats(interactions: pa.Table, snapshots: pa.Table, ray_min_rows: int = RAY_MIN_ROWS) -> pa.Table:
-    """One USER_STATS row per (user_id, event_timestamp) of `snapshots` (the user text snapshots);
+    """One USER_STATS row per (user_id, event_timestamp) of `snapshots` (the user snapshots);
     on Ray from `ray_min_rows` rows (interactions + snapshots) on."""
     result = _run(_group_frame("user_id", interactions, snapshots.select(["user_id", "event_timestamp"])),
                   _user_group, USER_STATS, ray_min_rows=ray_min_rows)

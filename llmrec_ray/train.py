@@ -5,7 +5,11 @@ Training rows = the interactions of the training window, each with a unique `row
 the user-history and item-text embeddings by `FeatureStore.get_historical_features` (point in time:
 the newest user snapshot at or before the interaction, which never covers the interaction itself)
 -> Ray Dataset -> `TorchTrainer` (DDP; gloo on CPU, NCCL on GPU). Every epoch reports the mean
-loss and a checkpoint through `ray.train.report`.
+loss and a checkpoint through `ray.train.report`; the driver shows rank 0's epochs as they come
+(`EpochBoard`). The checkpoint format and the served model are `artifacts.py`.
+
+Long because the worker loop, its resume / early-stopping state and the driver side that starts
+it and reads the result belong together: they share the state's format.
 """
 
 from __future__ import annotations
@@ -13,27 +17,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-from datetime import datetime, timezone
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from llmrec_ray.featurestore import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, FeatureRepo
-from llmrec_ray.model_inputs import (USER_EXTRA_DIM, item_id_index,  # noqa: F401  (re-exported)
-                                     user_extra_features, user_id_index)
-from llmrec_ray.models.graph import LLMGraph
-from llmrec_ray.models.two_tower import TwoTower
+from llmrec_ray.artifacts import MODEL_FILE, build_model, save_model
+from llmrec_ray.console import progress
+from llmrec_ray.featurestore import FeatureRepo
+from llmrec_ray.views import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW
+from llmrec_ray.model_inputs import USER_EXTRA_DIM, latest_item_vectors, retrieved_user_extra, validation_data
 
 logger = logging.getLogger(__name__)
 
 USER_EMB = f"{USER_HISTORY_VIEW}__embedding"
 ITEM_EMB = f"{ITEM_TEXT_VIEW}__embedding"
-MODEL_FILE = "model.pt"
-
 
 
 def entity_rows(interactions: pa.Table, item_index: dict[str, int],
@@ -70,7 +71,7 @@ def to_training_batch(batch: pa.Table) -> dict[str, np.ndarray]:
     it holds. A row without its feature row is an error naming its row_id."""
     import pyarrow.compute as pc
 
-    from llmrec_ray.featurestore import embedding_matrix
+    from llmrec_ray.views import embedding_matrix
     from llmrec_ray.retrieval import position_column
 
     out = {"item_idx": batch.column("item_idx").to_numpy()}
@@ -89,7 +90,7 @@ def to_training_batch(batch: pa.Table) -> dict[str, np.ndarray]:
         if key not in out and f"{key}_pos" not in out:
             out[key] = embedding_matrix(values)
     if f"{USER_STATS_VIEW}__n_interactions" in batch.column_names:
-        out["user_extra"] = user_extra_features(batch)
+        out["user_extra"] = retrieved_user_extra(batch)
     if "user_idx" in batch.column_names:
         out["user_idx"] = batch.column("user_idx").to_numpy()
     return out
@@ -114,23 +115,11 @@ def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict
     return ds.map_batches(to_training_batch, batch_format="pyarrow"), tables
 
 
-def build_model(kind: str, kwargs: dict, graph: dict | None = None):
-    """A model of `kind` from its hyperparameters; the graph model also takes its training graph
-    and item vectors (`graph`: edge_users, edge_items, item_emb), which its checkpoint carries."""
-    if kind == "llm_graph":
-        model = LLMGraph(**kwargs, edge_users=None if graph is None else graph["edge_users"],
-                         edge_items=None if graph is None else graph["edge_items"])
-        if graph is not None:
-            model.set_item_vectors(torch.from_numpy(graph["item_emb"]))
-        return model
-    return TwoTower(**kwargs)
-
-
 def held_tables(tables: dict, device) -> dict[str, torch.Tensor]:
     """On a training worker: each held embedding view as one (rows, D) tensor on `device`."""
     import ray
 
-    from llmrec_ray.featurestore import embedding_matrix
+    from llmrec_ray.views import embedding_matrix
 
     import warnings
 
@@ -193,22 +182,49 @@ def _validate(model, valid, metric: str, ctx) -> float:
 
     value = torch.zeros(1, device=ray.train.torch.get_device())
     if ctx.get_world_rank() == 0:
-        from llmrec_ray.evaluate import validation_score
+        from llmrec_ray.recommender import TrainedModel, metric_on
 
         model.eval()
-        value[0] = validation_score(model, valid, metric)
+        value[0] = metric_on(TrainedModel(model), valid, metric)
         model.train()
     if ctx.get_world_size() > 1:
         torch.distributed.broadcast(value, src=0)
     return float(value[0])
 
 
+class EpochBoard:
+    """Rank 0's latest epoch metrics, read by the driver for its progress bar (a Ray actor with
+    no CPU: it works wherever the workers run)."""
+
+    def __init__(self):
+        self.metrics: dict = {}
+
+    def put(self, metrics: dict) -> None:
+        self.metrics = metrics
+
+    def get(self) -> dict:
+        return self.metrics
+
+
+def _watch(board, bar, key: str, stop) -> None:
+    """Driver thread: the board's epoch metrics -> the progress bar, every second."""
+    import ray
+
+    while not stop.wait(1.0):
+        try:
+            m = ray.get(board.get.remote(), timeout=10)
+        except Exception:  # the board is gone or slow: the bar waits, training goes on
+            continue
+        if m:
+            value = m.get(key)
+            bar.set(int(m["epoch"]), f"loss {m['loss']:.4f}" + (
+                f", {key} {value:.4f} (best epoch {m.get('best_epoch')})" if value is not None else ""))
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker: resumes from this run's latest checkpoint (a restarted
     worker group after a crash, or the same run started again), then one checkpoint per epoch,
     each with the validation metric; stops early when it has not improved for `patience` epochs."""
-    import os
-
     import ray
     import ray.train
     import ray.train.torch
@@ -224,7 +240,6 @@ def train_loop_per_worker(config: dict) -> None:
     start = state["epoch"]
     shard = ray.train.get_dataset_shard("train")
     held = held_tables(config.get("tables") or {}, ray.train.torch.get_device())
-    fault = config.get("fault") or {}
     valid = ray.get(config["valid"]) if config.get("valid") is not None else None
     metric, patience = config["metric"], config["patience"]
     key = f"valid_{metric}"
@@ -237,15 +252,6 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
         return
     for epoch in range(start, config["epochs"]):
-        if (fault.get("epoch") == epoch and ctx.get_world_rank() == 0
-                and not os.path.exists(fault["marker"])):
-            # fault injection (tests). The pause lets the controller register the last report:
-            # a real crash can lose it, and the run then resumes one epoch earlier.
-            import time
-
-            time.sleep(5)
-            Path(fault["marker"]).write_text("crashed once")
-            os._exit(1)
         model.train()
         total, batches = 0.0, 0
         for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
@@ -273,6 +279,8 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update({key: None, "best_epoch": epoch + 1, "stopped": False})
         if ctx.get_world_rank() == 0:
             _save(model, opt, metrics, config["fingerprint"], state)
+            if config.get("board") is not None:
+                config["board"].put.remote(metrics)
         else:
             ray.train.report(metrics)
         if state["stopped"]:
@@ -282,37 +290,22 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
 
-def validation_data(repo: FeatureRepo, split, items: pa.Table, item_ids: list[str],
-                    vocab: dict) -> dict | None:
-    """The validation queries as the workers score them: `Queries` as of each query time (Feast,
-    point in time; ID rows from the training `vocab`), the mask of seen / unavailable items, and
-    the truth sets."""
-    from llmrec_ray.evaluate import masks, query_times_us, ranking_queries, truth_sets
-
-    q = split.valid_queries
-    if q.empty:
-        return None
-    return {"queries": ranking_queries(repo, q, item_ids, vocab),
-            "mask": masks(item_ids, q["seen"].tolist(), items, query_times_us(q)),
-            "truth": truth_sets(q["truth"].tolist(), item_ids)}
-
-
 def storage_path(cfg) -> str:
     """Ray Train's storage: `train.storage_path` as given (a URI stays a URI; `local://` is
-    Ray's own prefix), or the run directory's ray_results as an absolute path."""
-    from llmrec_ray.config import expand_env
+    Ray's own prefix), or the run directory's ray_results as an absolute path. Environment
+    variables were expanded when the config was loaded."""
     from llmrec_ray.storage import is_uri
 
     given = cfg.train.storage_path
     if given is None:
         return str((cfg.run_dir / "ray_results").resolve())
-    given = expand_env(given)
     return given if is_uri(given) or given.startswith("local://") else str(Path(given).expanduser().resolve())
 
 
-def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> dict:
+def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loop=None) -> dict:
     """Fit on the split's fit rows, early-stopped on its validation queries; save the best
-    epoch's model under <run_dir>/model; return a summary."""
+    epoch's model under <run_dir>/model; return a summary. `loop` replaces
+    `train_loop_per_worker` (a wrapper around it, e.g. a test injecting a fault)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -345,8 +338,6 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
         edges = entity_rows(train_interactions, item_index, user_index)
         pairs = np.unique(np.stack([edges.column("user_idx").to_numpy(),
                                     edges.column("item_idx").to_numpy()], 1), axis=0)
-        from llmrec_ray.evaluate import latest_item_vectors
-
         graph = ray.put({"edge_users": pairs[:, 0], "edge_items": pairs[:, 1],
                          "item_emb": latest_item_vectors(repo, item_ids)})
         tables = {}  # the graph model holds its item vectors itself
@@ -363,18 +354,16 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
     fingerprint = hashlib.sha256(json.dumps(
         [model_kwargs, t.model_dump(), cfg.seed, manifest.get("built_at"), split.summary()],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
-    fault = None
-    if os.environ.get("LLMREC_FAULT_EPOCH"):  # fault injection for the tests: crash rank 0 once
-        fault = {"epoch": int(os.environ["LLMREC_FAULT_EPOCH"]), "marker": os.environ["LLMREC_FAULT_MARKER"]}
     key = f"valid_{t.early_stopping_metric}"
+    board = ray.remote(num_cpus=0)(EpochBoard).remote()
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop or train_loop_per_worker,
         train_loop_config={
             "seed": cfg.seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "kind": t.model,
             "graph": graph,
-            "weight_decay": t.weight_decay, "fingerprint": fingerprint, "fault": fault,
+            "weight_decay": t.weight_decay, "fingerprint": fingerprint,
             "model": model_kwargs, "valid": None if valid is None else ray.put(valid),
-            "tables": tables,
+            "tables": tables, "board": board,
             "metric": t.early_stopping_metric, "patience": t.early_stopping_patience,
         },
         datasets={"train": ds},
@@ -392,16 +381,23 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
                                  checkpoint_score_attribute=key if valid is not None else None,
                                  checkpoint_score_order="max")),
     )
-    result = trainer.fit()
+    with progress(f"train {t.model}", epochs, "epochs") as bar:
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(board, bar, key, stop), daemon=True)
+        watcher.start()
+        try:
+            result = trainer.fit()
+        finally:
+            stop.set()
+            watcher.join()
+        if not result.error:
+            bar.set(int(result.metrics["epoch"]))
     if result.error:
         raise result.error
     best = result.get_best_checkpoint(key, "max") if valid is not None else result.checkpoint
-    out = cfg.run_dir / "model"
-    out.mkdir(parents=True, exist_ok=True)
     with best.as_directory() as d:
         state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
-    state.pop("optimizer", None)  # the served model: weights, hyperparameters and vocabulary
-    torch.save({**state, "kind": t.model, "vocab": vocab}, out / MODEL_FILE)
+    served = save_model(state, t.model, vocab, cfg.run_dir)
     history = result.metrics_dataframe  # one row per kept checkpoint, in score order
     if history is not None and len(history):
         history = history[history["batches"] > 0].sort_values("epoch").drop_duplicates("epoch", keep="last")
@@ -414,7 +410,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
                "best_epoch": int(train_state["epoch"]), key: train_state["valid"],
                "final_loss": float(result.metrics["loss"]),
                "first_loss": float(history["loss"].iloc[0]) if history is not None and len(history) else None,
-               "model": str(out / MODEL_FILE)}
+               "model": str(served)}
     if history is not None and key in history:
         summary["valid_history"] = [None if v is None or v != v else float(v) for v in history[key]]
     logger.info("trained %s on %d rows: loss %.4f -> %.4f; model of epoch %d (%s %s)", t.model,
@@ -423,58 +419,3 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str]) -> 
     return summary
 
 
-def load_model(run_dir: Path):
-    """The trained model of a run, with its ID vocabulary (`model.vocab`: users, items,
-    trained_items) from the checkpoint."""
-    path = run_dir / "model" / MODEL_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no trained model; run `llmrec train` first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "vocab" not in state:
-        raise ValueError(f"{path}: a checkpoint without its vocabulary (made before the vocabulary "
-                         "travelled inside it); run `llmrec train` again")
-    model = build_model(state.get("kind", "two_tower"), state["hparams"])
-    model.load_state_dict(state["state_dict"])
-    model.vocab = state["vocab"]
-    return model.eval()
-
-
-def export_towers(repo: FeatureRepo, model, model_dir: Path, encoder_key: str,
-                  fingerprint: str) -> dict[str, int]:
-    """Write the trained model's vectors back as Feast views and put them online.
-
-    item_tower_embedding: one vector per item text row; user_tower_embedding: one per user
-    snapshot (history embedding + statistics of that snapshot), for the models that have user
-    vectors per snapshot (`model.export_vectors` says which: the graph model folds users in from
-    their history at request time, so it exports items only). Tagged with the encoder and the
-    trained model.
-    """
-    from datetime import timedelta
-
-    import pyarrow.compute as pc
-
-    from llmrec_ray.featurestore import ITEM_TOWER_VIEW, USER_TOWER_VIEW
-    from llmrec_ray.schemas import EMBEDDING
-
-    items = repo.read_view(ITEM_TEXT_VIEW, columns=["item_id", "event_timestamp", "embedding"])
-    users = repo.read_view(USER_HISTORY_VIEW, columns=["user_id", "event_timestamp", "embedding"])
-    stats = repo.read_view(USER_STATS_VIEW).to_pandas()
-    frame = users.select(["user_id", "event_timestamp"]).to_pandas().merge(
-        stats, on=["user_id", "event_timestamp"], how="left", validate="one_to_one")
-    frame = frame.rename(columns={c: f"{USER_STATS_VIEW}__{c}" for c in stats.columns
-                                  if c not in ("user_id", "event_timestamp")})
-    with torch.inference_mode():
-        vectors = model.export_vectors(items, users, frame)
-    key = f"{encoder_key}|model={fingerprint}"
-    tags = {"model_fingerprint": fingerprint, "dim": str(vectors["items"].shape[1])}
-    views = [(ITEM_TOWER_VIEW, items, vectors["items"])]
-    if "users" in vectors:
-        views.append((USER_TOWER_VIEW, users, vectors["users"]))
-    for view, table, v in views:
-        out = table.select([0, 1]).append_column("embedding", pa.array(list(v), EMBEDDING))
-        repo.write_view(view, out, encoder_key=key, tags=tags)
-    repo.apply()
-    ts = pa.concat_arrays([t.column("event_timestamp").combine_chunks() for _, t, _ in views])
-    start = pc.min(ts).as_py() - timedelta(seconds=1)
-    end = max(pc.max(ts).as_py(), datetime.now(timezone.utc)) + timedelta(seconds=1)
-    return repo.materialize(start, end, [view for view, _, _ in views])

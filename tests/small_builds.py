@@ -44,7 +44,8 @@ def write_config(tmp: Path, name: str, extra: dict | None = None) -> Path:
 
 def read_views(repo: Path) -> dict:
     """Every built view of a repo as a DataFrame in key order."""
-    from llmrec_ray.featurestore import BUILT_VIEWS, FeatureRepo
+    from llmrec_ray.featurestore import FeatureRepo
+    from llmrec_ray.views import BUILT_VIEWS
 
     r = FeatureRepo(repo)
     out = {}

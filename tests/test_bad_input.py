@@ -404,6 +404,49 @@ def test_unsupported_file_type(tmp_path: Path) -> None:
           f"{tmp_path / 'items.jsonl'}: unsupported file type")
 
 
+# 13. A CSV line with the wrong number of fields (an extra or a missing one) rejects its row, not
+#     the file: "expected N comma-separated fields, got M", the line's text as the value. Its row
+#     follows the rule of every generic reject (the line number minus 2; a blank line or a quoted
+#     field over several lines before it would count as pyarrow counts rows: not at all, once).
+def test_lines_with_a_wrong_field_count_are_rejected(tmp_path: Path) -> None:
+    ds = load(tmp_path,
+              interactions=INTER + "u1,i3,2024-02-01T00:00:00Z,4,5\n"   # row 4: extra field
+                                   "u2,i3,2024-02-01T00:00:00Z\n"       # row 5: missing field
+                                   "u3,i1,2024-02-01T00:00:00Z,4\n",    # row 6: fine
+              items=ITEMS + "i4,Delta,Drama,A film,extra\n"             # row 3
+                            "i5,Epsilon\n",                              # row 4
+              users=USERS + "u4,FR\n")                                   # row 3
+    assert ledger(ds) == [
+        ("interactions", "interactions.csv", 4, None, "expected 4 comma-separated fields, got 5"),
+        ("interactions", "interactions.csv", 5, None, "expected 4 comma-separated fields, got 3"),
+        ("items", "items.csv", 3, None, "expected 4 comma-separated fields, got 5"),
+        ("items", "items.csv", 4, None, "expected 4 comma-separated fields, got 2"),
+        ("users", "users.csv", 3, None, "expected 1 comma-separated fields, got 2"),
+    ]
+    values = {(r["table"], r["row"]): r["value"] for r in ds.rejects.rows}
+    assert values[("interactions", 4)] == "u1,i3,2024-02-01T00:00:00Z,4,5"
+    assert ds.summary() == {"interactions": {"in": 7, "accepted": 5, "rejected": 2},
+                            "items": {"in": 5, "accepted": 3, "rejected": 2},
+                            "users": {"in": 4, "accepted": 3, "rejected": 1}}
+
+
+def test_too_many_lines_with_a_wrong_field_count_stop_the_run(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "data.max_reject_fraction=0.01",
+                 interactions=INTER + "u1,i3,2024-02-01T00:00:00Z,4,5\n")
+    stops(cfg, str(tmp_path / "interactions.csv"), "1 of 5 interactions rows rejected",
+          "row 4, column None: expected 4 comma-separated fields, got 5")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_wrong_field_count_and_invalid_utf8_in_one_line_stops_the_run(tmp_path: Path) -> None:
+    # pyarrow cannot hand such a line to the loader (it decodes it first): the run stops, naming
+    # the file and the row in pyarrow's count (the header is row 1), i.e. the line number here.
+    inter = (INTER + "u\xff,i3,2024-02-01T00:00:00Z,4,5\n").encode("latin-1")
+    stops(config(tmp_path, interactions=inter),
+          f"{tmp_path / 'interactions.csv'}: cannot read the interactions file",
+          "Row #6: Expected 4 columns, got 5")
+
+
 def test_no_accepted_interaction_stops_the_run(tmp_path: Path) -> None:
     inter = HEADERS["interactions"] + "u1,i9,2024-01-01T00:00:00Z,4\nu2,i1,yesterday,4\n"
     stops(config(tmp_path, interactions=inter), str(tmp_path / "interactions.csv"),
@@ -429,7 +472,8 @@ def test_whole_corpus_at_once(tmp_path: Path) -> None:
              + "i5,Caf\xe9,,\n"                      # 7 invalid UTF-8
              + f"i6,{'x' * (1 << 20)},,\n"           # 8 1 MiB title: accepted
              + "i7,Eta,,\n"                          # 9 fine
-             + "i8,Theta,,\n").encode("latin-1")    # 10 fine, no interactions
+             + "i8,Theta,,\n"                        # 10 fine, no interactions
+             + "i9,Iota,,,\n").encode("latin-1")    # 11 extra field
     users = USERS + '"  "\n' + "u1\n" + "u4\n"      # 3 blank, 4 duplicate, 5 fine
     inter = (INTER
              + ",i1,2024-02-01T00:00:00Z,4\n"        # 4 blank user
@@ -446,16 +490,17 @@ def test_whole_corpus_at_once(tmp_path: Path) -> None:
              + "u4,i9,2024-02-05T00:00:00Z,4\n"      # 15 unknown item
              + "u4,i7,2024-02-05T00:00:00Z,4\n"      # 16 fine
              + "u4,i7,2024-02-05T00:00:00Z,3\n"      # 17 duplicate event
+             + "u4,i8,2024-02-06T00:00:00Z\n"        # 18 missing field
              ).encode("latin-1")
     cfg = config(tmp_path, interactions=inter, items=items, users=users)
     ds = load_dataset(cfg.data)
-    assert ds.summary() == {"interactions": {"in": 18, "accepted": 7, "rejected": 11},
-                            "items": {"in": 11, "accepted": 6, "rejected": 5},
+    assert ds.summary() == {"interactions": {"in": 19, "accepted": 7, "rejected": 12},
+                            "items": {"in": 12, "accepted": 6, "rejected": 6},
                             "users": {"in": 6, "accepted": 4, "rejected": 2}}
     check_invariant(ds)
     save_dataset(ds, cfg.run_dir)
     saved = pq.read_table(cfg.run_dir / "dataset" / "rejects.parquet")
-    assert saved.num_rows == 18
+    assert saved.num_rows == 20
     assert sorted((r["table"], Path(r["source"]).name, r["row"], r["column"], r["reason"])
                   for r in saved.to_pylist()) == [
         ("interactions", "interactions.csv", 4, "user_id", "null or empty user_id"),
@@ -473,11 +518,13 @@ def test_whole_corpus_at_once(tmp_path: Path) -> None:
         ("interactions", "interactions.csv", 15, "item_id", UNKNOWN_ITEM),
         ("interactions", "interactions.csv", 17, None,
          "duplicate (user_id, item_id, event_timestamp)"),
+        ("interactions", "interactions.csv", 18, None, "expected 4 comma-separated fields, got 3"),
         ("items", "items.csv", 3, "item_id", "null or empty item_id"),
         ("items", "items.csv", 4, "title", "duplicate item_id with different title"),
         ("items", "items.csv", 5, "item_id", "duplicate item_id"),
         ("items", "items.csv", 6, "title", "missing text field: title"),
         ("items", "items.csv", 7, "title", "invalid UTF-8 in title"),
+        ("items", "items.csv", 11, None, "expected 4 comma-separated fields, got 5"),
         ("users", "users.csv", 3, "user_id", "null or empty user_id"),
         ("users", "users.csv", 4, "user_id", "duplicate user_id"),
     ]

@@ -164,3 +164,53 @@ def test_als_fold_in_serves_histories_including_new_users():
 def test_unknown_baseline_is_named():
     with pytest.raises(ValueError, match="unknown \\['als'\\]"):
         available_baselines(["als"])
+
+
+class Fixed(baselines.Recommender):
+    """Scores given by hand, the same for every query."""
+
+    def __init__(self, name, scores, **params):
+        super().__init__(**params)
+        self.name, self.scores = name, np.asarray(scores, np.float32)
+
+    def score(self, queries):
+        return np.broadcast_to(self.scores, (len(queries), len(self.scores)))
+
+
+def test_blend_standardizes_each_model_then_weighs():
+    from llmrec_ray.recommender import Blend, standardize
+
+    a = Fixed("a", [0.0, 1.0, 2.0])         # z: -1.22, 0, 1.22
+    b = Fixed("b", [300.0, 100.0, 200.0])   # z: 1.22, -1.22, 0 (another scale)
+    q = queries_of([[], []], ["i0", "i1", "i2"])
+    z = np.sqrt(1.5)
+    np.testing.assert_allclose(standardize(np.array([[0.0, 1.0, 2.0], [5.0, 5.0, 5.0]])),
+                               [[-z, 0, z], [0, 0, 0]], atol=1e-6)
+    np.testing.assert_allclose(Blend(a, b, 0.25).score(q)[0],
+                               [0.75 * -z + 0.25 * z, 0.25 * -z, 0.75 * z], atol=1e-6)
+    assert Blend(a, b, 0.0).top_k(q, np.zeros((2, 3), bool), 1)[0, 0] == 2  # a alone: item 2
+    assert Blend(a, b, 1.0).top_k(q, np.zeros((2, 3), bool), 1)[0, 0] == 0  # b alone: item 0
+    blend = Blend(a, Fixed("ease", [0, 0, 1], l2=200.0), 0.5)
+    assert blend.name == "a+ease" and blend.params == {"weight": 0.5, "ease.l2": 200.0}
+    # item 2 unknown to b (no training interaction): it keeps a's standing, z(a) = +z, whole
+    cold = Blend(a, b, 0.75, b_items=np.array([True, True, False])).score(q)[0]
+    np.testing.assert_allclose(cold, [0.25 * -z + 0.75 * z, 0.75 * -z, z], atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        Blend(a, b, 1.5)
+
+
+def test_tune_blend_takes_the_best_peer_on_validation_then_the_best_weight():
+    from llmrec_ray.evaluate import tune_blend
+
+    items = ["i0", "i1", "i2", "i3"]
+    # one validation query whose truth is i3; the trained model ranks i2 first, i3 second
+    valid = {"queries": queries_of([[]], items), "mask": np.zeros((1, 4), bool), "truth": [{3}]}
+    trained = Fixed("hybrid", [0.0, 0.1, 1.0, 0.9])
+    peers = {"weak": Fixed("weak", [1.0, 0.0, 0.0, 0.0]),       # misses i3
+             "strong": Fixed("strong", [0.0, 0.0, 0.5, 1.0])}   # i3 first
+    blend, trials = tune_blend(trained, peers, valid, "recall@1", [0.0, 0.5, 1.0])
+    assert [t.get("peer") for t in trials[:2]] == ["weak", "strong"]
+    assert trials[0]["value"] == 0.0 and trials[1]["value"] == 1.0
+    assert blend.b is peers["strong"]
+    # weight 0 (the model alone) misses; 0.5 and 1.0 both hit: ties go to the earlier weight
+    assert [t["value"] for t in trials[2:]] == [0.0, 1.0, 1.0] and blend.weight == 0.5

@@ -36,3 +36,42 @@ def test_a_hash_in_two_parts_comes_back_once(tmp_path):
     cache.add(vectors(["a"]))
     cache.add(vectors(["a"]))  # two builds raced on the same text
     assert cache.lookup(pa.array(["a"])).num_rows == 1
+
+
+def test_a_dtype_change_reencodes_and_the_same_dtype_hits(ray_session, tmp_path):
+    """Builds (serialize -> key -> cache -> MiniLM on Ray) sharing one cache: a build in another
+    dtype misses the cache and encodes again; the same dtype, or auto resolving to it, hits it."""
+    import numpy as np
+
+    from llmrec_ray.build import feature_tables
+    from llmrec_ray.config import load_config
+    from llmrec_ray.datasets import load_dataset
+    from llmrec_ray.text_model import dtype_name, encode_device, encoder_key
+    from llmrec_ray.views import ITEM_TEXT_VIEW
+
+    def build(dtype):
+        cfg = load_config(None, [
+            "data.synthetic.n_users=3", "data.synthetic.n_items=4",
+            "data.synthetic.interactions_per_user=3", f"output_dir={tmp_path / 'runs'}",
+            "encode.batch_size=8", "encode.cpus_per_actor=1", f"encode.dtype={dtype}",
+            f"encode.cache_dir={tmp_path / 'cache'}"])
+        views, stats = feature_tables(load_dataset(cfg.data), cfg)
+        item = views[ITEM_TEXT_VIEW]
+        vecs = dict(zip(item.column("item_id").to_pylist(), item.column("embedding").to_pylist()))
+        return vecs, stats, encoder_key(cfg.encode)
+
+    fp32, s1, key32 = build("float32")
+    n = s1["distinct"]
+    assert (s1["encoded"], s1["cached"]) == (n, 0) and n > 4
+    again, s2, _ = build("float32")
+    assert (s2["encoded"], s2["cached"]) == (0, n) and again == fp32
+    bf16, s3, key16 = build("bfloat16")
+    assert (s3["encoded"], s3["cached"]) == (n, 0) and key16 != key32
+    diff = max(np.abs(np.array(bf16[i]) - np.array(fp32[i])).max() for i in fp32)
+    assert diff > 1e-5  # bf16 vectors, not the cached fp32 ones
+    assert len(EmbeddingCache(tmp_path / "cache")) == 2 * n
+    auto, s4, key = build("auto")  # bf16 on CPUs with bf16 units, fp32 elsewhere
+    resolved = dtype_name("auto", encode_device(load_config(None, []).encode))
+    assert key == {"float32": key32, "bfloat16": key16}[resolved]
+    assert (s4["encoded"], s4["cached"]) == (0, n)
+    assert auto == {"float32": fp32, "bfloat16": bf16}[resolved]

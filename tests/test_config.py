@@ -121,19 +121,80 @@ def test_expand_env_default(monkeypatch):
     assert expand_env("${LLMREC_TEST_DATA:-/tmp/ml}/100k") == "/data/100k"
     assert expand_env("$LLMREC_TEST_DATA/x") == "/data/x"
     assert expand_env("${LLMREC_TEST_DATA}/y") == "/data/y"
-    # set but empty: `:-` uses the default, as in the shell
+    # set but empty: `:-` uses the default, as in the shell; without a default it is empty
     monkeypatch.setenv("LLMREC_TEST_DATA", "")
     assert expand_env("${LLMREC_TEST_DATA:-/tmp/ml}") == "/tmp/ml"
-    # no default and unset: empty
+    assert expand_env("a${LLMREC_TEST_DATA}b") == "ab"
+    # unset with an empty default: empty
     monkeypatch.delenv("LLMREC_TEST_DATA")
     assert expand_env("a${LLMREC_TEST_DATA:-}b") == "ab"
 
 
-def test_resolved_path_and_run_dir_expand_env(monkeypatch):
+def test_expand_env_literal_dollars(monkeypatch):
+    monkeypatch.delenv("LLMREC_TEST_DATA", raising=False)
+    assert expand_env("cost $$5, $${LLMREC_TEST_DATA}") == "cost $5, ${LLMREC_TEST_DATA}"
+    # a `$` before anything but a name, `$` or `{` stays as it is
+    assert expand_env("$5 and $ and 100%$") == "$5 and $ and 100%$"
+
+
+@pytest.mark.parametrize("text, match", [
+    ("${LLMREC_TEST_UNSET}/x", r"data\.path: environment variable LLMREC_TEST_UNSET is not set"),
+    ("$LLMREC_TEST_UNSET/x", r"data\.path: environment variable LLMREC_TEST_UNSET is not set"),
+    ("${LLMREC_TEST_UNSET", r"data\.path: .*must start \$\{NAME\}"),
+    ("${1X}", r"data\.path: .*must start \$\{NAME\}"),
+])
+def test_expand_env_unset_without_default_raises(monkeypatch, text, match):
+    monkeypatch.delenv("LLMREC_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError, match=match):
+        expand_env(text, "data.path")
+
+
+def test_env_expanded_at_load_in_every_string(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMREC_TEST_ROOT", "/srv")
-    cfg = load_config(None, ["data.path=${LLMREC_TEST_ROOT:-/d}/ml", "output_dir=$LLMREC_TEST_ROOT/runs"])
-    assert cfg.data.resolved_path() == Path("/srv/ml")
-    assert cfg.run_dir == Path("/srv/runs/synthetic")
+    monkeypatch.delenv("LLMREC_TEST_UNSET", raising=False)
+    path = write(tmp_path, """
+name: ${LLMREC_TEST_NAME:-envrun}
+output_dir: $LLMREC_TEST_ROOT/runs
+data:
+  source: generic
+  path: ${LLMREC_TEST_UNSET:-/data}/ml-100k
+  interactions: ${LLMREC_TEST_ROOT}/inter.parquet
+  columns: {user_id: "${LLMREC_TEST_UNSET:-uid}"}
+train:
+  storage_path: ${LLMREC_TEST_UNSET:-s3://bucket}/ray_results
+  epochs: ${LLMREC_TEST_UNSET:-3}
+evaluate:
+  baselines: [popularity, "${LLMREC_TEST_UNSET:-ease}"]
+""")
+    monkeypatch.delenv("LLMREC_TEST_NAME", raising=False)
+    cfg = load_config(path, ["encode.cache_dir=${LLMREC_TEST_ROOT}/cache"])
+    assert cfg.name == "envrun"
+    assert cfg.output_dir == "/srv/runs" and cfg.run_dir == Path("/srv/runs/envrun")
+    assert cfg.data.path == "/data/ml-100k"
+    assert cfg.data.interactions == "/srv/inter.parquet"
+    assert cfg.data.columns == {"user_id": "uid"}
+    assert cfg.train.storage_path == "s3://bucket/ray_results"
+    assert cfg.train.epochs == 3  # an expanded string validates as the field's type
+    assert cfg.evaluate.baselines == ["popularity", "ease"]
+    assert cfg.encode.cache_dir == "/srv/cache"
+    # expanded once: a `$` in a variable's value is not expanded again
+    monkeypatch.setenv("LLMREC_TEST_ROOT", "/srv/$LLMREC_TEST_UNSET")
+    assert load_config(None, ["data.path=${LLMREC_TEST_ROOT}"]).data.path == "/srv/$LLMREC_TEST_UNSET"
+    # an override replaces the file's value before expansion: the file's variable is not needed
+    text = "data:\n  path: ${LLMREC_TEST_UNSET}\n"
+    assert load_config(write(tmp_path, text), ["data.path=/d"]).data.path == "/d"
+
+
+def test_unset_env_without_default_names_the_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLMREC_TEST_UNSET", raising=False)
+    path = write(tmp_path, "train:\n  storage_path: ${LLMREC_TEST_UNSET}/ray_results\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: train\.storage_path: environment variable "
+                       r"LLMREC_TEST_UNSET is not set .*\$\{LLMREC_TEST_UNSET:-default\}"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"overrides: data\.path: environment variable LLMREC_TEST_UNSET"):
+        load_config(None, ["data.path=$LLMREC_TEST_UNSET/ml"])
+    with pytest.raises(ConfigError, match=r"evaluate\.baselines\.1: environment variable LLMREC_TEST_UNSET"):
+        load_config(None, ["evaluate.baselines=[ease, '${LLMREC_TEST_UNSET}']"])
 
 
 def all_fields(model: type[BaseModel], prefix: str = ""):
@@ -165,11 +226,16 @@ def test_every_config_model_has_a_docstring_and_forbids_extra_keys():
         assert model.model_config.get("extra") == "forbid", model.__name__
 
 
-def test_train_storage_path_keeps_uris_and_resolves_paths(tmp_path):
+def test_train_storage_path_keeps_uris_and_resolves_paths(tmp_path, monkeypatch):
     from llmrec_ray.train import storage_path
+
+    monkeypatch.delenv("LLMREC_TEST_UNSET", raising=False)
 
     cfg = load_config(None, [f"output_dir={tmp_path}"])
     assert storage_path(cfg) == str((tmp_path / "synthetic" / "ray_results").resolve())
+    # environment variables: expanded at load, used as they are
+    cfg = load_config(None, ["train.storage_path=${LLMREC_TEST_UNSET:-s3://b}/ray_results"])
+    assert cfg.train.storage_path == "s3://b/ray_results" and storage_path(cfg) == "s3://b/ray_results"
     for uri in ("s3://bucket/llmrec/ray_results", "gs://b/p", "local:///mnt/shared/ray_results"):
         assert storage_path(load_config(None, [f"train.storage_path={uri}"])) == uri
     assert storage_path(load_config(None, ["train.storage_path=rel/dir"])) == str(Path("rel/dir").resolve())

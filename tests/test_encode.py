@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from llmrec_ray.config import EncodeConfig
-from llmrec_ray.encode import Encoder, encode_texts, encoder_key, resolve_model, text_hashes
+from llmrec_ray.encode import Encoder, encode_texts
+from llmrec_ray.text_model import encoder_key, resolve_model, text_hashes
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +200,38 @@ def test_plan_pool_refuses_what_cannot_be_placed():
         plan_pool(EncodeConfig(num_actors=3), {"CPU": 8, "GPU": 2}, 10_000)
     with pytest.raises(ValueError, match="tokenize_cpus"):
         plan_pool(EncodeConfig(tokenize_cpus=1.0), {"CPU": 1}, 1000)
+
+
+def test_encoder_key_names_the_dtype(monkeypatch):
+    """bf16 and fp32 vectors differ (up to ~1e-3), so the key, and with it the text hashes and the
+    cache, tells them apart; auto keys as the dtype it resolves to on the actors' device."""
+    from llmrec_ray import text_model
+
+    fp32, bf16 = encoder_key(EncodeConfig(dtype="float32")), encoder_key(EncodeConfig(dtype="bfloat16"))
+    assert fp32 == ("sentence-transformers/all-MiniLM-L6-v2|pool=mean|layers=1|max_length=256"
+                    "|norm=1|eos=auto|dtype=float32")
+    assert bf16 == fp32.replace("|dtype=float32", "|dtype=bfloat16")
+    texts = pa.array(["same text"])
+    assert text_hashes(texts, fp32)[0] != text_hashes(texts, bf16)[0]
+    prompt = EncodeConfig(dtype="float32", prompt_template="q: {text}")
+    assert encoder_key(prompt) == fp32 + "|prompt=q: {text}"
+    cpu = {"CPU": 2}
+    for has_bf16, want in ((True, bf16), (False, fp32)):  # CPUs with / without bf16 units
+        monkeypatch.setattr(text_model, "cpu_has_bf16", lambda: has_bf16)
+        assert encoder_key(EncodeConfig(), cpu) == want
+        assert encoder_key(EncodeConfig(device="cpu"), {"CPU": 8, "GPU": 2}) == want
+        assert encoder_key(EncodeConfig(dtype="float32"), cpu) == fp32  # an explicit dtype wins
+    # GPU actors: auto is bf16 (asked on this driver, which has no CUDA of its own)
+    if not torch.cuda.is_available():
+        assert encoder_key(EncodeConfig(), {"CPU": 8, "GPU": 1}) == bf16
+    assert text_model.encode_device(EncodeConfig(), {"CPU": 8, "GPU": 1}) == "cuda"
+    assert text_model.encode_device(EncodeConfig(), cpu) == "cpu"
+
+
+def test_auto_dtype_resolves_as_the_encoder_does(minilm):
+    from llmrec_ray.text_model import dtype_name, encode_device, pick_dtype
+
+    device = encode_device(EncodeConfig())
+    enc = Encoder(minilm, "mean", max_length=16, normalize=True, device=device, dtype="auto")
+    assert enc.dtype == pick_dtype("auto", device) == getattr(torch, dtype_name("auto", device))
+    assert encoder_key(EncodeConfig()).endswith(f"|dtype={dtype_name('auto', device)}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from llmrec_ray.evaluate import format_table, masks, truth_sets
+from llmrec_ray.evaluate import format_table
+from llmrec_ray.model_inputs import masks, truth_sets
 from llmrec_ray.schemas import TIMESTAMP
 
 

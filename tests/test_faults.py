@@ -21,7 +21,8 @@ from small_builds import ROOT, assert_same_views, encoder_actors, read_views, wr
 
 from llmrec_ray.cache import EmbeddingCache
 from llmrec_ray.config import EncodeConfig
-from llmrec_ray.encode import encode_texts, encoder_key, text_hashes
+from llmrec_ray.encode import encode_texts
+from llmrec_ray.text_model import encoder_key, text_hashes
 
 
 def _texts(n: int) -> list[str]:

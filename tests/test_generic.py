@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmrec_ray.config import DataConfig
+from llmrec_ray.config import DataConfig, load_config
 from llmrec_ray.datasets import load_dataset
 from llmrec_ray.datasets.generic import load_generic
 
@@ -48,12 +48,13 @@ def test_parquet_with_column_mapping(tmp_path: Path, monkeypatch) -> None:
     pq.write_table(pa.table({"uid": ["1", "2"], "country": ["FR", "DE"]}),
                    tmp_path / "people.parquet")
     monkeypatch.setenv("GENERIC_DIR", str(tmp_path))
-    cfg = DataConfig(source="generic", interactions="${GENERIC_DIR}/events.parquet",
-                     items="${GENERIC_DIR}/movies.parquet", users="${GENERIC_DIR}/people.parquet",
-                     columns={"user_id": "uid", "item_id": "movie", "event_timestamp": "ts_ms",
-                              "rating": "score", "title": "name", "genres": "tags",
-                              "available_from": "released"},
-                     timestamp_unit="ms")
+    # the file paths name an environment variable: expanded by load_config
+    cfg = load_config(None, [
+        "data.source=generic", "data.interactions=${GENERIC_DIR}/events.parquet",
+        "data.items=${GENERIC_DIR}/movies.parquet", "data.users=${GENERIC_DIR}/people.parquet",
+        "data.columns={user_id: uid, item_id: movie, event_timestamp: ts_ms, rating: score, "
+        "title: name, genres: tags, available_from: released}", "data.timestamp_unit=ms"]).data
+    assert cfg.interactions == f"{tmp_path}/events.parquet"
     ds = load_dataset(cfg)
     assert ds.interactions.to_pylist() == [
         {"user_id": "1", "item_id": "m1", "event_timestamp": utc(2023, 11, 14, 22, 13, 20, 123000),
@@ -192,3 +193,88 @@ def test_files_given_as_filesystem_uris(tmp_path: Path) -> None:
                      items=f"file://{tmp_path}/items.parquet")
     with pytest.raises(ValueError, match="nosuchfs://bucket/events.csv: cannot open this filesystem URI"):
         load_dataset(bad)
+
+
+def test_csv_lines_with_a_wrong_field_count_are_rejected(tmp_path: Path) -> None:
+    """A line with an extra or a missing field rejects that row only, in the interactions and the
+    items; its row is the 0-based data row like every other reject (here: line number - 2),
+    counted the pyarrow way: a blank line is no row, a quoted field spanning lines is one row."""
+    (tmp_path / "inter.csv").write_text(
+        "user_id,item_id,event_timestamp,rating\n"
+        "u1,a,1700000000,4\n"             # row 0
+        "u1,b,1700000100,4,oops\n"        # row 1: extra field
+        "u2,a,1700000200\n"               # row 2: missing field
+        "u2,b,1700000300,5\n"             # row 3
+        "u3,a,1700000400,3.5\n"           # row 4
+    )
+    (tmp_path / "items.csv").write_text(
+        "item_id,title,description\n"
+        'a,Alpha,"two\nlines"\n'          # row 0 (lines 2-3)
+        "\n"                              # a blank line: not a row
+        "b,Beta,\n"                       # row 1
+        "c,Gamma,x,y\n"                   # row 2: extra field
+        "d\n"                             # row 3: missing fields
+    )
+    cfg = DataConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                     items=str(tmp_path / "items.csv"), max_reject_fraction=0.5)
+    ds = load_generic(cfg)
+    assert ledger(ds) == [
+        ("interactions", 1, None, "expected 4 comma-separated fields, got 5",
+         "u1,b,1700000100,4,oops"),
+        ("interactions", 2, None, "expected 4 comma-separated fields, got 3", "u2,a,1700000200"),
+        ("items", 2, None, "expected 3 comma-separated fields, got 4", "c,Gamma,x,y"),
+        ("items", 3, None, "expected 3 comma-separated fields, got 1", "d"),
+    ]
+    assert {(r["table"], r["source"]) for r in ds.rejects.rows} == {
+        ("interactions", str(tmp_path / "inter.csv")), ("items", str(tmp_path / "items.csv"))}
+    assert ds.summary() == {"interactions": {"in": 5, "accepted": 3, "rejected": 2},
+                            "items": {"in": 4, "accepted": 2, "rejected": 2},
+                            "users": {"in": 3, "accepted": 3, "rejected": 0}}
+    assert ds.interactions.select(["user_id", "item_id"]).to_pylist() == [
+        {"user_id": "u1", "item_id": "a"}, {"user_id": "u2", "item_id": "b"},
+        {"user_id": "u3", "item_id": "a"}]
+    assert ds.items.column("description").to_pylist() == ["two\nlines", ""]
+    check_invariant(ds)
+    # a later reject of the same file keeps the file's data rows: row 4 is still row 4
+    (tmp_path / "inter.csv").write_text((tmp_path / "inter.csv").read_text() + "u4,z,1700000500,1\n")
+    ds = load_generic(cfg)
+    assert ledger(ds)[2] == ("interactions", 5, "item_id",
+                             "unknown item_id (not in the accepted items)", "z")
+
+
+def test_wrong_field_counts_in_tsv_and_over_many_blocks(tmp_path: Path, monkeypatch) -> None:
+    """Row numbers stay exact when pyarrow reads the file in many blocks (read again without
+    threads: with threads pyarrow has no row number to give); TSV names its separator."""
+    import llmrec_ray.datasets.generic as generic
+
+    monkeypatch.setattr(generic, "CSV_BLOCK", 256)
+    lines = ["user_id\titem_id\tevent_timestamp"]
+    bad = {7, 300, 301, 998}
+    for i in range(1000):
+        lines.append(f"u{i}\ta" + ("" if i in bad else f"\t{1_700_000_000 + i}"))
+    (tmp_path / "inter.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "items.tsv").write_text("item_id\ttitle\na\tAlpha\n")
+    ds = load_generic(DataConfig(source="generic", interactions=str(tmp_path / "inter.tsv"),
+                                 items=str(tmp_path / "items.tsv")))
+    assert ledger(ds) == [("interactions", i, None, "expected 3 tab-separated fields, got 2",
+                           f"u{i}\ta") for i in sorted(bad)]
+    assert ds.summary()["interactions"] == {"in": 1000, "accepted": 996, "rejected": 4}
+
+
+def test_mostly_malformed_csv_stops_at_max_reject_fraction(tmp_path: Path) -> None:
+    (tmp_path / "inter.csv").write_text("user_id,item_id,event_timestamp\n"
+                                        "u1,a,1700000000\n" + "u2,a\n" * 3 + "u3,a,1,2\n")
+    (tmp_path / "items.csv").write_text("item_id,title\na,Alpha\n")
+    cfg = DataConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                     items=str(tmp_path / "items.csv"), max_reject_fraction=0.5)
+    with pytest.raises(ValueError) as err:
+        load_generic(cfg)
+    assert str(err.value) == (
+        f"{tmp_path / 'inter.csv'}: 4 of 5 interactions rows rejected (more than "
+        "data.max_reject_fraction=0.5); reasons: expected 3 comma-separated fields, got 2 (3), "
+        "expected 3 comma-separated fields, got 4 (1); first: row 1, column None: expected 3 "
+        "comma-separated fields, got 2")
+    # every line bad: the same error, not a type error on columns without values
+    (tmp_path / "inter.csv").write_text("user_id,item_id,event_timestamp\nu2,a\nu3,a,1,2\n")
+    with pytest.raises(ValueError, match="2 of 2 interactions rows rejected"):
+        load_generic(cfg)

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from llmrec_ray.encode import Encoder, resolve_model
+from llmrec_ray.encode import Encoder
+from llmrec_ray.text_model import resolve_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -29,7 +30,8 @@ def test_cuda_bf16_matches_cpu_fp32():
 
 def test_pipeline_puts_actors_on_the_gpu(ray_session):
     from llmrec_ray.config import EncodeConfig
-    from llmrec_ray.encode import encode_texts, encoder_key, text_hashes
+    from llmrec_ray.encode import encode_texts
+    from llmrec_ray.text_model import encoder_key, text_hashes
 
     if ray_session.cluster_resources().get("GPU", 0) < 1:
         pytest.skip("the test Ray instance sees no GPU")

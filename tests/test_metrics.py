@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from llmrec_ray.metrics import METRICS, ranking_metrics, top_k
-
-L3 = 1.0 / math.log2(3)  # discount of rank 2 = 0.6309...
-L4 = 1.0 / math.log2(4)  # discount of rank 3 = 0.5
 
 # Three users, four items.
 SCORES = np.array([
@@ -71,45 +66,71 @@ def test_top_k_does_not_modify_scores():
 # u0 (truth {0, 3}) ranks [0, 2, 3]: rel = [1, 0, 1]
 # u1 (truth {1})    ranks [0, 1, 3]: rel = [0, 1, 0]
 # u2 (truth {})     skipped -> users = 2, each metric is the mean over u0 and u1.
-#
-# k=1
-#   u0: hits 1; recall 1/2; precision 1; hr 1; DCG = 1/log2(2) = 1, IDCG (min(1,2)=1 term) = 1 -> ndcg 1
-#       f1 = 2*1*0.5/1.5 = 2/3; mrr = 1/1
-#   u1: hits 0 -> every metric 0
-#   mean: recall .25, precision .5, hr .5, ndcg .5, f1 1/3, mrr .5
-# k=2
-#   u0: hits 1; recall .5; precision .5; hr 1; DCG = 1; IDCG = 1 + 1/log2(3) -> ndcg 1/(1+L3)
-#       f1 = 2*.5*.5/1 = .5; mrr 1
-#   u1: hits 1 (rank 2); recall 1; precision .5; hr 1; DCG = 1/log2(3); IDCG (min(2,1)=1 term) = 1
-#       -> ndcg L3; f1 = 2*.5*1/1.5 = 2/3; mrr 1/2
-#   mean: recall .75, precision .5, hr 1, ndcg (1/(1+L3) + L3)/2, f1 7/12, mrr .75
-# k=3
-#   u0: hits 2; recall 1; precision 2/3; hr 1; DCG = 1/log2(2) + 1/log2(4) = 1.5;
-#       IDCG uses min(3, 2) = 2 terms: 1 + 1/log2(3) -> ndcg 1.5/(1+L3); f1 = 2*(2/3)*1/(5/3) = .8; mrr 1
-#   u1: hits 1; recall 1; precision 1/3; hr 1; DCG = 1/log2(3); IDCG = 1 -> ndcg L3;
-#       f1 = 2*(1/3)*1/(4/3) = .5; mrr 1/2
-#   mean: recall 1, precision .5, hr 1, ndcg (1.5/(1+L3) + L3)/2, f1 .65, mrr .75
-EXPECTED = {
-    "recall@1": 0.25, "precision@1": 0.5, "hr@1": 0.5, "ndcg@1": 0.5, "f1@1": 1 / 3, "mrr@1": 0.5,
-    "recall@2": 0.75, "precision@2": 0.5, "hr@2": 1.0, "ndcg@2": (1 / (1 + L3) + L3) / 2,
-    "f1@2": 7 / 12, "mrr@2": 0.75,
-    "recall@3": 1.0, "precision@3": 0.5, "hr@3": 1.0, "ndcg@3": (1.5 / (1 + L3) + L3) / 2,
-    "f1@3": 0.65, "mrr@3": 0.75,
-    "users": 2,
-}
+# Discount of rank r: 1/log2(r+1): rank 1 -> 1, rank 2 -> 1/log2(3) = 0.630930, rank 3 -> 0.5.
+# Every expected value below is a literal worked out by hand from these lists (none is computed
+# with the metric's own formula), so a wrong discount, ideal DCG, denominator or mean fails.
 
 
-def test_ranking_metrics_hand_computed():
-    got = ranking_metrics(top_k(SCORES, None, 3), TRUTH, [1, 2, 3])
-    assert set(got) == set(EXPECTED)
-    for key, value in EXPECTED.items():
-        assert got[key] == pytest.approx(value, abs=1e-12), key
+def test_ranking_metrics_at_1_hand_computed():
+    got = ranking_metrics(top_k(SCORES, None, 3), TRUTH, [1])
+    assert set(got) == {"recall@1", "precision@1", "hr@1", "ndcg@1", "f1@1", "mrr@1", "users"}
+    assert got["users"] == 2
+    # u0: 1 hit of 2 -> recall .5, precision 1, hr 1, DCG 1 / IDCG 1 -> ndcg 1,
+    #     f1 = 2*1*.5/1.5 = .666667, mrr 1/1.   u1: no hit -> all 0.   Means:
+    assert got["recall@1"] == pytest.approx(0.25, abs=1e-9)
+    assert got["precision@1"] == pytest.approx(0.5, abs=1e-9)
+    assert got["hr@1"] == pytest.approx(0.5, abs=1e-9)
+    assert got["ndcg@1"] == pytest.approx(0.5, abs=1e-9)
+    assert got["f1@1"] == pytest.approx(0.333333, abs=1e-6)
+    assert got["mrr@1"] == pytest.approx(0.5, abs=1e-9)
 
 
-def test_ndcg_numbers_spelled_out():
-    # sanity of the reference itself: ndcg@2 = (0.61315 + 0.63093)/2, ndcg@3 = (0.91972 + 0.63093)/2
-    assert EXPECTED["ndcg@2"] == pytest.approx((0.613147 + 0.630930) / 2, abs=1e-6)
-    assert EXPECTED["ndcg@3"] == pytest.approx((0.919721 + 0.630930) / 2, abs=1e-6)
+def test_ranking_metrics_at_2_hand_computed():
+    got = ranking_metrics(top_k(SCORES, None, 3), TRUTH, [2])
+    # u0: rel [1, 0]: recall 1/2, precision 1/2, hr 1, mrr 1, f1 = 2*.5*.5/1 = .5;
+    #     DCG = 1; IDCG over min(2, |truth|=2) = 2 ranks = 1 + 0.630930 = 1.630930 -> ndcg 0.613147
+    # u1: rel [0, 1]: recall 1, precision 1/2, hr 1, mrr 1/2, f1 = 2*.5*1/1.5 = .666667;
+    #     DCG = 0.630930; IDCG over min(2, 1) = 1 rank = 1 -> ndcg 0.630930
+    assert got["recall@2"] == pytest.approx(0.75, abs=1e-9)
+    assert got["precision@2"] == pytest.approx(0.5, abs=1e-9)
+    assert got["hr@2"] == pytest.approx(1.0, abs=1e-9)
+    assert got["ndcg@2"] == pytest.approx((0.613147 + 0.630930) / 2, abs=1e-6)  # 0.622038
+    assert got["f1@2"] == pytest.approx((0.5 + 0.666667) / 2, abs=1e-6)  # 0.583333
+    assert got["mrr@2"] == pytest.approx(0.75, abs=1e-9)
+
+
+def test_ranking_metrics_at_3_hand_computed():
+    got = ranking_metrics(top_k(SCORES, None, 3), TRUTH, [3])
+    # u0: rel [1, 0, 1]: recall 2/2 = 1, precision 2/3, hr 1, mrr 1, f1 = 2*(2/3)*1/(5/3) = .8;
+    #     DCG = 1 + 0.5 = 1.5 (hits at ranks 1 and 3); IDCG over min(3, 2) = 2 ranks = 1.630930
+    #     -> ndcg 1.5 / 1.630930 = 0.919721
+    # u1: rel [0, 1, 0]: recall 1, precision 1/3, hr 1, mrr 1/2, f1 = 2*(1/3)*1/(4/3) = .5;
+    #     DCG = 0.630930; IDCG = 1 -> ndcg 0.630930
+    assert got["recall@3"] == pytest.approx(1.0, abs=1e-9)
+    assert got["precision@3"] == pytest.approx(0.5, abs=1e-9)
+    assert got["hr@3"] == pytest.approx(1.0, abs=1e-9)
+    assert got["ndcg@3"] == pytest.approx((0.919721 + 0.630930) / 2, abs=1e-6)  # 0.775325
+    assert got["f1@3"] == pytest.approx(0.65, abs=1e-9)
+    assert got["mrr@3"] == pytest.approx(0.75, abs=1e-9)
+
+
+def test_several_ks_at_once_equal_each_k_alone():
+    topk = top_k(SCORES, None, 3)
+    together = ranking_metrics(topk, TRUTH, [1, 2, 3])
+    for k in (1, 2, 3):
+        alone = ranking_metrics(topk, TRUTH, [k])
+        assert {key: v for key, v in together.items() if key.endswith(f"@{k}") or key == "users"} == alone
+
+
+def test_ndcg_rewards_a_hit_higher_in_the_list():
+    # one user, truth {7}, the hit at rank 1, 2, 3: ndcg@3 = 1, 1/log2(3) = 0.630930, 1/log2(4) = 0.5
+    # (a 1/rank discount would give 1, .5, .333; no discount 1, 1, 1)
+    lists = [[7, 1, 2], [1, 7, 2], [1, 2, 7]]
+    got = [ranking_metrics(np.array([ranks]), [{7}], [3])["ndcg@3"] for ranks in lists]
+    assert got == pytest.approx([1.0, 0.630930, 0.5], abs=1e-6)
+    # mrr: 1, 1/2, 1/3; recall and hr do not depend on the position
+    mrr = [ranking_metrics(np.array([ranks]), [{7}], [3])["mrr@3"] for ranks in lists]
+    assert mrr == pytest.approx([1.0, 0.5, 1 / 3], abs=1e-9)
 
 
 def test_skipped_user_does_not_change_the_means():
@@ -125,7 +146,7 @@ def test_skipped_user_does_not_change_the_means():
 def test_ideal_dcg_uses_min_of_k_and_truth_size():
     # one user, truth {0, 1, 2} (3 items), k = 2, ranks [0, 1]: a perfect list at k=2.
     # DCG = 1 + 1/log2(3); IDCG uses min(2, 3) = 2 terms = 1 + 1/log2(3) -> ndcg = 1
-    # (an IDCG over all 3 truth items would give (1+L3)/(1+L3+L4) = 0.7654 instead)
+    # (an IDCG over all 3 truth items would give 1.630930/(1.630930+0.5) = 0.765361 instead)
     got = ranking_metrics(np.array([[0, 1, 5]]), [{0, 1, 2}], [2])
     assert got["ndcg@2"] == pytest.approx(1.0)
     assert got["recall@2"] == pytest.approx(2 / 3)

@@ -259,7 +259,7 @@ def test_by_position_points_at_the_gathered_values(store, ray_session, ray_min_r
     looking them up gives exactly what the gathering path returns."""
     import ray
 
-    from llmrec_ray.featurestore import embedding_matrix
+    from llmrec_ray.views import embedding_matrix
     from llmrec_ray.retrieval import position_column
 
     job = store.get_historical_features(entity_df=ENTITY, features=REFS, full_feature_names=True)

@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pytest
 
 from llmrec_ray import pipeline
-from llmrec_ray.config import load_config
-from llmrec_ray.featurestore import USER_HISTORY_VIEW, FeatureRepo
+from llmrec_ray.featurestore import FeatureRepo
+from llmrec_ray.views import USER_HISTORY_VIEW
 from llmrec_ray.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory, ray_session):
-    tmp = tmp_path_factory.mktemp("e2e")
-    repo = tmp / "feature_repo"
-    repo.mkdir()
-    for name in ("feature_store.yaml", "features.py"):
-        shutil.copy(ROOT / "feature_repo" / name, repo / name)
-    cfg = load_config(None, [
-        "name=tiny", f"output_dir={tmp / 'runs'}", f"featurestore.repo_path={repo}",
-        "data.synthetic.n_users=30", "data.synthetic.n_items=40", "data.synthetic.interactions_per_user=12",
-        "encode.batch_size=32", "encode.cpus_per_actor=1", "train.epochs=2", "train.batch_size=32",
-    ])
-    build = pipeline.build_stage(cfg)
-    train = pipeline.train_stage(cfg)
-    evaluation = pipeline.evaluate_stage(cfg)
-    return cfg, build, train, evaluation
+def e2e(trained_run):
+    """The session's tiny run (conftest `trained_run`, shared with test_train and test_recommend;
+    `tiny_overrides` is its config): cfg and the build, train and evaluate summaries."""
+    r = trained_run
+    return r["cfg"], r["build"], r["train"], r["evaluate"]
 
 
 def test_build_counts_every_row(e2e):
@@ -95,7 +83,7 @@ def test_training_rows_are_point_in_time(e2e, ray_session):
         == tables["interactions"].num_rows
     # validated every epoch; the kept model is the best epoch's
     history = train_summary["valid_history"]
-    assert len(history) == train_summary["epochs_run"] == 2
+    assert len(history) == train_summary["epochs_run"] and 1 <= len(history) <= cfg.train.epochs
     assert train_summary["valid_ndcg@20"] == max(history)
     assert history[train_summary["best_epoch"] - 1] == max(history)
     items = sorted(tables["items"].column("item_id").to_pylist())
@@ -115,8 +103,10 @@ def test_metrics_written_and_bounded(e2e):
     assert train["final_loss"] > 0 and np.isfinite(train["final_loss"])
     results = json.loads((cfg.run_dir / "metrics.json").read_text())
     assert set(results) == {"all", "cold_items", "light_users"}
-    assert set(results["all"]) == {"two_tower", "popularity", "ease", "item_knn", "implicit_als", "bpr",
-                                   "zero_shot_cosine"}
+    peers = {"popularity", "ease", "item_knn", "implicit_als", "bpr", "zero_shot_cosine"}
+    blends = set(results["all"]) - peers - {"two_tower"}
+    # the model blended with the peer best on validation (evaluate.blend_weights)
+    assert len(blends) == 1 and blends.pop().split("+") in [["two_tower", p] for p in peers]
     for slice_name, models in results.items():
         for model, m in models.items():
             assert m["users"] == results[slice_name]["two_tower"]["users"]
@@ -127,22 +117,19 @@ def test_metrics_written_and_bounded(e2e):
     assert results["all"]["two_tower"]["users"] == evaluation["metrics"]["all"]["two_tower"]["users"] > 0
 
 
-
-def test_recommend_excludes_seen(e2e):
-    cfg, *_ = e2e
-    from llmrec_ray.build import load_saved_dataset
-
-    inter = load_saved_dataset(cfg.run_dir)["interactions"]
-    user = inter.column("user_id")[0].as_py()
-    seen = set(inter.filter(pc.equal(inter.column("user_id"), user)).column("item_id").to_pylist())
-    recs = pipeline.recommend_stage(cfg, user, 5)
-    assert [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
-    assert not seen & {r["item_id"] for r in recs}
-    assert all(r["title"] for r in recs)
-    scores = [r["score"] for r in recs]
-    assert scores == sorted(scores, reverse=True)
-    with pytest.raises(KeyError, match="not in the online store"):
-        pipeline.recommend_stage(cfg, "no-such-user", 5)
+def test_trained_model_beats_popularity(e2e):
+    """The trained two-tower model ranks the held-out items clearly better than popularity, so a
+    model that learns nothing fails. Measured on this run (seed 0, 30 test users; the same on every
+    run): Recall@20 0.867 vs 0.656 (1.32x), NDCG@20 0.400 vs 0.316 (1.27x). With other training
+    seeds: 1.35x / 1.28x, 1.35x / 1.43x, 1.34x / 1.33x, 1.23x / 1.13x (seeds 1-4); the untrained
+    towers (lr 1e-9): 1.06x / 0.89x and 0.95x / 0.92x (seeds 0-1). The bar, 1.1x on both, sits
+    below every trained seed and above the untrained models' NDCG."""
+    *_, evaluation = e2e
+    m = evaluation["metrics"]["all"]
+    model, pop = m["two_tower"], m["popularity"]
+    assert model["users"] == pop["users"] >= 20
+    for metric in ("recall@20", "ndcg@20"):
+        assert model[metric] >= 1.1 * pop[metric], (metric, model[metric], pop[metric])
 
 
 def test_other_run_cannot_use_these_features(e2e):
@@ -152,20 +139,9 @@ def test_other_run_cannot_use_these_features(e2e):
         pipeline.feature_repo(other)
 
 
-def test_recommend_for_a_new_user_described_in_words(e2e):
-    cfg, *_ = e2e
-    recs = pipeline.recommend_stage(cfg, None, 5, text="space battles and starships")
-    assert [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
-    assert all(r["title"] for r in recs) and recs[0]["score"] >= recs[-1]["score"]
-    other = pipeline.recommend_stage(cfg, None, 5, text="a quiet romance in a small village")
-    assert [r["item_id"] for r in recs] != [r["item_id"] for r in other]  # the text matters
-    with pytest.raises(ValueError, match="exactly one"):
-        pipeline.recommend_stage(cfg, "u1", 5, text="x")
-
-
 def test_tower_vectors_are_exported_as_feast_views(e2e):
-    from llmrec_ray.featurestore import ITEM_TOWER_VIEW, USER_TOWER_VIEW
-    from llmrec_ray.train import load_model
+    from llmrec_ray.views import ITEM_TOWER_VIEW, USER_TOWER_VIEW
+    from llmrec_ray.artifacts import load_model
 
     cfg, _, train, _ = e2e
     assert train["exported_online"] == {ITEM_TOWER_VIEW: 40, USER_TOWER_VIEW: 30}
@@ -182,21 +158,39 @@ def test_tower_vectors_are_exported_as_feast_views(e2e):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_training_started_again_resumes_from_its_checkpoint(e2e):
-    cfg, _, first, _ = e2e
-    again = pipeline.train_stage(cfg)
-    assert again["resumed_from"] == cfg.train.epochs  # nothing left to do: the same model back
-    assert again["final_loss"] == pytest.approx(first["final_loss"])
+def crash_once_after_epoch(marker: Path, epoch: int):
+    """The production training loop, with a fault injected from outside it: on the first attempt,
+    rank 0's process dies right after reporting `epoch`'s checkpoint (`marker` records it)."""
+    def loop(config):
+        import os
+        import time
+
+        import ray.train
+
+        from llmrec_ray.train import train_loop_per_worker
+
+        if ray.train.get_context().get_world_rank() == 0 and not marker.exists():
+            report = ray.train.report
+
+            def report_then_crash(metrics, *args, **kwargs):
+                report(metrics, *args, **kwargs)
+                if metrics.get("epoch") == epoch:
+                    time.sleep(5)  # let the controller register the report before the crash
+                    marker.write_text("crashed once")
+                    os._exit(1)
+
+            ray.train.report = report_then_crash
+        train_loop_per_worker(config)
+
+    return loop
 
 
-def test_a_crashed_worker_restarts_from_the_checkpoint(e2e, monkeypatch, tmp_path):
+def test_a_crashed_worker_restarts_from_the_checkpoint(e2e, tmp_path):
     cfg, *_ = e2e
     cfg = cfg.model_copy(deep=True)
     cfg.train.epochs = 3  # another training: the earlier checkpoints are not reused
     marker = tmp_path / "crashed"
-    monkeypatch.setenv("LLMREC_FAULT_EPOCH", "1")  # rank 0 dies at the start of epoch 2, once
-    monkeypatch.setenv("LLMREC_FAULT_MARKER", str(marker))
-    summary = pipeline.train_stage(cfg)
+    summary = pipeline.train_stage(cfg, loop=crash_once_after_epoch(marker, 1))
     assert marker.exists()  # the worker did crash
     assert summary["resumed_from"] == 1 and summary["epochs"] == 3
     assert np.isfinite(summary["final_loss"])
@@ -209,6 +203,7 @@ def test_global_temporal_protocol_end_to_end(e2e):
     cfg = cfg.model_copy(deep=True)
     cfg.evaluate.protocol = "global-temporal"
     cfg.train.export = False
+    cfg.train.epochs = 2  # the protocol's plumbing is under test here, not the model's quality
     train = pipeline.train_stage(cfg)
     split = train["split"]
     assert split["protocol"] == "global-temporal"
@@ -237,7 +232,7 @@ def test_graph_model_trains_with_ray_train_evaluates_and_recommends(e2e, tmp_pat
     summary = pipeline.train_stage(graph_cfg)
     assert summary["model_kind"] == "llm_graph" and summary["epochs_run"] >= 1
     evaluation = pipeline.evaluate_stage(graph_cfg, str(tmp_path / "metrics.json"))
-    assert set(evaluation["metrics"]["all"]) == {"llm_graph", "popularity"}
+    assert set(evaluation["metrics"]["all"]) == {"llm_graph", "popularity", "llm_graph+popularity"}
     assert evaluation["tuning"]["popularity"]["chosen"] == {}
     m = evaluation["metrics"]["all"]["llm_graph"]
     assert 0 < m["users"] and 0.0 <= m["recall@20"] <= 1.0
@@ -245,3 +240,24 @@ def test_graph_model_trains_with_ray_train_evaluates_and_recommends(e2e, tmp_pat
     assert len(recs) == 5 and len({r["item_id"] for r in recs}) == 5
     assert len(pipeline.recommend_stage(graph_cfg, None, 3, text="a quiet romance")) == 3
     pipeline.train_stage(cfg)  # the module's two-tower model back for the tests after this one
+
+
+def test_llmrec_run_prints_a_short_readable_report(trained_run):
+    """`llmrec run` as a user runs it (the shared run is made by it, in its own process and Ray):
+    the stages, their progress and summaries, the table, a pointer to the logs; the libraries'
+    logs and warnings in the log file, not on the terminal; at most 60 lines."""
+    cfg, out = trained_run["cfg"], trained_run["cli"]
+    text = out["stdout"] + out["stderr"]
+    assert out["returncode"] == 0, text
+    lines = text.splitlines()
+    assert len(lines) <= 60, text
+    for header in ("[build-features]", "[train]", "[evaluate]"):
+        assert any(line.startswith(header) for line in lines), text
+    assert any(line.startswith("model ") and "R@20 / N@20" in line for line in lines), text
+    log = Path(cfg.output_dir) / "tiny" / "logs" / "llmrec.log"
+    assert f"logs and warnings: {log}" in text, text
+    for noise in ("Warning", "WARNING", "Registry cache expired", "Failed to query",
+                  "Started a local Ray instance", "Running Dataset", "core_worker"):
+        assert noise not in text, (noise, text)
+    logged = log.read_text()
+    assert "Started a local Ray instance" in logged  # the library output is kept, in the log

@@ -1,4 +1,4 @@
-"""Per-user temporal split (llmrec_ray.split.user_temporal_split) on literal interaction tables."""
+"""The evaluation splits (llmrec_ray.split: user-temporal, global-temporal) on literal interaction tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 import pytest
 
 from llmrec_ray.schemas import INTERACTIONS, TIMESTAMP
-from llmrec_ray.split import user_temporal_split
+from llmrec_ray.split import global_temporal_eval_split, user_temporal_eval_split
 
 
 def interactions(rows: list[tuple[str, str, int]]) -> pa.Table:
@@ -26,9 +26,13 @@ def triples(t: pa.Table) -> list[tuple[str, str, int]]:
     return list(zip(t.column("user_id").to_pylist(), t.column("item_id").to_pylist(), ts))
 
 
-def cuts_dict(cuts: pa.Table) -> dict[str, int]:
-    return dict(zip(cuts.column("user_id").to_pylist(),
-                    cuts.column("split_time").cast(pa.int64()).to_pylist()))
+def queries(q) -> list[tuple]:
+    """(user, query time in µs, truth, seen) of each query."""
+    return [(r.user_id, int(r.query_time.value // 1000), r.truth, r.seen) for r in q.itertuples()]
+
+
+def split_times(q) -> dict[str, int]:
+    return {user: t for user, t, _, _ in queries(q)}
 
 
 # Deliberately unsorted, users interleaved.
@@ -39,39 +43,56 @@ ROWS = [
     ("u2", "i4", 40), ("u4", "y", 20), ("u4", "z", 30), ("u5", "k", 5),
     ("u5", "j", 6),
 ]
-# u1: 5 interactions, floor(5*0.2) = 1 test: the latest, i5 at 50 -> split_time 50
-# u2: 4 interactions, floor(4*0.2) = 0 test -> all train, no cut
-# u3: 1 interaction -> all train, no cut
-# u4: 5 interactions, the last two tie at 40: ordered by item id (a, b), so b is test; split_time 40
-# u5: 2 interactions -> all train
+# test_fraction 0.2, no validation:
+# u1: 5 interactions, floor(5*0.2) = 1 test: the latest, i5 at 50 -> split time 50
+# u2: 4 interactions, floor(4*0.2) = 0 test -> all fit, no query
+# u3: 1 interaction -> all fit, no query
+# u4: 5 interactions, the last two tie at 40: ordered by item id (a, b), so b is test; split time 40
+# u5: 2 interactions -> all fit
 
 
-def test_split_hand_computed():
-    train, test, cuts = user_temporal_split(interactions(ROWS), 0.2)
-    assert sorted(triples(test)) == [("u1", "i5", 50), ("u4", "b", 40)]
-    assert cuts_dict(cuts) == {"u1": 50, "u4": 40}
-    assert sorted(triples(train)) == sorted(set(ROWS) - {("u1", "i5", 50), ("u4", "b", 40)})
+def user_split(rows, test_fraction=0.2, valid_fraction=0.0):
+    return user_temporal_eval_split(interactions(rows), test_fraction=test_fraction,
+                                    valid_fraction=valid_fraction)
 
 
-def test_split_keeps_schema_and_row_count():
+def test_user_temporal_hand_computed():
+    s = user_split(ROWS)
+    assert sorted(triples(s.test)) == [("u1", "i5", 50), ("u4", "b", 40)]
+    assert s.valid.num_rows == 0 and s.valid_queries.empty
+    assert sorted(triples(s.fit)) == sorted(set(ROWS) - {("u1", "i5", 50), ("u4", "b", 40)})
+    assert queries(s.test_queries) == [("u4", 40, ["b"], ["a", "x", "y", "z"]),
+                                       ("u1", 50, ["i5"], ["i1", "i2", "i3", "i4"])]
+
+
+def test_user_temporal_keeps_schema_and_row_count():
     table = interactions(ROWS)
-    train, test, cuts = user_temporal_split(table, 0.2)
-    assert train.num_rows + test.num_rows == table.num_rows == 17
-    assert train.schema.equals(INTERACTIONS)
-    assert test.schema.equals(INTERACTIONS)
-    assert cuts.column_names == ["user_id", "split_time"]
-    assert cuts.schema.field("split_time").type == TIMESTAMP
+    s = user_temporal_eval_split(table, test_fraction=0.2, valid_fraction=0.25)
+    assert s.fit.num_rows + s.valid.num_rows + s.test.num_rows == table.num_rows == 17
+    for part in (s.fit, s.valid, s.test):
+        assert part.schema.equals(INTERACTIONS)
+    assert list(s.test_queries.columns) == ["user_id", "query_time", "truth", "seen"]
     # the rating column travels with its row
-    for user, item, ts in triples(test):
-        row = test.filter(pc.equal(test.column("item_id"), item)).to_pylist()[0]
-        assert row["rating"] == pytest.approx(ts / 10)
+    for part in (s.fit, s.valid, s.test):
+        for (_, _, ts), rating in zip(triples(part), part.column("rating").to_pylist()):
+            assert rating == pytest.approx(ts / 10)
 
 
-def test_users_with_too_few_interactions_are_absent_from_cuts():
-    _, test, cuts = user_temporal_split(interactions(ROWS), 0.2)
+def test_users_with_too_few_interactions_stay_in_fit_and_are_not_queried():
+    s = user_split(ROWS)
     for user in ("u2", "u3", "u5"):
-        assert user not in cuts.column("user_id").to_pylist()
-        assert user not in test.column("user_id").to_pylist()
+        assert user not in s.test.column("user_id").to_pylist()
+        assert user not in s.test_queries["user_id"].tolist()
+        assert user in s.fit.column("user_id").to_pylist()
+    # with validation: u2 (4 rows, no test row) has floor(4 * 0.5) = 2 validation rows; u3 (one
+    # interaction) has none and stays entirely in fit
+    s = user_split(ROWS, 0.2, 0.5)
+    assert sorted(triples(s.valid.filter(pc.equal(s.valid.column("user_id"), "u2")))) == \
+        [("u2", "i3", 30), ("u2", "i4", 40)]
+    assert "u2" in s.valid_queries["user_id"].tolist() and "u2" not in s.test_queries["user_id"].tolist()
+    assert [u for u, _, _ in triples(s.fit) + triples(s.valid) + triples(s.test)].count("u3") == 1
+    assert "u3" in s.fit.column("user_id").to_pylist()
+    assert "u3" not in s.valid_queries["user_id"].tolist() + s.test_queries["user_id"].tolist()
 
 
 @pytest.mark.parametrize("n, fraction, n_test", [
@@ -81,64 +102,79 @@ def test_users_with_too_few_interactions_are_absent_from_cuts():
 def test_number_of_test_rows_is_floor_of_n_times_fraction(n, fraction, n_test):
     # timestamps given in reverse so the input is unsorted
     rows = [("u", f"i{k:02d}", 100 + k) for k in reversed(range(n))]
-    train, test, cuts = user_temporal_split(interactions(rows), fraction)
-    assert test.num_rows == n_test
-    assert train.num_rows == n - n_test
+    s = user_split(rows, fraction)
+    assert s.test.num_rows == n_test
+    assert s.fit.num_rows == n - n_test
     # test = the n_test latest
-    assert sorted(triples(test)) == [("u", f"i{k:02d}", 100 + k) for k in range(n - n_test, n)]
+    assert sorted(triples(s.test)) == [("u", f"i{k:02d}", 100 + k) for k in range(n - n_test, n)]
     if n_test:
-        assert cuts_dict(cuts) == {"u": 100 + n - n_test}
+        assert split_times(s.test_queries) == {"u": 100 + n - n_test}
     else:
-        assert cuts.num_rows == 0
+        assert s.test_queries.empty
 
 
-def test_split_time_is_first_test_timestamp_and_separates_train_from_test():
+@pytest.mark.parametrize("n, valid_fraction, n_valid", [
+    (10, 0.25, 2), (10, 0.5, 4), (10, 0.1, 0), (5, 0.25, 1), (5, 0.2, 0), (11, 0.125, 1),
+])
+def test_number_of_validation_rows_is_floor_of_the_rest_times_fraction(n, valid_fraction, n_valid):
+    # test = floor(n * 0.2); validation = floor((n - test) * valid_fraction), just before the test rows
+    rows = [("u", f"i{k:02d}", 100 + k) for k in reversed(range(n))]
+    s = user_split(rows, 0.2, valid_fraction)
+    n_test = int(n * 0.2 + 1e-9)
+    assert (s.fit.num_rows, s.valid.num_rows, s.test.num_rows) == (n - n_test - n_valid, n_valid, n_test)
+    start = n - n_test - n_valid
+    assert sorted(triples(s.valid)) == [("u", f"i{k:02d}", 100 + k) for k in range(start, n - n_test)]
+    assert split_times(s.valid_queries) == ({"u": 100 + start} if n_valid else {})
+
+
+def test_split_time_is_first_test_timestamp_and_separates_fit_from_test():
     rows = [("u", f"i{k}", t) for k, t in enumerate([90, 10, 70, 30, 50, 20, 80, 60, 40, 100])]
-    # sorted times 10..100; floor(10*0.2) = 2 test: 90 and 100 -> split_time 90
-    train, test, cuts = user_temporal_split(interactions(rows), 0.2)
-    assert cuts_dict(cuts) == {"u": 90}
-    assert sorted(t for _, _, t in triples(test)) == [90, 100]
-    assert max(t for _, _, t in triples(train)) < 90
+    # sorted times 10..100; floor(10*0.2) = 2 test: 90 and 100 -> split time 90
+    s = user_split(rows)
+    assert split_times(s.test_queries) == {"u": 90}
+    assert sorted(t for _, _, t in triples(s.test)) == [90, 100]
+    assert max(t for _, _, t in triples(s.fit)) < 90
 
 
 def test_ties_at_the_cut_broken_by_item_id():
     # five interactions all at the same time, ordered a..e by item id: the last, e, is test
     rows = [("u", item, 7) for item in ["e", "a", "d", "c", "b"]]
-    train, test, cuts = user_temporal_split(interactions(rows), 0.2)
-    assert triples(test) == [("u", "e", 7)]
-    assert sorted(i for _, i, _ in triples(train)) == ["a", "b", "c", "d"]
-    assert cuts_dict(cuts) == {"u": 7}
+    s = user_split(rows)
+    assert triples(s.test) == [("u", "e", 7)]
+    assert sorted(i for _, i, _ in triples(s.fit)) == ["a", "b", "c", "d"]
+    assert queries(s.test_queries) == [("u", 7, ["e"], ["a", "b", "c", "d"])]
 
 
-def test_no_user_item_pair_in_both_train_and_test():
-    rows = [(u, f"i{k}", 1000 * j + k) for j, u in enumerate(["a", "b", "c"]) for k in range(7)]
-    train, test, _ = user_temporal_split(interactions(rows[::-1]), 0.3)
-    # 7 interactions, floor(7*0.3) = 2 test per user
-    assert test.num_rows == 6
+def test_no_user_item_pair_in_two_parts():
+    rows = [(u, f"i{k}", 1000 * j + k) for j, u in enumerate(["a", "b", "c"]) for k in range(10)]
+    s = user_temporal_eval_split(interactions(rows[::-1]), test_fraction=0.3, valid_fraction=0.3)
+    # 10 interactions per user: floor(10*0.3) = 3 test, floor(7*0.3) = 2 validation
+    assert (s.fit.num_rows, s.valid.num_rows, s.test.num_rows) == (15, 6, 9)
     pairs = lambda t: {(u, i) for u, i, _ in triples(t)}  # noqa: E731
-    assert pairs(train).isdisjoint(pairs(test))
-    assert len(pairs(train)) + len(pairs(test)) == len(rows)
+    assert pairs(s.fit).isdisjoint(pairs(s.test))
+    assert pairs(s.fit).isdisjoint(pairs(s.valid))
+    assert pairs(s.valid).isdisjoint(pairs(s.test))
+    assert len(pairs(s.fit)) + len(pairs(s.valid)) + len(pairs(s.test)) == len(rows)
 
 
 def test_empty_table():
-    train, test, cuts = user_temporal_split(interactions([]), 0.2)
-    assert (train.num_rows, test.num_rows, cuts.num_rows) == (0, 0, 0)
-    assert cuts.schema.field("split_time").type == TIMESTAMP
+    s = user_split([])
+    assert (s.fit.num_rows, s.valid.num_rows, s.test.num_rows) == (0, 0, 0)
+    assert s.fit.schema.equals(INTERACTIONS)
+    assert s.valid_queries.empty and s.test_queries.empty
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, float("nan")])
-def test_bad_fraction_raises(fraction):
+def test_bad_test_fraction_raises(fraction):
     with pytest.raises(ValueError, match="test_fraction"):
-        user_temporal_split(interactions(ROWS), fraction)
+        user_split(ROWS, fraction)
 
 
-# ---- the evaluation protocols (fit / validation / test and their queries) ----
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5, float("nan")])
+def test_bad_valid_fraction_raises(fraction):
+    with pytest.raises(ValueError, match="valid_fraction"):
+        user_split(ROWS, 0.2, fraction)
 
-from llmrec_ray.split import global_temporal_eval_split, user_temporal_eval_split  # noqa: E402
-
-
-def queries(q) -> list[tuple]:
-    return [(r.user_id, int(r.query_time.value // 1000), r.truth, r.seen) for r in q.itertuples()]
 
 
 def test_user_temporal_eval_split_by_hand():

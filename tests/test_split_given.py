@@ -187,7 +187,7 @@ def test_errors(tmp_path: Path) -> None:
 
 
 def test_metrics_mask_train_items_and_recall_is_hits_over_test_items(tmp_path: Path) -> None:
-    from llmrec_ray.evaluate import masks, query_times_us, truth_sets
+    from llmrec_ray.model_inputs import masks, query_times_us, truth_sets
 
     _, ds = column_split(tmp_path)
     split = given_eval_split(ds.interactions)
@@ -215,7 +215,8 @@ def test_build_features_under_given_uses_train_rows_only(tmp_path: Path, monkeyp
     import pyarrow.compute as pc
 
     from llmrec_ray import build, pipeline
-    from llmrec_ray.featurestore import ITEM_STATS_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, FeatureRepo
+    from llmrec_ray.featurestore import FeatureRepo
+    from llmrec_ray.views import ITEM_STATS_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW
     from llmrec_ray.schemas import VECTOR_ROWS
 
     (tmp_path / "inter.csv").write_text(INTER)

@@ -1,13 +1,19 @@
-"""Two-tower model (llmrec_ray.models.two_tower): shapes, cosine scores, the in-batch loss."""
+"""Two-tower model (llmrec_ray.models.two_tower): scores from fixed weights, the in-batch loss
+against hand-computed values, learning on a toy problem, the hybrid ID rows, the checkpoint."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
 import torch
 
 from llmrec_ray.models.two_tower import TwoTower
+
+# internal helpers (they move between modules while the library is refactored: repoint here)
+from llmrec_ray.artifacts import build_model
+from llmrec_ray.model_inputs import item_id_index, user_id_index
 
 
 def model_with_identity_towers(temperature: float) -> TwoTower:
@@ -29,14 +35,34 @@ def test_shapes_and_unit_vectors():
     torch.testing.assert_close(v.norm(dim=-1), torch.ones(7))
     scores = model.score(users, items)
     assert scores.shape == (5, 7)
-    # score = cosine / temperature, so |score| <= 1 / 0.1 = 10
-    torch.testing.assert_close(scores, u @ v.T / 0.1)
+    # a cosine over a temperature of 0.1: |score| <= 10
     assert scores.abs().max() <= 10 + 1e-5
-    assert model.hparams == dict(user_dim=6, item_dim=4, hidden_dim=8, out_dim=3, dropout=0.1,
-                                 temperature=0.1, user_extra_dim=0, n_users=0, n_items=0, id_dim=32,
-                                 id_dropout=0.2, logq=None, id_mode="concat",
-                                 user_id_dropout=None, text_aux=0.0)
-    assert not model.hybrid
+
+
+def test_scores_of_known_pairs_from_fixed_weights():
+    """Both towers set by hand (Linear -> GELU -> Linear, 2-d): the score of a user and three
+    items worked out on paper."""
+    model = TwoTower(user_dim=2, item_dim=2, hidden_dim=2, out_dim=2, dropout=0.0,
+                     temperature=0.5).eval()
+    eye, swap, zero = torch.eye(2), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.zeros(2)
+    with torch.no_grad():
+        for tower, second in ((model.user_tower, eye), (model.item_tower, swap)):
+            tower[0].weight.copy_(eye)
+            tower[0].bias.copy_(zero)
+            tower[3].weight.copy_(second)
+            tower[3].bias.copy_(zero)
+    # GELU(x) = x * Phi(x): GELU(1) = 0.841345, GELU(-1) = -0.158655, GELU(0) = 0.
+    # user (0, 1): GELU -> (0, 0.841345), identity -> normalized (0, 1).
+    # item (1, -1): GELU -> (0.841345, -0.158655), swapped -> (-0.158655, 0.841345);
+    #   norm sqrt(0.025171 + 0.707861) = 0.856173 -> (-0.185307, 0.982681); cosine 0.982681
+    #   -> score 0.982681 / 0.5 = 1.965361
+    # item (1, 1): GELU -> (0.841345, 0.841345) -> normalized (0.707107, 0.707107) -> 1.414214
+    # item (-1, 0): GELU -> (-0.158655, 0), swapped -> (0, -0.158655) -> (0, -1) -> -1 / 0.5 = -2
+    user = torch.tensor([[0.0, 1.0]])
+    items = torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, 0.0]])
+    with torch.no_grad():
+        got = model.score(user, items)
+    assert got.tolist()[0] == pytest.approx([1.965361, 1.414214, -2.0], abs=1e-5)
 
 
 # Unit vectors; temperature 0.5.
@@ -50,36 +76,33 @@ V = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]])
 
 
 def lse(*xs: float) -> float:
+    """log-sum-exp (the logq test's reference)."""
     return math.log(sum(math.exp(x) for x in xs))
 
 
 def test_loss_hand_computed_distinct_items():
     model = model_with_identity_towers(0.5)
     loss = model.loss({"user_emb": U, "item_emb": V, "item_idx": torch.tensor([0, 1, 2])})
-    expected = (
-        (-2.0 + lse(2.0, 0.0, 1.6))      # row 0: 0.5909
-        + (-2.0 + lse(0.0, 2.0, 1.2))    # row 1: 0.4604
-        + (-1.92 + lse(1.2, 1.6, 1.92))  # row 2: 0.7943
-    ) / 3
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert expected == pytest.approx(0.6152, abs=1e-4)
+    # row 0: -2.0  + log(e^2.0 + e^0.0 + e^1.6)  = -2.0  + log(7.389056 + 1 + 4.953032)  = 0.590924
+    # row 1: -2.0  + log(e^0.0 + e^2.0 + e^1.2)  = -2.0  + log(1 + 7.389056 + 3.320117)  = 0.460373
+    # row 2: -1.92 + log(e^1.2 + e^1.6 + e^1.92) = -1.92 + log(3.320117 + 4.953032 + 6.820958)
+    #                                            = 0.794304
+    # mean: (0.590924 + 0.460373 + 0.794304) / 3 = 0.615200
+    assert loss.item() == pytest.approx(0.615200, abs=1e-5)
     # forward is the loss
     assert model({"user_emb": U, "item_emb": V, "item_idx": torch.tensor([0, 1, 2])}).item() == \
-        pytest.approx(expected, rel=1e-5)
+        pytest.approx(0.615200, abs=1e-5)
 
 
 def test_loss_masks_other_copies_of_the_same_item():
     model = model_with_identity_towers(0.5)
     # rows 0 and 2 share item 7: row 0's logit at column 2 and row 2's at column 0 become -inf
     loss = model.loss({"user_emb": U, "item_emb": V, "item_idx": torch.tensor([7, 3, 7])})
-    expected = (
-        (-2.0 + lse(2.0, 0.0))           # row 0: [2.0, 0.0, -inf] -> 0.1269
-        + (-2.0 + lse(0.0, 2.0, 1.2))    # row 1: unchanged -> 0.4604
-        + (-1.92 + lse(1.6, 1.92))       # row 2: [-inf, 1.6, 1.92] -> 0.5459
-    ) / 3
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert expected == pytest.approx(0.3777, abs=1e-4)
-    assert torch.isfinite(loss)
+    # row 0: [2.0, 0.0, -inf]:   -2.0  + log(7.389056 + 1)        = 0.126928
+    # row 1: unchanged:                                            0.460373
+    # row 2: [-inf, 1.6, 1.92]:  -1.92 + log(4.953032 + 6.820958) = 0.545893
+    # mean: (0.126928 + 0.460373 + 0.545893) / 3 = 0.377731
+    assert loss.item() == pytest.approx(0.377731, abs=1e-5)
     # and the masking matters: without it the loss is the distinct-items one, which is larger
     distinct = model.loss({"user_emb": U, "item_emb": V, "item_idx": torch.tensor([0, 1, 2])})
     assert loss.item() < distinct.item()
@@ -154,6 +177,18 @@ def test_hybrid_ids_unknown_item_and_id_dropout():
     assert model.item_ids.weight.grad[:5].abs().sum() == 0
     assert model.item_ids.weight.grad[5].abs().sum() > 0
     assert model.user_ids.weight.grad[:3].abs().sum() == 0 and model.user_ids.weight.grad[3].abs().sum() > 0
+    # id_dropout=0: the opposite, the batch's own ID rows learn and the unknown rows get nothing
+    torch.manual_seed(0)
+    kept = TwoTower(user_dim=4, item_dim=4, hidden_dim=8, out_dim=3, dropout=0.0, temperature=0.1,
+                    user_extra_dim=2, n_users=3, n_items=5, id_dim=2, id_dropout=0.0).train()
+    kept.loss(batch).backward()
+    item_grad = kept.item_ids.weight.grad.abs().sum(dim=1)
+    assert (item_grad[:4] > 0).all() and item_grad[4] == 0 and item_grad[5] == 0  # item 4: not in the batch
+    user_grad = kept.user_ids.weight.grad.abs().sum(dim=1)
+    assert (user_grad[:3] > 0).all() and user_grad[3] == 0
+    # eval never drops IDs: with id_dropout=1 two known items still get their own vectors
+    model.eval()
+    assert not torch.allclose(*model.item_vectors(torch.zeros(2, 4), torch.tensor([0, 1])))
     # a brand-new user (no index) is scored with the unknown user ID
     model.eval()
     new = model.user_vectors(batch["user_emb"][:1], batch["user_extra"][:1])
@@ -188,8 +223,36 @@ def test_residual_ids_leave_unseen_items_their_text_vector_and_text_aux_adds_a_l
 
 
 def test_id_indices_give_unknown_to_what_training_never_saw():
-    from llmrec_ray.model_inputs import item_id_index, user_id_index
-
     vocab = {"users": ["u1", "u2"], "items": ["a", "b", "c"], "trained_items": ["a", "c"]}
     assert user_id_index(vocab, ["u2", "new", "u1"]).tolist() == [1, -1, 0]
     assert item_id_index(vocab, ["c", "b", "zzz", "a"]).tolist() == [2, -1, -1, 0]
+
+
+def test_checkpoint_round_trip_scores_the_same():
+    """The served checkpoint (hyperparameters + weights, saved and loaded weights-only) rebuilds
+    a hybrid model that scores exactly like the trained one; logQ is a training-only correction
+    and does not travel."""
+    torch.manual_seed(0)
+    model = TwoTower(user_dim=4, item_dim=4, hidden_dim=8, out_dim=3, dropout=0.0, temperature=0.1,
+                     user_extra_dim=2, n_users=3, n_items=5, id_dim=2, id_dropout=0.5,
+                     logq=[math.log(0.2)] * 5)
+    batch = {"user_emb": torch.randn(4, 4), "user_extra": torch.randn(4, 2),
+             "user_idx": torch.tensor([0, 1, 2, -1]), "item_emb": torch.randn(4, 4),
+             "item_idx": torch.tensor([0, 1, 2, 3])}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):  # move the weights away from their initialisation
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    buf = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "hparams": model.hparams}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    torch.manual_seed(1)  # a different initialisation: everything must come from the checkpoint
+    loaded = build_model("two_tower", saved["hparams"])
+    loaded.load_state_dict(saved["state_dict"])
+    model.eval(), loaded.eval()
+    args = (batch["user_emb"], batch["item_emb"], batch["user_extra"], batch["user_idx"], batch["item_idx"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(*args), model.score(*args), rtol=0, atol=0)
+    assert loaded.hybrid and loaded.logq.numel() == 0

@@ -15,6 +15,17 @@ unreadable file. Text fields have no length limit here (the encoder truncates at
 a CSV row longer than the reader's block is read with a larger block. Extra columns of items and
 users are kept.
 
+A CSV (or TSV) row with the wrong number of fields (an extra or a missing field) is rejected, not
+the whole file: reason `expected 4 comma-separated fields, got 5` (the MovieLens loaders' wording),
+value the row's text, row its 0-based data row like every other reject, i.e. pyarrow's row number
+minus 2: pyarrow counts the header as row 1, does not count blank lines and counts a quoted field
+spanning lines as one row, so the row is the file's line number minus 2 when no blank line or
+multi-line field comes before it. Such rows count in the rows in and toward
+`data.max_reject_fraction`. pyarrow knows their numbers only when it reads without threads, so a
+file that has such rows is read a second time, serially. One limit: pyarrow cannot hand over a
+row that has both the wrong number of fields and invalid UTF-8; the read stops with pyarrow's
+message naming the file and the row (`Row #N`, header = row 1).
+
 The given split (`load_generic(cfg, given_split=True)`, evaluate.protocol given): each interaction
 carries `split` = train, valid or test, either from a `split` column (values train, valid /
 validation / val, test, case and surrounding spaces ignored; any other value, or none, rejects the
@@ -27,6 +38,9 @@ truncation keeps the last rows in file order) and repeated (user, item) rows sta
 file that does have timestamps, a row without one is still rejected. Synthetic times start in
 2000: leave `available_from` unmapped for such data (an interaction before it is rejected).
 Without `given_split` a `split` column is an ordinary extra column (dropped).
+
+Long because one loader reads three file formats (parquet, CSV, TSV) with a column mapping and
+row-level rejects, for interactions, items, users and split files.
 """
 
 from __future__ import annotations
@@ -43,8 +57,8 @@ import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from llmrec_ray.config import DataConfig, expand_env
-from llmrec_ray.datasets import Dataset
+from llmrec_ray.config import DataConfig
+from llmrec_ray.datasets.base import Dataset
 from llmrec_ray.datasets.validate import finish_dataset
 from llmrec_ray.schemas import TIMESTAMP, Rejects
 from llmrec_ray.storage import Location, locate
@@ -63,6 +77,7 @@ UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000}
 MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 CSV_BLOCK = 1 << 20  # pyarrow's default; grown (to CSV_MAX_BLOCK) while a row straddles two blocks
 CSV_MAX_BLOCK = 1 << 30
+SEPARATOR_NAMES = {",": "comma", "\t": "tab"}  # in the reason of a row with a wrong field count
 INTEGER = r"^\s*[+-]?[0-9]{1,18}\s*$"
 NUMBER = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$"
 SPLIT_VALUES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid",
@@ -96,9 +111,8 @@ def load_generic(cfg: DataConfig, given_split: bool = False) -> Dataset:
                       for label, value in split_files.items() if value]
             tables[kind], rows_in[kind] = _interactions(files, cfg, rejects, given_split)
             continue
-        raw = _read_rows(path, kind, cfg)
-        rows_in[kind] = raw.num_rows
-        tables[kind] = _canonical(raw, kind, path, cfg, rejects)
+        raw, rows, rows_in[kind] = _read_rows(path, kind, cfg, rejects)
+        tables[kind] = _canonical(raw, kind, path, cfg, rejects, rows=rows)
     sources = {kind: str(p) for kind, p in paths.items()}
     sources.setdefault("users", sources["interactions"])
     dataset = _finish(cfg, tables["interactions"], tables["items"], tables.get("users"), rejects,
@@ -108,16 +122,30 @@ def load_generic(cfg: DataConfig, given_split: bool = False) -> Dataset:
     return dataset
 
 
-def _read_rows(path: Location, kind: str, cfg: DataConfig) -> pa.Table:
-    raw = _read(path, kind, cfg)
+def _read_rows(path: Location, kind: str, cfg: DataConfig,
+               rejects: Rejects) -> tuple[pa.Table, np.ndarray, int]:
+    """(the file's rows, each one's 0-based data row in the file, rows in). CSV rows with the wrong
+    number of fields are not in the table: they go to the ledger here (and count in rows in)."""
+    raw, invalid = _read(path, kind, cfg)
     try:
         _ = raw.column_names
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: the {kind} file's header (column names) is not valid "
                          f"UTF-8: {e}") from None
-    if raw.num_rows == 0:
+    if raw.num_rows == 0 and not invalid:
         raise ValueError(f"{path}: {kind} file has no rows (columns: {raw.column_names})")
-    return raw
+    n_in = raw.num_rows + len(invalid)
+    bad = np.array([number - 2 for number, _, _ in invalid], dtype=np.int64)  # header = row 1
+    rows = np.setdiff1d(np.arange(n_in, dtype=np.int64), bad)
+    if len(rows) != raw.num_rows:
+        raise RuntimeError(f"{path}: the row numbers pyarrow gave the {len(invalid)} rows it "
+                           f"skipped do not fit the {raw.num_rows} rows it read")
+    for number, reason, text in invalid:
+        rejects.add(kind, str(path), number - 2, None, reason, text)
+    if raw.num_rows == 0:  # every row skipped: columns without a value have type null
+        raw = pa.table({c: raw.column(c).cast(pa.string()) if pa.types.is_null(raw.column(c).type)
+                        else raw.column(c) for c in raw.column_names})
+    return raw, rows, n_in
 
 
 def _interactions(files: list[tuple[str | None, Location]], cfg: DataConfig, rejects: Rejects,
@@ -127,12 +155,12 @@ def _interactions(files: list[tuple[str | None, Location]], cfg: DataConfig, rej
     tables, offset = [], 0
     ts_src = _source_name(cfg, "event_timestamp")
     for label, path in files:
-        raw = _read_rows(path, "interactions", cfg)
+        raw, rows, n_in = _read_rows(path, "interactions", cfg, rejects)
         synthetic = given_split and (ts_src not in raw.column_names or _no_values(raw.column(ts_src)))
         if synthetic and ts_src in raw.column_names:
             raw = raw.drop_columns([ts_src])
         t = _canonical(raw, "interactions", path, cfg, rejects,
-                       optional=("event_timestamp",) if synthetic else ())
+                       optional=("event_timestamp",) if synthetic else (), rows=rows)
         if synthetic:
             pos = offset + np.asarray(t.column("_row").to_numpy(), dtype=np.int64)
             start_us = int(SYNTHETIC_START.timestamp()) * 1_000_000
@@ -145,7 +173,7 @@ def _interactions(files: list[tuple[str | None, Location]], cfg: DataConfig, rej
         keep = [c for c in CANONICAL["interactions"] if c in t.column_names] + ["_row"]
         t = t.select(keep)
         tables.append(t.append_column("_source", pa.repeat(pa.scalar(str(path)), t.num_rows)))
-        offset += raw.num_rows
+        offset += n_in
     out = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     return out, offset
 
@@ -193,7 +221,7 @@ def _path(value: str | None, key: str) -> Location:
     """A local path or a filesystem URI (s3://, gs://, file://: `llmrec_ray.storage`)."""
     if not value:
         raise ValueError(f"{key} is not set (data.source is generic)")
-    loc = locate(expand_env(value))
+    loc = locate(value)
     if loc.info().type != pafs.FileType.File:
         raise FileNotFoundError(f"{key}: file {loc} does not exist")
     return loc
@@ -203,8 +231,10 @@ def _source_name(cfg: DataConfig, canonical: str) -> str:
     return cfg.columns.get(canonical, canonical)
 
 
-def _read(path: Location, kind: str, cfg: DataConfig) -> pa.Table:
+def _read(path: Location, kind: str,
+          cfg: DataConfig) -> tuple[pa.Table, list[tuple[int, str, str]]]:
     """Read parquet or CSV (by extension); a file that cannot be read is a ValueError naming it.
+    Returns (table, CSV rows skipped for their number of fields: `_read_csv`).
 
     CSV ids (and ISO timestamps) are read as bytes, so `007` stays `007` and invalid UTF-8 rejects
     a row in `_canonical` instead of failing the whole read."""
@@ -213,7 +243,7 @@ def _read(path: Location, kind: str, cfg: DataConfig) -> pa.Table:
         raise ValueError(f"{path}: {kind} file is empty (0 bytes)")
     try:
         if name.endswith((".parquet", ".pq")):
-            return pq.read_table(path.path, filesystem=path.fs)
+            return pq.read_table(path.path, filesystem=path.fs), []
         for ext, delimiter in ((".csv", ","), (".tsv", "\t")):
             if name.endswith((ext, ext + ".gz", ext + ".bz2")):
                 as_text = [c for c in CANONICAL[kind] if c.endswith("_id")
@@ -226,31 +256,56 @@ def _read(path: Location, kind: str, cfg: DataConfig) -> pa.Table:
                      "(optionally .gz/.bz2 compressed)")
 
 
-def _read_csv(path: Location, delimiter: str, types: dict[str, pa.DataType]) -> pa.Table:
-    """pyarrow's CSV reader, with a larger block while a row (a long text) straddles two."""
-    block = CSV_BLOCK
+def _read_csv(path: Location, delimiter: str,
+              types: dict[str, pa.DataType]) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+    """pyarrow's CSV reader, with a larger block while a row (a long text) straddles two.
+
+    A row with the wrong number of fields is skipped and returned as (pyarrow's row number: the
+    header is row 1, reason, text). pyarrow gives those numbers only without threads (with
+    threads they are None), so a file with such rows is read again serially; so is one that fails
+    to parse, for then pyarrow's message names the row."""
+    block, threads = CSV_BLOCK, True
+    name = SEPARATOR_NAMES[delimiter]
     while True:
+        invalid: list[tuple[int, str, str]] = []
+
+        def skip(row) -> str:
+            invalid.append((row.number, f"expected {row.expected_columns} {name}-separated "
+                            f"fields, got {row.actual_columns}", row.text))
+            return "skip"
+
         try:
             with path.open() as stream:
-                return pcsv.read_csv(stream, read_options=pcsv.ReadOptions(block_size=block),
-                                     parse_options=pcsv.ParseOptions(delimiter=delimiter),
-                                     convert_options=pcsv.ConvertOptions(column_types=types))
+                table = pcsv.read_csv(
+                    stream, read_options=pcsv.ReadOptions(block_size=block, use_threads=threads),
+                    parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
+                    convert_options=pcsv.ConvertOptions(column_types=types))
         except pa.ArrowInvalid as e:
-            if "straddl" not in str(e) or block >= CSV_MAX_BLOCK:
+            if "straddl" in str(e) and block < CSV_MAX_BLOCK:
+                block *= 4
+            elif threads and "CSV parse error" in str(e):
+                threads = False
+            else:
                 raise
-            block *= 4
+            continue
+        if invalid and threads:
+            threads = False
+            continue
+        return table, invalid
 
 
 def _canonical(raw: pa.Table, kind: str, path: Location, cfg: DataConfig,
-               rejects: Rejects, optional: tuple[str, ...] = ()) -> pa.Table:
-    """Rename mapped columns, convert types, reject unparseable values; add `_row`. `optional`:
-    required columns that this file may lack."""
+               rejects: Rejects, optional: tuple[str, ...] = (),
+               rows: np.ndarray | None = None) -> pa.Table:
+    """Rename mapped columns, convert types, reject unparseable values; add `_row` (`rows`: each
+    row's 0-based data row in its file, default its position). `optional`: required columns that
+    this file may lack."""
     for c in REQUIRED[kind]:
         if c not in optional and _source_name(cfg, c) not in raw.column_names:
             raise ValueError(f"{path}: {kind} column {_source_name(cfg, c)!r} (for {c}) not "
                              f"found; the file has columns {raw.column_names}; map it with "
                              f"data.columns.{c}")
-    rows = np.arange(raw.num_rows, dtype=np.int64)
+    rows = np.arange(raw.num_rows, dtype=np.int64) if rows is None else rows
     ok = np.ones(raw.num_rows, dtype=bool)
     columns: dict[str, pa.ChunkedArray] = {}
     for c in CANONICAL[kind]:

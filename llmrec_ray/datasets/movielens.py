@@ -7,6 +7,8 @@ lines (field count, non-integer ids/timestamps, non-numeric ratings); `validate`
 rules shared by all datasets (duplicates, rating range, unknown ids). The large ratings files are
 parsed by pyarrow's CSV reader, never by a Python loop per line; ML-1M's `::` separator is read as
 `:` with empty columns between the fields.
+
+Long because it holds four file layouts, each with its own line-level checks, in one place.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from llmrec_ray.config import DataConfig, expand_env
-from llmrec_ray.datasets import Dataset
+from llmrec_ray.config import DataConfig
+from llmrec_ray.datasets.base import Dataset
 from llmrec_ray.datasets.validate import finish_dataset
 from llmrec_ray.schemas import TIMESTAMP, Rejects
 
@@ -73,10 +75,12 @@ def _dataset_dir(cfg: DataConfig) -> Path:
     names, env, required = LAYOUTS[cfg.source]
     hint = (f"download {' or '.join(DOWNLOAD.format(n) for n in names)} and unzip it, then set "
             f"{env}=/path/to/{names[0]} or data.path")
-    text = expand_env(cfg.path).strip() if cfg.path else ""
-    if not text or "$" in text:  # never fall back to the working directory
-        raise FileNotFoundError(f"data.path is not set for {cfg.source} ({cfg.path!r} expands to "
-                                f"{text!r}; is its environment variable set?): {hint}")
+    text = cfg.path.strip() if cfg.path else ""
+    # never fall back to the working directory; a `$` left in the path: a config built without
+    # load_config, which expands the environment variables
+    if not text or "$" in text:
+        raise FileNotFoundError(f"data.path is not set for {cfg.source} ({cfg.path!r}; an "
+                                f"environment variable not expanded?): {hint}")
     root = Path(text)
     if not root.is_dir():
         raise FileNotFoundError(f"{cfg.source}: directory {root} does not exist: {hint}")

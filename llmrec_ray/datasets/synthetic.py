@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from llmrec_ray.datasets import Dataset
+from llmrec_ray.datasets.base import Dataset
 from llmrec_ray.datasets.validate import validate
 from llmrec_ray.schemas import TIMESTAMP, Rejects
 

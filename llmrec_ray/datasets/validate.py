@@ -193,7 +193,7 @@ def finish_dataset(name: str, inter: pa.Table, items: pa.Table, users: pa.Table 
     Items repeating an item_id with different text are rejected first (`reject_conflicting_items`);
     no accepted interaction at all is a ValueError (there is nothing to build features from).
     """
-    from llmrec_ray.datasets import Dataset
+    from llmrec_ray.datasets.base import Dataset
 
     items = reject_conflicting_items(items, rejects, sources["items"])
     inter, items, users_out = validate(inter, items, users, rejects, sources, tuple(rating_range))

@@ -152,7 +152,7 @@ class LLMGraph(nn.Module):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from llmrec_ray.featurestore import embedding_matrix
+        from llmrec_ray.views import embedding_matrix
 
         z = self.item_emb.clone()
         rows = pc.index_in(items.column("item_id"), value_set=pa.array(self.vocab["items"])).to_numpy(

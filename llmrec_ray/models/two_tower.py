@@ -4,12 +4,15 @@ User tower: MLP over the user-history embedding (plus user statistics); item tow
 item-text embedding. Score = cosine(user, item) / temperature. Loss: softmax over the items of the
 batch (InfoNCE), where another row's copy of the same item is not counted as a negative.
 
-Hybrid (`n_users`, `n_items` > 0): learned ID embeddings join each tower's input. IDs help warm
-items; text carries cold ones: during training a user's or item's ID is replaced by a shared
-"unknown" ID with probability `id_dropout`, and users and items never seen in training are scored
-with that ID, so the towers learn to rank from features alone. `logq` (log of each item's share of the training rows)
-corrects in-batch negatives for popularity: popular items are over-sampled as negatives, so
-their logit is lowered by log q during training (Yi et al., 2019), not at scoring.
+Hybrid (`n_users`, `n_items` > 0): learned ID embeddings join each tower's input (`id_mode`
+concat), or are added to each tower's output (residual; the unknown ID adds exactly 0). IDs help
+warm items; text carries cold ones: during training an item's ID is replaced by a shared "unknown"
+ID with probability `id_dropout` (a user's with `user_id_dropout`, default the same), and users and
+items never seen in training are scored with that ID, so the towers learn to rank from features
+alone; `text_aux` > 0 adds the same loss with every item scored as unseen. `logq` (log of each
+item's share of the training rows) corrects in-batch negatives for popularity: popular items are
+over-sampled as negatives, so their logit is lowered by log q during training (Yi et al., 2019),
+not at scoring.
 
 Interface (shared by every model, `llmrec_ray.recommender`): `loss(batch)`, `score_queries`,
 `user_vectors`, `item_vectors`.
@@ -104,17 +107,20 @@ class TwoTower(nn.Module):
         """(Q, I) scores of `Queries` from their features as of the query time (user_emb,
         user_extra, item_emb and, hybrid, the ID rows user_idx / item_idx)."""
         dev = next(self.parameters()).device
-        f = {k: torch.as_tensor(v, device=dev) for k, v in queries.features.items()}
+        # read-only arrays (zero-copy from Arrow or the object store) are copied, never written
+        f = {k: torch.as_tensor(v if getattr(v, "flags", None) is None or v.flags.writeable else v.copy(),
+                                device=dev) for k, v in queries.features.items()}
         extra = f.get("user_extra") if self.hparams.get("user_extra_dim", 0) else None
         return self.score(f["user_emb"], f["item_emb"], extra,
                           f.get("user_idx") if self.hybrid else None,
                           f.get("item_idx") if self.hybrid else None)
 
-    def export_vectors(self, items, users, stats_frame) -> dict:
+    def export_vectors(self, items, users, user_extra) -> dict:
         """Vectors of every item-text row and every user snapshot (Arrow tables of the views,
-        `stats_frame` the snapshots' statistics): {"items": (rows, d), "users": (rows, d)}."""
-        from llmrec_ray.featurestore import embedding_matrix
-        from llmrec_ray.model_inputs import item_id_index, user_extra_features, user_id_index
+        `user_extra` (snapshots, 4) the snapshots' statistics as `model_inputs.user_extra_features`
+        computes them): {"items": (rows, d), "users": (rows, d)}."""
+        from llmrec_ray.views import embedding_matrix
+        from llmrec_ray.model_inputs import item_id_index, user_id_index
 
         user_idx = item_idx = None
         if self.hybrid:
@@ -122,7 +128,7 @@ class TwoTower(nn.Module):
             item_idx = item_id_index(self.vocab, items.column("item_id").to_pylist())
         v_items = self.item_vectors(torch.from_numpy(embedding_matrix(items.column("embedding"))), item_idx)
         v_users = self.user_vectors(torch.from_numpy(embedding_matrix(users.column("embedding"))),
-                                    torch.from_numpy(user_extra_features(stats_frame)), user_idx)
+                                    torch.as_tensor(user_extra, dtype=torch.float32), user_idx)
         return {"items": v_items.numpy(), "users": v_users.numpy()}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
