@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from llmrec_ray.console import quiet
 from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.views import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW,
                               embedding_matrix)
@@ -43,8 +44,9 @@ def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) 
         raise ValueError("--text is empty")
     path, _ = resolve_model(encode_cfg.model)
     device = "cuda" if encode_cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
-    enc = Encoder(**encoder_kwargs(encode_cfg, path, device=device,
-                                   dtype=dtype_name(encode_cfg.dtype, device)))
+    with quiet():  # transformers' weight-loading bar: to the log file
+        enc = Encoder(**encoder_kwargs(encode_cfg, path, device=device,
+                                       dtype=dtype_name(encode_cfg.dtype, device)))
     out = enc(pa.table({"text_hash": ["query"], "text": [text]}))
     user_emb = np.asarray(out.column("embedding")[0].as_py(), dtype=np.float32)[None, :]
     user_extra = np.zeros((1, 4), dtype=np.float32)  # no interactions yet
