@@ -142,13 +142,10 @@ def adopt_library_loggers() -> None:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 lg.removeHandler(h)
         lg.propagate = True
-    try:
-        import transformers
-
+    transformers = sys.modules.get("transformers")  # never imported here: seconds of start-up
+    if transformers is not None:
         transformers.utils.logging.disable_default_handler()
         transformers.utils.logging.enable_propagation()
-    except Exception:  # transformers not imported yet or absent: its logger is adopted above
-        pass
 
 
 def log_path() -> Path | None:
@@ -243,9 +240,9 @@ class Progress:
         if self.postfix:
             parts.append(self.postfix)
         text = f"  {self.desc}: " + ", ".join(p for p in parts if p)
-        if _state["stream"] is not None:
+        if _state["stream"] is not None and not _state["verbose"]:
             print(text, file=_state["stream"], flush=True)
-        logger.info(text.strip())
+        logger.info(text.strip())  # verbose: the terminal shows it as a log line, once
 
     def close(self) -> None:
         if self.closed:
