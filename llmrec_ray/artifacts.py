@@ -1,12 +1,20 @@
 """The trained model's artifacts: building a model from its hyperparameters, the served
 checkpoint (`<run_dir>/model/model.pt`: weights, hyperparameters, kind and ID vocabulary),
-loading it, and exporting its vectors back into Feast as views.
+loading it, the served blend (`<run_dir>/model/blend.npz`: the peer's fitted arrays, the weight
+chosen on validation, tied to the checkpoint it was tuned with), and exporting its vectors back
+into Feast as views.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 import pyarrow as pa
 import torch
@@ -18,6 +26,8 @@ from llmrec_ray.models.graph import LLMGraph
 from llmrec_ray.models.two_tower import TwoTower
 
 MODEL_FILE = "model.pt"
+BLEND_FILE = "blend.npz"
+logger = logging.getLogger(__name__)
 
 
 def build_model(kind: str, kwargs: dict, graph: dict | None = None):
@@ -39,7 +49,58 @@ def save_model(state: dict, kind: str, vocab: dict, run_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in state.items() if k != "optimizer"}
     torch.save({**state, "kind": kind, "vocab": vocab}, out / MODEL_FILE)
+    (out / BLEND_FILE).unlink(missing_ok=True)  # tuned with the previous model: evaluate again
     return out / MODEL_FILE
+
+
+def _model_digest(run_dir: Path) -> str:
+    return hashlib.sha256((Path(run_dir) / "model" / MODEL_FILE).read_bytes()).hexdigest()
+
+
+def save_blend(run_dir: Path, blend, item_ids: list[str]) -> Path | None:
+    """Keep `blend` (a `recommender.Blend` of the run's trained model with a fitted peer, as
+    `evaluate` tuned it) for `recommend`: the peer's arrays (`state()`), its parameters, the
+    weight, the items the peer scores, `item_ids` (their order) and the checkpoint's digest.
+    Peers without `state()` (ALS, BPR, popularity) are not kept: None, and `recommend` serves
+    the trained model alone."""
+    peer = blend.b
+    if not hasattr(peer, "state"):
+        logger.info("blend %s: the peer %s is not kept for serving; recommend serves the trained "
+                    "model alone", blend.name, peer.name)
+        return None
+    meta = {"peer": peer.name, "params": peer.params, "weight": blend.weight,
+            "model_sha256": _model_digest(run_dir)}
+    path = Path(run_dir) / "model" / BLEND_FILE
+    tmp = path.with_name(f".{BLEND_FILE}.tmp.npz")
+    np.savez(tmp, meta=np.array(json.dumps(meta)), item_ids=np.array(item_ids, dtype=str),
+             b_items=blend.b_items if blend.b_items is not None else np.ones(len(item_ids), bool),
+             **{f"peer_{k}": v for k, v in peer.state().items()})
+    os.replace(tmp, path)
+    return path
+
+
+def load_blend(run_dir: Path, trained, item_ids: list[str]):
+    """The blend `save_blend` kept for this run's checkpoint, over `item_ids` (the model's
+    vocabulary order), or None when there is none. A blend tuned with another checkpoint or
+    another item list is an error: evaluate again."""
+    from llmrec_ray.baselines import BASELINES
+    from llmrec_ray.recommender import Blend
+
+    path = Path(run_dir) / "model" / BLEND_FILE
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    if meta["model_sha256"] != _model_digest(run_dir):
+        raise ValueError(f"{path}: tuned with another checkpoint than {MODEL_FILE}; run `llmrec "
+                         "evaluate` again (or recommend --model-only)")
+    if arrays["item_ids"].tolist() != list(item_ids):
+        raise ValueError(f"{path}: its items differ from the model's vocabulary; run `llmrec "
+                         "evaluate` again (or recommend --model-only)")
+    peer = BASELINES[meta["peer"]].restore(meta["params"], {k[5:]: v for k, v in arrays.items()
+                                                            if k.startswith("peer_")})
+    return Blend(trained, peer, meta["weight"], arrays["b_items"])
 
 
 def load_model(run_dir: Path):

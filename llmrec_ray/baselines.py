@@ -103,6 +103,16 @@ class EASE(Recommender):
     def score(self, queries: Queries) -> np.ndarray:
         return np.asarray(queries.history @ self.b)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The fitted arrays a server keeps (`artifacts.save_blend`); `restore` inverts it."""
+        return {"b": self.b}
+
+    @classmethod
+    def restore(cls, params: dict, arrays: dict) -> "EASE":
+        rec = cls(**params)
+        rec.b = np.asarray(arrays["b"], dtype=np.float32)
+        return rec
+
 
 class ItemKNN(Recommender):
     """score(q, j) = sum over the query's history items i of sim(i, j), where sim is the cosine
@@ -135,6 +145,20 @@ class ItemKNN(Recommender):
 
     def score(self, queries: Queries) -> np.ndarray:
         return np.asarray((queries.history @ self.sim).todense())
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The fitted arrays a server keeps (`artifacts.save_blend`); `restore` inverts it."""
+        return {"data": self.sim.data, "indices": self.sim.indices, "indptr": self.sim.indptr,
+                "shape": np.asarray(self.sim.shape, dtype=np.int64)}
+
+    @classmethod
+    def restore(cls, params: dict, arrays: dict) -> "ItemKNN":
+        from scipy.sparse import csr_matrix
+
+        rec = cls(**params)
+        rec.sim = csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                             shape=tuple(int(n) for n in arrays["shape"]))
+        return rec
 
 
 def _implicit():

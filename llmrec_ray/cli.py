@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--text", help='a new user in words, e.g. "I love space operas and heist movies"')
     r.add_argument("-k", type=int, default=10, help="how many items")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    r.add_argument("--model-only", action="store_true",
+                   help="serve the trained model alone, not the blend `llmrec evaluate` tuned")
     return p
 
 
@@ -114,10 +116,12 @@ def _run(args, cfg, log: Path) -> int:
             counts = pipeline.materialize_stage(cfg, args.incremental, args.start, args.end)
             say("  online rows   " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " (verified)")
         if args.command == "recommend":
-            recs = pipeline.recommend_stage(cfg, args.user, args.k, args.text)
+            recs = pipeline.recommend_stage(cfg, args.user, args.k, args.text, args.model_only)
             if args.json:
                 print(json.dumps(recs, indent=2))
             else:
+                if recs:  # on stderr: stdout stays one line per item
+                    print(f"scored by {recs[0]['model']}", file=sys.stderr)
                 for r in recs:
                     print(f"{r['rank']:>3}  {r['item_id']:<10} {r['score']:8.3f}  {r['title']}")
     except (FileNotFoundError, KeyError, ValueError) as e:

@@ -91,8 +91,8 @@ def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict,
 
 def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ecfg,
              seed: int = 0, metric: str = "ndcg@20", valid: dict | None = None,
-             ) -> tuple[dict[str, dict[str, dict[str, float]]], dict]:
-    """({slice: {model: metrics}}, {baseline: tuning}) over `split.test_queries` for the trained
+             ) -> tuple[dict[str, dict[str, dict[str, float]]], dict, Blend | None]:
+    """({slice: {model: metrics}}, {baseline: tuning}, the tuned blend or None) over `split.test_queries` for the trained
     model and the baselines (`ecfg`: the `EvalConfig`), all fitted on `split.fit`, each query
     ranked over every item available at its time, the items the user saw before it masked. Each
     baseline's hyperparameters are chosen from its grid (`ecfg.grids` over
@@ -123,7 +123,7 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     bar.update(1, trained.name)
     fit = base.FitData(base.interaction_matrix(split.fit, vocab["users"], item_ids), vocab["users"],
                        item_ids, seed)
-    tuning, peers = {}, {}
+    tuning, peers, served = {}, {}, None
     for name in names:
         start = time.perf_counter()
         score_fn = (lambda rec: metric_on(rec, valid, metric)) if valid is not None else None
@@ -138,6 +138,7 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
         blend, trials = tune_blend(trained, peers, valid, metric, blend_weights, fit.trained_items)
         ranked[blend.name] = blend.top_k(test, mask, k_max)
         tuning[blend.name] = {"chosen": blend.params, "trials": trials, "metric": f"valid {metric}"}
+        served = blend
         bar.update(1, blend.name)
     bar.close()
     groups = slices(truth, split.fit, queries["user_id"].tolist(), item_ids, light_user_max,
@@ -146,7 +147,7 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     for name, top in ranked.items():
         for slice_name, slice_truth in groups.items():
             results[slice_name][name] = ranking_metrics(top, slice_truth, ks)
-    return results, tuning
+    return results, tuning, served
 
 
 def format_table(results: dict[str, dict[str, dict[str, float]]], ks: list[int]) -> str:

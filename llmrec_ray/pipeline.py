@@ -149,21 +149,31 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
 
     model = load_model(cfg.run_dir)
     valid = validation_data(repo, split, tables["items"], item_ids, model.vocab)
-    results, tuning = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate, cfg.seed,
-                               cfg.train.early_stopping_metric, valid)
+    results, tuning, blend = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate,
+                                      cfg.seed, cfg.train.early_stopping_metric, valid)
+    from llmrec_ray.artifacts import BLEND_FILE, save_blend
+
+    # what `recommend` serves: the blend as tuned here, or (none, or a peer without state) the model
+    served = save_blend(cfg.run_dir, blend, item_ids) if blend is not None else None
+    if served is None:
+        (cfg.run_dir / "model" / BLEND_FILE).unlink(missing_ok=True)
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
     files = write_results(results, path, tuning)
     summary = {"metrics": results, "tuning": tuning,
                "table": format_summary(results, max(cfg.evaluate.ks)) + "\n\n" + format_tuning(tuning),
                "protocol": split.summary(),
                "path": str(path), "files": [str(f) for f in files],
+               "served": blend.name if served is not None else model.kind,
                "seconds": round(time.perf_counter() - start, 1)}
     _write_summary(cfg, "evaluate", {k: v for k, v in summary.items() if k != "table"})
     return summary
 
 
-def recommend_stage(cfg, user_id: str | None, k: int, text: str | None = None) -> list[dict]:
-    """Top-k for a known user (online store), or for a new user described by `text`."""
+def recommend_stage(cfg, user_id: str | None, k: int, text: str | None = None,
+                    model_only: bool = False) -> list[dict]:
+    """Top-k for a known user (online store), or for a new user described by `text`. A known
+    user is served the blend `llmrec evaluate` tuned (`artifacts.load_blend`) when there is one,
+    unless `model_only`; a new user, of whom the peer knows nothing, the trained model."""
     from llmrec_ray.recommend import recommend_for_text, recommend_for_user
     from llmrec_ray.artifacts import load_model
 
@@ -174,7 +184,8 @@ def recommend_stage(cfg, user_id: str | None, k: int, text: str | None = None) -
     tables = load_saved_dataset(cfg.run_dir)
     inter = tables["interactions"]
     seen = set(inter.filter(pc.equal(inter.column("user_id"), user_id)).column("item_id").to_pylist())
-    return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir), user_id, seen, k)
+    return recommend_for_user(feature_repo(cfg), load_model(cfg.run_dir), user_id, seen, k,
+                              blend_dir=None if model_only else cfg.run_dir)
 
 
 def materialize_stage(cfg, incremental: bool, start: str | None, end: str | None) -> dict:

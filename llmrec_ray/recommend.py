@@ -3,7 +3,9 @@ online store.
 
 A known user's newest history embedding and statistics, and every item's text embedding and title,
 come from the online store; the trained model (two-tower, hybrid or the LLM graph model) scores
-them through its `Recommender` interface; items the user already interacted with are excluded.
+them through its `Recommender` interface, or, for a known user, the blend of it with the peer
+that `llmrec evaluate` tuned on validation (`artifacts.load_blend`); items the user already
+interacted with are excluded.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from llmrec_ray.model_inputs import STAT_COLUMNS, item_id_index, user_extra_feat
 from llmrec_ray.recommender import Queries, TrainedModel
 
 
-def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k: int) -> list[dict]:
-    """[{rank, item_id, title, score}] for `user_id`, best first, `seen` excluded."""
+def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k: int,
+                       blend_dir=None) -> list[dict]:
+    """[{rank, item_id, title, score, model}] for `user_id`, best first, `seen` excluded; with
+    `blend_dir` (a run directory), scored by the blend evaluate kept there, if any."""
     refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STAT_COLUMNS]
     got = repo.online(refs, [{"user_id": user_id}])
     if got["embedding"][0] is None:
@@ -29,7 +33,7 @@ def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k
                        "users are those with interactions in the built dataset")
     user_emb = np.asarray(got["embedding"][0], dtype=np.float32)[None, :]  # (1, H)
     extra = user_extra_features({f: [got[f][0]] for f in STAT_COLUMNS}, [pd.Timestamp.now(tz="UTC")])
-    return _rank_items(repo, model, user_emb, extra, user_id, seen, k)
+    return _rank_items(repo, model, user_emb, extra, user_id, seen, k, blend_dir)
 
 
 def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) -> list[dict]:
@@ -54,7 +58,7 @@ def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) 
 
 
 def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.ndarray,
-                user_id: str | None, seen: set[str], k: int) -> list[dict]:
+                user_id: str | None, seen: set[str], k: int, blend_dir=None) -> list[dict]:
     """Score one user (their features, their history `seen`) against every item of the model's
     vocabulary, with the items' features from the online store, through the model's
     `Recommender` interface; top k unseen, with titles."""
@@ -79,13 +83,18 @@ def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.n
     known = set(item_ids)
     queries = Queries(history_matrix([[i for i in seen if i in known]], item_ids),
                       features["user_idx"].astype(np.int64), features)
-    scores = TrainedModel(model).score(queries)[0]
+    rec = TrainedModel(model)
+    if blend_dir is not None:
+        from llmrec_ray.artifacts import load_blend
+
+        rec = load_blend(blend_dir, rec, item_ids) or rec
+    scores = rec.score(queries)[0]
     out = []
     for i in np.argsort(-scores, kind="stable"):
         if item_ids[i] in seen:
             continue
         out.append({"rank": len(out) + 1, "item_id": item_ids[i], "title": items["title"][i],
-                    "score": float(scores[i])})
+                    "score": float(scores[i]), "model": rec.name})
         if len(out) == k:
             break
     return out

@@ -39,7 +39,7 @@ def check_list(recs: list[dict], k: int, titles: dict) -> None:
     """k distinct catalogue items, ranked 1..k, scores not increasing, each with its own title."""
     assert [r["rank"] for r in recs] == list(range(1, k + 1))
     assert len({r["item_id"] for r in recs}) == k
-    assert all(set(r) == {"rank", "item_id", "title", "score"} for r in recs)
+    assert all(set(r) == {"rank", "item_id", "title", "score", "model"} for r in recs)
     for r in recs:
         assert r["title"] == titles[r["item_id"]], r
     scores = [r["score"] for r in recs]
@@ -126,8 +126,10 @@ def test_cli_prints_one_line_per_item(run, capsys):
     want = pipeline.recommend_stage(run["cfg"], user, 3)
     capsys.readouterr()
     assert main(cli(run, "--user", user, "-k", "3")) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
     assert len(lines) == 3, lines
+    assert out.err.strip().splitlines()[-1] == f"scored by {want[0]['model']}"
     for line, r in zip(lines, want):
         rank, item, score, title = line.split(None, 3)
         assert (int(rank), item, title) == (r["rank"], r["item_id"], r["title"])
@@ -168,3 +170,22 @@ def test_cli_refuses_both_user_and_text(run, capsys):
 def test_k_below_one_is_a_value_error(run, k):
     with pytest.raises(ValueError, match="at least one item"):
         pipeline.recommend_stage(run["cfg"], run["users"][0], k)
+
+
+# ---- the served blend ---------------------------------------------------------------------------------
+
+def test_known_user_is_served_what_evaluate_tuned_and_model_only_the_model(run, trained_run):
+    """`llmrec evaluate` keeps its tuned blend beside the checkpoint; a known user is scored by it
+    (its name on every row), `model_only` by the trained model alone, and the two rankings differ
+    (the peer's scores count); a new user in words is served the model."""
+    cfg, user = run["cfg"], run["users"][0]
+    served = trained_run["evaluate"]["served"]
+    kind = load_model(cfg.run_dir).kind
+    blended = pipeline.recommend_stage(cfg, user, 20)
+    alone = pipeline.recommend_stage(cfg, user, 20, model_only=True)
+    assert {r["model"] for r in alone} == {kind}
+    assert {r["model"] for r in blended} == {served}
+    if served != kind:  # the tiny run's blend: the model with a peer that keeps state
+        assert "+" in served
+        assert [r["item_id"] for r in blended] != [r["item_id"] for r in alone]
+    assert {r["model"] for r in pipeline.recommend_stage(cfg, None, 3, text=SPACE)} == {kind}
