@@ -59,18 +59,20 @@ def _model_digest(run_dir: Path) -> str:
 
 def save_blend(run_dir: Path, blend, item_ids: list[str]) -> Path | None:
     """Keep `blend` (a `recommender.Blend` of the run's trained model with a fitted peer, as
-    `evaluate` tuned it) for `recommend`: the peer's arrays (`state()`), its parameters, the
-    weight, the items the peer scores, `item_ids` (their order) and the checkpoint's digest.
-    Peers without `state()` (ALS, BPR, popularity) are not kept: None, and `recommend` serves
-    the trained model alone."""
-    peer = blend.b
-    if not hasattr(peer, "state"):
-        logger.info("blend %s: the peer %s is not kept for serving; recommend serves the trained "
-                    "model alone", blend.name, peer.name)
+    `evaluate` tuned it, or None) for `recommend`: the peer's arrays (`state()`), its
+    parameters, the weight, the items the peer scores, `item_ids` (their order) and the checkpoint's digest.
+    No blend (None), or a peer without `state()` (ALS, BPR, popularity): None, any earlier
+    blend file is removed, and `recommend` serves the trained model alone."""
+    path = Path(run_dir) / "model" / BLEND_FILE
+    peer = None if blend is None else blend.b
+    if peer is None or not hasattr(peer, "state"):
+        if peer is not None:
+            logger.info("blend %s: the peer %s is not kept for serving; recommend serves the "
+                        "trained model alone", blend.name, peer.name)
+        path.unlink(missing_ok=True)
         return None
     meta = {"peer": peer.name, "params": peer.params, "weight": blend.weight,
             "model_sha256": _model_digest(run_dir)}
-    path = Path(run_dir) / "model" / BLEND_FILE
     tmp = path.with_name(f".{BLEND_FILE}.tmp.npz")
     np.savez(tmp, meta=np.array(json.dumps(meta)), item_ids=np.array(item_ids, dtype=str),
              b_items=blend.b_items if blend.b_items is not None else np.ones(len(item_ids), bool),

@@ -92,8 +92,8 @@ def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict,
 def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ecfg,
              seed: int = 0, metric: str = "ndcg@20", valid: dict | None = None,
              ) -> tuple[dict[str, dict[str, dict[str, float]]], dict, Blend | None]:
-    """({slice: {model: metrics}}, {baseline: tuning}, the tuned blend or None) over `split.test_queries` for the trained
-    model and the baselines (`ecfg`: the `EvalConfig`), all fitted on `split.fit`, each query
+    """({slice: {model: metrics}}, {baseline: tuning}, the tuned blend or None) over
+    `split.test_queries` for the trained model and the baselines (`ecfg`: the `EvalConfig`), all fitted on `split.fit`, each query
     ranked over every item available at its time, the items the user saw before it masked. Each
     baseline's hyperparameters are chosen from its grid (`ecfg.grids` over
     `baselines.DEFAULT_GRIDS`) by `metric` on the validation queries (`valid`, as

@@ -151,12 +151,10 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
     valid = validation_data(repo, split, tables["items"], item_ids, model.vocab)
     results, tuning, blend = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate,
                                       cfg.seed, cfg.train.early_stopping_metric, valid)
-    from llmrec_ray.artifacts import BLEND_FILE, save_blend
+    from llmrec_ray.artifacts import save_blend
 
     # what `recommend` serves: the blend as tuned here, or (none, or a peer without state) the model
-    served = save_blend(cfg.run_dir, blend, item_ids) if blend is not None else None
-    if served is None:
-        (cfg.run_dir / "model" / BLEND_FILE).unlink(missing_ok=True)
+    served = save_blend(cfg.run_dir, blend, item_ids)
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
     files = write_results(results, path, tuning)
     summary = {"metrics": results, "tuning": tuning,
