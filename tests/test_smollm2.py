@@ -29,18 +29,33 @@ TEXTS = [SCIFI, SCIFI2, ROMANCE, ROMANCE2, HORROR, HORROR2, COOKBOOK, FISH, "ok"
 
 @pytest.fixture(scope="module")
 def encoders():
-    """One SmolLM2 per pooling, loaded once for the module (each load parses and dequantizes the
-    GGUF: ~20 s on 2 CPU cores). `last` loads from the resolved .gguf path, `mean` from the
-    package directory + `gguf_file`: both forms reach `from_pretrained(..., gguf_file=)`."""
+    """One SmolLM2 per pooling for the module, with one load of the weights (a load parses and
+    dequantizes the GGUF: ~20 s on 2 CPU cores). `last` loads from the resolved .gguf path;
+    `mean` is set up from the package directory + `gguf_file`, and its `from_pretrained` call is
+    checked to receive that form, then handed the weights `last` loaded (the same file)."""
+    from unittest import mock
+
+    from transformers import AutoModel
+
     path, _ = resolve_model("smollm2")
     cache: dict[str, Encoder] = {}
 
     def get(pooling: str) -> Encoder:
         if pooling not in cache:
-            where = {"model_path": path} if pooling == "last" else {
-                "model_path": str(Path(path).parent), "gguf_file": Path(path).name}
-            cache[pooling] = Encoder(pooling=pooling, max_length=64, normalize=True, device="cpu",
-                                     dtype="float32", prompt_template=PROMPT_EOL, **where)
+            kwargs = dict(pooling=pooling, max_length=64, normalize=True, device="cpu",
+                          dtype="float32", prompt_template=PROMPT_EOL)
+            if pooling == "last":
+                cache[pooling] = Encoder(model_path=path, **kwargs)
+            else:
+                loaded, calls = get("last").model, []
+
+                def reuse(model_path, **kw):
+                    calls.append((model_path, kw.get("gguf_file")))
+                    return loaded
+                with mock.patch.object(AutoModel, "from_pretrained", reuse):
+                    cache[pooling] = Encoder(model_path=str(Path(path).parent),
+                                             gguf_file=Path(path).name, **kwargs)
+                assert calls == [(str(Path(path).parent), Path(path).name)]
         return cache[pooling]
     return get
 
