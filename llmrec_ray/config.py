@@ -253,6 +253,13 @@ class TrainConfig(Strict):
     early_stopping_patience: int = Field(5, ge=0, description=(
         "Stop after this many epochs without a better validation metric (0: run every epoch); "
         "the best epoch's checkpoint is the model either way."))
+    item_age: Literal["auto", True, False] = Field(False, description=(
+        "two_tower, hybrid: add a learned bias by the item's age at the query time (query time "
+        "minus the item's `released` date, or its available_from) to every score, in training "
+        "and serving (models/age.py); the hybrid also scores, in training, an item first seen "
+        "after a row's time with the unknown ID. auto = when items have release dates. Off by "
+        "default: on ML-100K it moved neither all-user accuracy beyond the seed spread nor "
+        "cold-start items (README)."))
     id_dropout: float = Field(0.2, ge=0, le=1, description=(
         "hybrid: probability that an item's ID is replaced by the unknown ID in training, so the "
         "item tower also learns to rank from text alone (cold-start items)."))

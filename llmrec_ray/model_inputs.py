@@ -17,6 +17,7 @@ import torch
 from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.views import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, embedding_matrix
 from llmrec_ray.recommender import Queries
+from llmrec_ray.models.age import times_days
 
 USER_EXTRA_DIM = 4
 # the user_stats view's columns the models read (llmrec_ray.stats writes them)
@@ -72,7 +73,8 @@ def features_as_of(repo: FeatureRepo, key: str, ids: list[str], times: list, vie
 def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: list[str],
                  vocab: dict | None = None) -> dict[str, np.ndarray]:
     """Every feature input of ranking queries: user-history vectors and user statistics as of
-    each query time (Feast, point in time), item text vectors as of the last query time, and,
+    each query time (Feast, point in time), item text vectors as of the last query time, each
+    query's time in days since the epoch (`query_day`, for the item-age term), and,
     with a checkpoint's `vocab`, the ID rows of users and items (-1, the unknown ID, for those
     the fit rows never saw)."""
     df = pd.DataFrame({"row_id": np.arange(len(users)), "user_id": users,
@@ -81,7 +83,8 @@ def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: lis
     out = repo.historical_table(df, refs)  # in input order
     inputs = {"user_emb": embedding_matrix(out.column(f"{USER_HISTORY_VIEW}__embedding")),
               "user_extra": retrieved_user_extra(out),
-              "item_emb": latest_item_vectors(repo, item_ids, max(df["event_timestamp"], default=None))}
+              "item_emb": latest_item_vectors(repo, item_ids, max(df["event_timestamp"], default=None)),
+              "query_day": times_days(df["event_timestamp"])}
     if vocab is not None:
         inputs["user_idx"] = user_id_index(vocab, users).numpy()
         inputs["item_idx"] = item_id_index(vocab, item_ids).numpy()

@@ -32,8 +32,9 @@ def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k
         raise KeyError(f"user {user_id!r} is not in the online store ({USER_HISTORY_VIEW}); known "
                        "users are those with interactions in the built dataset")
     user_emb = np.asarray(got["embedding"][0], dtype=np.float32)[None, :]  # (1, H)
-    extra = user_extra_features({f: [got[f][0]] for f in STAT_COLUMNS}, [pd.Timestamp.now(tz="UTC")])
-    return _rank_items(repo, model, user_emb, extra, user_id, seen, k, blend_dir)
+    now = pd.Timestamp.now(tz="UTC")
+    extra = user_extra_features({f: [got[f][0]] for f in STAT_COLUMNS}, [now])
+    return _rank_items(repo, model, user_emb, extra, user_id, seen, k, blend_dir, now)
 
 
 def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) -> list[dict]:
@@ -54,14 +55,16 @@ def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) 
     out = enc(pa.table({"text_hash": ["query"], "text": [text]}))
     user_emb = np.asarray(out.column("embedding")[0].as_py(), dtype=np.float32)[None, :]
     user_extra = np.zeros((1, 4), dtype=np.float32)  # no interactions yet
-    return _rank_items(repo, model, user_emb, user_extra, None, set(), k)
+    return _rank_items(repo, model, user_emb, user_extra, None, set(), k, None, pd.Timestamp.now(tz="UTC"))
 
 
 def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.ndarray,
-                user_id: str | None, seen: set[str], k: int, blend_dir=None) -> list[dict]:
-    """Score one user (their features, their history `seen`) against every item of the model's
-    vocabulary, with the items' features from the online store, through the model's
+                user_id: str | None, seen: set[str], k: int, blend_dir=None, now=None) -> list[dict]:
+    """Score one user (their features, their history `seen`) at time `now` against every item of
+    the model's vocabulary, with the items' features from the online store, through the model's
     `Recommender` interface; top k unseen, with titles."""
+    from llmrec_ray.models.age import times_days
+
     from llmrec_ray.baselines import history_matrix
 
     if k < 1:
@@ -79,7 +82,8 @@ def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.n
     features = {"user_emb": user_emb, "user_extra": user_extra,
                 "item_emb": embedding_matrix(items["embedding"]),
                 "user_idx": user_id_index(vocab, users).numpy(),
-                "item_idx": item_id_index(vocab, item_ids).numpy()}
+                "item_idx": item_id_index(vocab, item_ids).numpy(),
+                "query_day": times_days([now if now is not None else pd.Timestamp.now(tz="UTC")])}
     known = set(item_ids)
     queries = Queries(history_matrix([[i for i in seen if i in known]], item_ids),
                       features["user_idx"].astype(np.int64), features)

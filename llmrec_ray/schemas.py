@@ -33,6 +33,10 @@ ITEMS = pa.schema(
         pa.field("genres", pa.string()),
         pa.field("description", pa.string()),
         pa.field("available_from", TIMESTAMP),
+        # when the item came out (a film's release date), if the data says; the item-age term
+        # (train.item_age) reads it, or available_from where it is null. Unlike available_from it
+        # does not restrict anything: MovieLens has ratings before a film's listed release date.
+        pa.field("released", TIMESTAMP),
     ]
 )
 

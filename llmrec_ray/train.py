@@ -29,6 +29,7 @@ from llmrec_ray.artifacts import MODEL_FILE, build_model, save_model
 from llmrec_ray.console import progress
 from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.views import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW
+from llmrec_ray.models.age import US_PER_DAY, released_days
 from llmrec_ray.model_inputs import USER_EXTRA_DIM, latest_item_vectors, retrieved_user_extra, validation_data
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,10 @@ def to_training_batch(batch: pa.Table) -> dict[str, np.ndarray]:
     from llmrec_ray.views import embedding_matrix
     from llmrec_ray.retrieval import position_column
 
-    out = {"item_idx": batch.column("item_idx").to_numpy()}
+    out = {"item_idx": batch.column("item_idx").to_numpy(),
+           # each row's time, in days since the epoch (the item-age term: models.age)
+           "query_day": batch.column("event_timestamp").cast(pa.timestamp("us", tz="UTC"))
+           .cast(pa.int64()).to_numpy().astype(np.float64) / US_PER_DAY}
     for key, (view, col) in EMBEDDINGS.items():
         if position_column(view) in batch.column_names:
             pos = batch.column(position_column(view)).to_numpy()
@@ -302,6 +306,34 @@ def storage_path(cfg) -> str:
     return given if is_uri(given) or given.startswith("local://") else str(Path(given).expanduser().resolve())
 
 
+def first_seen_days(interactions: pa.Table, item_ids: list[str]) -> np.ndarray:
+    """(I,) each item's first interaction in `interactions`, days since the epoch (NaN: none)."""
+    import pyarrow.compute as pc
+
+    first = interactions.group_by("item_id").aggregate([("event_timestamp", "min")])
+    order = pc.index_in(pa.array(item_ids, pa.string()), value_set=first.column("item_id").combine_chunks())
+    t = first.column("event_timestamp_min").combine_chunks().cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return np.asarray(t.take(order).to_numpy(zero_copy_only=False), dtype=np.float64) / US_PER_DAY
+
+
+def item_age_on(t, items: pa.Table, item_ids: list[str]) -> bool:
+    """Whether the model gets the item-age term (`train.item_age`; auto: a two-tower or hybrid
+    model, and items with release dates)."""
+    if t.item_age is False:
+        return False
+    if t.model == "llm_graph":
+        if t.item_age is True:
+            raise ValueError("train.item_age: true is for two_tower and hybrid, not llm_graph")
+        return False
+    known = int(np.isfinite(released_days(items, item_ids)).sum())
+    if t.item_age is True and not known:
+        raise ValueError("train.item_age: true, but no item has a release date (the items table's "
+                         "`released` column)")
+    if known:
+        logger.info("item_age: release dates of %d of %d items", known, len(item_ids))
+    return known > 0
+
+
 def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loop=None) -> dict:
     """Fit on the split's fit rows, early-stopped on its validation queries; save the best
     epoch's model under <run_dir>/model; return a summary. `loop` replaces
@@ -345,6 +377,11 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
         model_kwargs.update(n_users=len(users), n_items=len(item_ids), id_dim=t.id_dim,
                             id_dropout=t.id_dropout, id_mode=t.id_mode,
                             user_id_dropout=t.user_id_dropout, text_aux=t.text_aux)
+    if item_age_on(t, items, item_ids):
+        model_kwargs.update(item_age=True, n_age_items=len(item_ids),
+                            released=released_days(items, item_ids).tolist())
+        if t.model == "hybrid":
+            model_kwargs["first_seen"] = first_seen_days(train_interactions, item_ids).tolist()
     if t.logq and t.model != "llm_graph":
         counts = np.bincount(entity_rows(train_interactions, item_index).column("item_idx").to_numpy(),
                              minlength=len(item_ids)).astype(np.float64)

@@ -66,13 +66,14 @@ def test_parquet_with_column_mapping(tmp_path: Path, monkeypatch) -> None:
         {"user_id": "2", "item_id": "m3", "event_timestamp": utc(2023, 11, 14, 22, 16, 20),
          "rating": 5.0},
     ]
+    # the file's `released` column is mapped to available_from and, by its own name, is `released`
     assert ds.items.to_pylist() == [
         {"item_id": "m1", "title": "Alpha", "genres": "drama, war", "description": None,
-         "available_from": utc(2020, 1, 1, 12), "year": 2020},
+         "available_from": utc(2020, 1, 1, 12), "released": utc(2020, 1, 1, 12), "year": 2020},
         {"item_id": "m2", "title": "Beta", "genres": "", "description": None,
-         "available_from": None, "year": 2019},
+         "available_from": None, "released": None, "year": 2019},
         {"item_id": "m3", "title": "Gamma", "genres": None, "description": None,
-         "available_from": utc(2021, 6, 1), "year": 2021},
+         "available_from": utc(2021, 6, 1), "released": utc(2021, 6, 1), "year": 2021},
     ]
     assert ds.users.to_pylist() == [{"user_id": "1", "country": "FR"},
                                     {"user_id": "2", "country": "DE"}]

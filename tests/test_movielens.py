@@ -50,6 +50,7 @@ ML100K = {
         "3||01-Jan-1995||http://z|0|0|0|0|1\n"  # missing title
         "4|Bad flags (1995)|||http://w|0|2|0|0|0\n"  # genre flag 2
         "5|No date (1996)|||http://v|1|0|0|0|0\n"
+        "6|Bad date (1996)|31-Foo-1996||http://u|1|0|0|0|0\n"  # not DD-Mon-YYYY
     ),
     "u.user": "1|24|M|technician|85711\n2|53|F|other|94043\nx|30|M|writer|12345\n",
     "u.data": (
@@ -84,6 +85,7 @@ def test_ml100k(tmp_path: Path) -> None:
     assert items["1"]["description"] == "Released 01-Jan-1995."
     assert items["5"]["genres"] == "unknown" and items["5"]["description"] is None
     assert all(r["available_from"] is None for r in items.values())
+    assert items["1"]["released"] == utc(1995, 1, 1) and items["5"]["released"] is None
     assert ds.users.to_pylist() == [
         {"user_id": "1", "age": 24, "gender": "M", "occupation": "technician", "zip": "85711"},
         {"user_id": "2", "age": 53, "gender": "F", "occupation": "other", "zip": "94043"}]
@@ -97,9 +99,10 @@ def test_ml100k(tmp_path: Path) -> None:
         ("interactions", 10, "user_id", "unknown user_id (not in the accepted users)"),
         ("items", 3, "title", "missing text field: title"),
         ("items", 4, "genres", "genre flags must be 0 or 1"),
+        ("items", 6, "released", "release date is not DD-Mon-YYYY"),
         ("users", 3, "user_id", "non-integer user_id"),
     ]
-    assert ds.rows_in == {"interactions": 11, "items": 5, "users": 3}
+    assert ds.rows_in == {"interactions": 11, "items": 6, "users": 3}
     assert {r["source"] for r in ds.rejects.rows if r["table"] == "interactions"} == {
         str(root / "u.data")}
     check_invariant(ds)
@@ -141,6 +144,7 @@ def test_ml1m(tmp_path: Path) -> None:
     assert items["1"]["genres"] == "Animation, Children's, Comedy"
     assert items["4"]["title"] == "Café (1990)"
     assert items["4"]["description"] is None
+    assert items["4"]["released"] == utc(1990, 1, 1)  # the title's year: ML-1M has no date
     assert [(u["user_id"], u["age"], u["occupation"]) for u in ds.users.to_pylist()] == [
         ("1", 1, "K-12 student"), ("2", 56, "self-employed")]
     assert ledger(ds) == [
@@ -192,6 +196,7 @@ def test_ml_latest(tmp_path: Path) -> None:
     assert items["1"]["description"] == "Tags: pixar, fun."
     assert items["2"]["description"] == "Tags: politics."
     assert items["3"]["description"] is None
+    assert (items["2"]["released"], items["3"]["released"]) == (utc(1995, 1, 1), utc(2019, 1, 1))
     assert ds.users.column("user_id").to_pylist() == ["1", "2", "3"]
     assert ledger(ds) == [
         ("interactions", 5, "rating", "rating outside [0.5, 5]"),

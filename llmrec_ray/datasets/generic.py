@@ -2,8 +2,8 @@
 mapping, become the canonical tables of `llmrec_ray.schemas`.
 
 `data.columns` maps canonical names (user_id, item_id, event_timestamp, rating, title, genres,
-description, available_from) to the files' column names; an unmapped canonical name is looked up
-by its own name. Ids become strings. Timestamps (`event_timestamp`, `available_from`):
+description, available_from, released) to the files' column names; an unmapped canonical name is looked up
+by its own name. Ids become strings. Timestamps (`event_timestamp`, `available_from`, `released`):
 - integer (or float) columns count `data.timestamp_unit` (s, ms or us) since the Unix epoch;
 - string columns are ISO-8601 when `timestamp_unit` is `iso`, integers in that unit otherwise;
   an ISO string with an offset is converted to UTC, a naive one (no offset) is taken as UTC;
@@ -67,12 +67,12 @@ log = logging.getLogger(__name__)
 
 CANONICAL = {
     "interactions": ("user_id", "item_id", "event_timestamp", "rating", "split"),
-    "items": ("item_id", "title", "genres", "description", "available_from"),
+    "items": ("item_id", "title", "genres", "description", "available_from", "released"),
     "users": ("user_id",),
 }
 REQUIRED = {"interactions": ("user_id", "item_id", "event_timestamp"),
             "items": ("item_id", "title"), "users": ("user_id",)}
-TIMESTAMP_COLUMNS = ("event_timestamp", "available_from")
+TIMESTAMP_COLUMNS = ("event_timestamp", "available_from", "released")
 UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000}
 MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 CSV_BLOCK = 1 << 20  # pyarrow's default; grown (to CSV_MAX_BLOCK) while a row straddles two blocks

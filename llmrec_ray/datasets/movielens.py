@@ -14,10 +14,12 @@ Long because it holds four file layouts, each with its own line-level checks, in
 from __future__ import annotations
 
 import csv
+import re
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -362,7 +364,8 @@ def _id_or_reject(value: str, table: str, column: str, path: Path, line: int,
 
 
 ITEM_SCHEMA = pa.schema([("item_id", pa.string()), ("title", pa.string()), ("genres", pa.string()),
-                         ("description", pa.string()), ("_row", pa.int64())])
+                         ("description", pa.string()), ("released", pa.timestamp("us", tz="UTC")),
+                         ("_row", pa.int64())])
 
 
 def _genre_names(path: Path) -> list[str]:
@@ -393,8 +396,16 @@ def _items_100k(path: Path, genres: list[str], rejects: Rejects) -> tuple[pa.Tab
             continue
         names = [g for g, x in zip(genres, flags) if x == "1"]
         date = f[2].strip()
+        released = None
+        if date:
+            try:  # u.item's release dates: 01-Jan-1995
+                released = datetime.strptime(date, "%d-%b-%Y").replace(tzinfo=timezone.utc)
+            except ValueError:
+                rejects.add("items", str(path), line, "released", "release date is not DD-Mon-YYYY", date)
+                continue
         rows.append({"item_id": item_id, "title": f[1].strip(), "genres": ", ".join(names) or None,
-                     "description": f"Released {date}." if date else None, "_row": line})
+                     "description": f"Released {date}." if date else None, "released": released,
+                     "_row": line})
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), n
 
 
@@ -421,6 +432,19 @@ def _users_100k(path: Path, rejects: Rejects) -> tuple[pa.Table, int]:
     return _users_table(rows), n
 
 
+TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _title_year(title: str) -> datetime | None:
+    """ML-1M / ml-latest carry no release date, only the year at the end of the title ("Heat
+    (1995)"): January 1st of it (age at year precision, never after a legitimate rating), or
+    None without a year."""
+    m = TITLE_YEAR.search(title)
+    if m is None or not 1800 <= int(m.group(1)) <= 2200:
+        return None
+    return datetime(int(m.group(1)), 1, 1, tzinfo=timezone.utc)
+
+
 def _items_1m(path: Path, rejects: Rejects) -> tuple[pa.Table, int]:
     rows = []
     parsed, n = _split(path, "items", "::", 3, "latin-1", rejects)
@@ -428,7 +452,8 @@ def _items_1m(path: Path, rejects: Rejects) -> tuple[pa.Table, int]:
         item_id = _id_or_reject(mid, "items", "item_id", path, line, rejects)
         if item_id is not None:
             rows.append({"item_id": item_id, "title": title.strip(),
-                         "genres": _join_genres(genres), "description": None, "_row": line})
+                         "genres": _join_genres(genres), "description": None,
+                         "released": _title_year(title), "_row": line})
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), n
 
 
@@ -480,7 +505,8 @@ def _items_latest(path: Path, tags: dict[str, str], rejects: Rejects) -> tuple[p
         if item_id is not None:
             rows.append({"item_id": item_id, "title": f[pos["title"]].strip(),
                          "genres": _join_genres(f[pos["genres"]]),
-                         "description": tags.get(item_id), "_row": line})
+                         "description": tags.get(item_id),
+                         "released": _title_year(f[pos["title"]]), "_row": line})
     return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA), n
 
 

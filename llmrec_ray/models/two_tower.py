@@ -12,7 +12,9 @@ items never seen in training are scored with that ID, so the towers learn to ran
 alone; `text_aux` > 0 adds the same loss with every item scored as unseen. `logq` (log of each
 item's share of the training rows) corrects in-batch negatives for popularity: popular items are
 over-sampled as negatives, so their logit is lowered by log q during training (Yi et al., 2019),
-not at scoring.
+not at scoring. `item_age` adds a learned bias by the item's age at the query time
+(`models.age.ItemAge`) to every logit, in training and at scoring; the exported vectors do not
+carry it.
 
 Interface (shared by every model, `llmrec_ray.recommender`): `loss(batch)`, `score_queries`,
 `user_vectors`, `item_vectors`.
@@ -35,13 +37,16 @@ class TwoTower(nn.Module):
                  dropout: float = 0.1, temperature: float = 0.05, user_extra_dim: int = 0,
                  n_users: int = 0, n_items: int = 0, id_dim: int = 32, id_dropout: float = 0.2,
                  logq: list[float] | None = None, id_mode: str = "concat",
-                 user_id_dropout: float | None = None, text_aux: float = 0.0):
+                 user_id_dropout: float | None = None, text_aux: float = 0.0,
+                 item_age: bool = False, n_age_items: int = 0, released: list[float] | None = None,
+                 first_seen: list[float] | None = None):
         super().__init__()
         self.hparams = dict(user_dim=user_dim, item_dim=item_dim, hidden_dim=hidden_dim,
                             out_dim=out_dim, dropout=dropout, temperature=temperature,
                             user_extra_dim=user_extra_dim, n_users=n_users, n_items=n_items,
                             id_dim=id_dim, id_dropout=id_dropout, logq=None, id_mode=id_mode,
-                            user_id_dropout=user_id_dropout, text_aux=text_aux)
+                            user_id_dropout=user_id_dropout, text_aux=text_aux,
+                            item_age=item_age, n_age_items=n_age_items)
         self.hybrid = n_users > 0 and n_items > 0
         # "residual": vector = normalize(tower(features) + E[id]), E zero-initialised and the unknown
         # ID contributing exactly 0, so an unseen user/item is its feature vector, in the same space
@@ -64,6 +69,22 @@ class TwoTower(nn.Module):
         self.text_aux = text_aux
         self.temperature = temperature
         # logQ of each item index (training only); an empty buffer = no correction
+        # the item-age term: release times of the n_age_items rows of the vocabulary (a buffer,
+        # in the checkpoint; `released` given at training, loaded with the weights otherwise)
+        self.age = None
+        if item_age:
+            from llmrec_ray.models.age import ItemAge
+
+            # the hybrid: one bias table for items whose ID is known at the query, one for unknown
+            self.age = ItemAge(n_age_items, tables=2 if self.hybrid else 1)
+            if released is not None:
+                self.age.set_released(released)
+        # hybrid + item_age, training only: each item's first fit interaction (days; NaN: none).
+        # A row at time t scores an item first seen at or after t with the unknown ID, as the
+        # model would have met it then: the cold items of every moment of the fit train the
+        # unknown-ID path and its age bias, not only the ID-dropout rows.
+        self.register_buffer("first_seen", torch.tensor(first_seen if first_seen is not None else [],
+                                                        dtype=torch.float64), persistent=False)
         self.register_buffer("logq", torch.tensor(logq if logq is not None else [], dtype=torch.float32),
                              persistent=False)
 
@@ -94,10 +115,22 @@ class TwoTower(nn.Module):
         return F.normalize(self.item_tower(torch.cat(parts, dim=-1)), dim=-1)  # (B, D)
 
     def score(self, user_emb: torch.Tensor, item_emb: torch.Tensor, user_extra: torch.Tensor | None = None,
-              user_idx: torch.Tensor | None = None, item_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """(U, Hu), (I, Hi) -> (U, I) scores."""
-        return self.user_vectors(user_emb, user_extra, user_idx) @ \
+              user_idx: torch.Tensor | None = None, item_idx: torch.Tensor | None = None,
+              query_day: torch.Tensor | None = None) -> torch.Tensor:
+        """(U, Hu), (I, Hi) -> (U, I) scores; with the item-age term, `query_day` (U,) is each
+        query's time in days since the epoch and the I items are the vocabulary's, in order."""
+        scores = self.user_vectors(user_emb, user_extra, user_idx) @ \
             self.item_vectors(item_emb, item_idx).T / self.temperature
+        if self.age is not None:
+            if query_day is None:
+                raise ValueError("this model scores by item age (train.item_age): the queries need "
+                                 "their times (query_day)")
+            if len(item_emb) != len(self.age.released):
+                raise ValueError(f"item_age: {len(item_emb)} items scored, the model knows the release "
+                                 f"times of {len(self.age.released)} (its vocabulary, in order)")
+            unknown = ((item_idx < 0) | (item_idx >= self.n_items)) if self.hybrid else None
+            scores = scores + self.age(query_day, None, unknown)
+        return scores
 
     @property
     def kind(self) -> str:
@@ -113,7 +146,7 @@ class TwoTower(nn.Module):
         extra = f.get("user_extra") if self.hparams.get("user_extra_dim", 0) else None
         return self.score(f["user_emb"], f["item_emb"], extra,
                           f.get("user_idx") if self.hybrid else None,
-                          f.get("item_idx") if self.hybrid else None)
+                          f.get("item_idx") if self.hybrid else None, f.get("query_day"))
 
     def export_vectors(self, items, users, user_extra) -> dict:
         """Vectors of every item-text row and every user snapshot (Arrow tables of the views,
@@ -142,14 +175,32 @@ class TwoTower(nn.Module):
             user_ids = torch.where(drop, torch.full_like(user_ids, -1), user_ids)
         u = self.user_vectors(batch["user_emb"], batch.get("user_extra"), user_ids)  # (B, D)
         v = self.item_vectors(batch["item_emb"], item_ids if self.hybrid else None)  # (B, D)
-        loss = self._infonce(u, v, idx)
+        unseen = None if not self.hybrid else torch.full_like(idx, -1)
+        if self.age is None:
+            sims = u @ v.T
+        elif not self.hybrid:
+            sims = u @ v.T
+            age = self.age(batch["query_day"], idx)
+        else:
+            # (B, B): is column j's ID unknown at row r's time (dropped, or first seen later)?
+            t = batch["query_day"]
+            unknown = (item_ids < 0).unsqueeze(0).expand(len(idx), -1)
+            if self.first_seen.numel():
+                unknown = unknown | ~(self.first_seen[idx].unsqueeze(0) < t.unsqueeze(1))
+            sims = torch.where(unknown, u @ self.item_vectors(batch["item_emb"], unseen).T, u @ v.T)
+            # row r's time against every in-batch item's release, column j = item idx[j]
+            age = self.age(t, idx, unknown)
+        logits = sims / self.temperature + (age if self.age is not None else 0)
+        loss = self._infonce(logits, idx)
         if self.hybrid and self.text_aux > 0:  # the same loss with every item as if unseen (text only)
-            v_text = self.item_vectors(batch["item_emb"], torch.full_like(idx, -1))
-            loss = loss + self.text_aux * self._infonce(u, v_text, idx)
+            logits = u @ self.item_vectors(batch["item_emb"], unseen).T / self.temperature
+            if self.age is not None:
+                logits = logits + self.age(batch["query_day"], idx, torch.ones_like(logits, dtype=torch.bool))
+            loss = loss + self.text_aux * self._infonce(logits, idx)
         return loss
 
-    def _infonce(self, u: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        logits = u @ v.T / self.temperature  # (B, B)
+    def _infonce(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """In-batch softmax over (B, B) logits (row r's positive: column r)."""
         if self.logq.numel():
             logits = logits - self.logq[idx].unsqueeze(0)  # column j: the sampling bias of item j
         same = idx.unsqueeze(0) == idx.unsqueeze(1)  # (B, B): duplicates of the positive item
