@@ -60,7 +60,7 @@ def _model_digest(run_dir: Path) -> str:
 def save_blend(run_dir: Path, blend, item_ids: list[str]) -> Path | None:
     """Keep `blend` (a `recommender.Blend` of the run's trained model with a fitted peer, as
     `evaluate` tuned it, or None) for `recommend`: the peer's arrays (`state()`), its
-    parameters, the weight, the items the peer scores, `item_ids` (their order) and the checkpoint's digest.
+    parameters, the weight and new-item boost, the items the peer scores, `item_ids` (their order) and the checkpoint's digest.
     No blend (None), or a peer without `state()` (ALS, BPR, popularity): None, any earlier
     blend file is removed, and `recommend` serves the trained model alone."""
     path = Path(run_dir) / "model" / BLEND_FILE
@@ -72,7 +72,7 @@ def save_blend(run_dir: Path, blend, item_ids: list[str]) -> Path | None:
         path.unlink(missing_ok=True)
         return None
     meta = {"peer": peer.name, "params": peer.params, "weight": blend.weight,
-            "model_sha256": _model_digest(run_dir)}
+            "cold_boost": blend.cold_boost, "model_sha256": _model_digest(run_dir)}
     tmp = path.with_name(f".{BLEND_FILE}.tmp.npz")
     np.savez(tmp, meta=np.array(json.dumps(meta)), item_ids=np.array(item_ids, dtype=str),
              b_items=blend.b_items if blend.b_items is not None else np.ones(len(item_ids), bool),
@@ -102,7 +102,7 @@ def load_blend(run_dir: Path, trained, item_ids: list[str]):
                          "evaluate` again (or recommend --model-only)")
     peer = BASELINES[meta["peer"]].restore(meta["params"], {k[5:]: v for k, v in arrays.items()
                                                             if k.startswith("peer_")})
-    return Blend(trained, peer, meta["weight"], arrays["b_items"])
+    return Blend(trained, peer, meta["weight"], arrays["b_items"], meta.get("cold_boost", 0.0))
 
 
 def load_model(run_dir: Path):

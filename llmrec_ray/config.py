@@ -308,8 +308,25 @@ class EvalConfig(Strict):
         "Also evaluate the trained model blended with the peer best on the validation queries: "
         "(1 - w) * its standardized scores + w * the peer's, w chosen from this list on "
         "validation (llmrec_ray.recommender.Blend); [] = no blend. Needs validation queries."))
+    cold_boosts: list[float] = Field([0.1, 0.2, 0.3, 0.5, 1.0], description=(
+        "The blend's new-item boost: added to the standardized score of items without training "
+        "interactions (in standard deviations of each query's scores), chosen from these (and 0) "
+        "on validation within evaluate.cold_boost_tolerance; [] = no boost."))
+    cold_boost_tolerance: float = Field(0.05, ge=0, lt=1, description=(
+        "The accuracy budget for new-item exposure: the largest cold boost whose validation "
+        "metric (train.early_stopping_metric) is within this fraction of the best boost's; 0 = "
+        "the boost best on validation. A product choice: recommending items nobody has rated "
+        "yet costs some accuracy on the items users already know."))
     light_user_max: int = Field(20, ge=0, description="light_users slice: users with at most this "
                                 "many training interactions.")
+
+    @field_validator("cold_boosts")
+    @classmethod
+    def _cold_boosts(cls, v):
+        bad = [b for b in v if b < 0]
+        if bad:
+            raise ValueError(f"cold_boosts must be >= 0; got {bad}")
+        return v
 
     @field_validator("blend_weights")
     @classmethod

@@ -70,11 +70,15 @@ def slices(truth: list[set[int]], fit: pa.Table, users: list[str], item_ids: lis
 
 
 def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict, metric: str,
-               weights: list[float], peer_items: np.ndarray | None = None) -> tuple[Blend, list[dict]]:
+               weights: list[float], peer_items: np.ndarray | None = None,
+               cold_boosts: list[float] = (), tolerance: float = 0.0) -> tuple[Blend, list[dict]]:
     """The blend of `trained` with the peer best on the validation queries, at the weight best on
     them (ties to the earlier weight); items outside `peer_items` (items without training
-    interactions) keep the trained model's score (`Blend`). Returns (blend, trials: the peers'
-    and weights' values)."""
+    interactions) keep the trained model's score (`Blend`). Then the new-item boost: of
+    `cold_boosts` (and 0), the largest whose validation value is within `tolerance` (a fraction)
+    of the best of them: the most exposure cold items can get for that accuracy budget
+    (tolerance 0: the boost best on validation, ties to the smaller). Returns (blend, trials:
+    the peers', weights' and boosts' values)."""
     peer_values = {name: metric_on(rec, valid, metric) for name, rec in peers.items()}
     peer = max(peer_values, key=lambda n: peer_values[n])  # first of equals: dicts keep order
     trials: list[dict] = [{"peer": n, "value": v} for n, v in peer_values.items()]
@@ -85,6 +89,17 @@ def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict,
         trials.append({"weight": w, "value": value})
         if value > best_value + 1e-12:
             best, best_value = blend, value
+    if peer_items is not None and not np.all(peer_items) and any(b > 0 for b in cold_boosts):
+        boosted = [(0.0, best_value, best)]
+        for boost in sorted(b for b in set(cold_boosts) if b > 0):
+            blend = Blend(trained, peers[peer], best.weight, peer_items, boost)
+            value = metric_on(blend, valid, metric)
+            trials.append({"weight": best.weight, "cold_boost": boost, "value": value})
+            boosted.append((boost, value, blend))
+        top = max(v for _, v, _ in boosted)
+        floor = top * (1.0 - tolerance) - 1e-12 if tolerance else top - 1e-12
+        if top > 0:  # (a model that finds nothing on validation gets no boost)
+            best = [b for boost, v, b in boosted if v >= floor][-1 if tolerance else 0]
     logger.info("blend %s tuned on validation: %s", best.name, trials)
     return best, trials
 
@@ -135,7 +150,8 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
                     time.perf_counter() - start)
         bar.update(1, name)
     if blending:
-        blend, trials = tune_blend(trained, peers, valid, metric, blend_weights, fit.trained_items)
+        blend, trials = tune_blend(trained, peers, valid, metric, blend_weights, fit.trained_items,
+                                   ecfg.cold_boosts, ecfg.cold_boost_tolerance)
         ranked[blend.name] = blend.top_k(test, mask, k_max)
         tuning[blend.name] = {"chosen": blend.params, "trials": trials, "metric": f"valid {metric}"}
         served = blend
@@ -189,10 +205,12 @@ def format_tuning(tuning: dict) -> str:
     for name, t in tuning.items():
         chosen = ", ".join(f"{k}={v}" for k, v in t["chosen"].items())
         tried = len(t["trials"])
-        best = next((x["value"] for x in t["trials"] if x["value"] is not None and all(
-            t["chosen"].get(k, object()) == v for k, v in x.items() if k != "value")), None)
+        # the chosen point's trial: the one that names the most of the chosen values
+        matching = [x for x in t["trials"] if x["value"] is not None and all(
+            t["chosen"].get(k, object()) == v for k, v in x.items() if k != "value")]
+        best = max(matching, key=len)["value"] if matching else None
         lines.append(f"- {name}: {chosen or 'no hyperparameters'}" + (
-            f" (best of {tried} on {t['metric']}: {best:.4f})" if tried > 1 and best is not None else ""))
+            f" (of {tried} tried on {t['metric']}: {best:.4f})" if tried > 1 and best is not None else ""))
     return "Baseline hyperparameters (chosen on the validation queries):\n" + "\n".join(lines)
 
 

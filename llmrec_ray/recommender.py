@@ -152,14 +152,19 @@ class Blend(Recommender):
     weight is chosen on the validation queries like any hyperparameter (`evaluate.blend_weights`).
     Items outside `b_items` (a boolean mask: e.g. items without training interactions, of which
     an interaction model knows nothing) are scored by `z(a)` alone, so cold items keep the
-    standing the feature model gives them."""
+    standing the feature model gives them, plus `cold_boost` (in standard deviations of the
+    query's scores): how much exposure new items get, chosen on validation within an accuracy
+    budget (`evaluate.tune_blend`)."""
 
     def __init__(self, a: Recommender, b: Recommender, weight: float = 0.5,
-                 b_items: np.ndarray | None = None):
+                 b_items: np.ndarray | None = None, cold_boost: float = 0.0):
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"blend weight {weight} is outside [0, 1]")
-        super().__init__(weight=weight, **{f"{b.name}.{k}": v for k, v in b.params.items()})
-        self.a, self.b, self.weight = a, b, weight
+        if cold_boost and b_items is None:
+            raise ValueError("a cold_boost needs the items the peer scores (b_items)")
+        extra = {"cold_boost": cold_boost} if cold_boost else {}
+        super().__init__(weight=weight, **extra, **{f"{b.name}.{k}": v for k, v in b.params.items()})
+        self.a, self.b, self.weight, self.cold_boost = a, b, weight, cold_boost
         self.b_items = None if b_items is None else np.asarray(b_items, dtype=bool)
         self.name = f"{a.name}+{b.name}"
 
@@ -171,7 +176,7 @@ class Blend(Recommender):
         za = standardize(self.a.score(queries))
         out = (1.0 - w) * za + w * standardize(self.b.score(queries))
         if self.b_items is not None:
-            out[:, ~self.b_items] = za[:, ~self.b_items]
+            out[:, ~self.b_items] = za[:, ~self.b_items] + self.cold_boost
         return out
 
 

@@ -197,6 +197,39 @@ def test_blend_standardizes_each_model_then_weighs():
     np.testing.assert_allclose(cold, [0.25 * -z + 0.75 * z, 0.75 * -z, z], atol=1e-6)
     with pytest.raises(ValueError, match="outside"):
         Blend(a, b, 1.5)
+    # the new-item boost: added to the cold item's z(a), the others untouched
+    boosted = Blend(a, b, 0.75, b_items=np.array([True, True, False]), cold_boost=0.5)
+    np.testing.assert_allclose(boosted.score(q)[0], cold + [0, 0, 0.5], atol=1e-6)
+    assert boosted.params == {"weight": 0.75, "cold_boost": 0.5}
+    with pytest.raises(ValueError, match="b_items"):
+        Blend(a, b, 0.5, cold_boost=0.5)
+
+
+@pytest.mark.parametrize("tolerance, chosen", [(0.0, 0.0), (0.05, 0.25), (0.25, 1.0)])
+def test_the_cold_boost_is_the_largest_within_the_accuracy_budget(monkeypatch, tolerance, chosen):
+    """Validation values by boost 0 / 0.25 / 0.5 / 1.0: 0.50 / 0.49 / 0.47 / 0.40. Tolerance 0:
+    the best (0); 5%: the largest at or above 0.475 (0.25); 25%: at or above 0.375 (1.0)."""
+    from llmrec_ray import evaluate
+    from llmrec_ray.recommender import Blend
+
+    by_boost = {0.0: 0.50, 0.25: 0.49, 0.5: 0.47, 1.0: 0.40}
+
+    def metric_on(rec, valid, metric):
+        if not isinstance(rec, Blend):
+            return 0.3  # the peer
+        return by_boost[rec.cold_boost] if rec.weight == 0.5 else 0.45
+    monkeypatch.setattr(evaluate, "metric_on", metric_on)
+    items = np.array([True, True, True, False])  # i3: no training interaction
+    trained, peer = Fixed("hybrid", [0, 0, 0, 0]), Fixed("ease", [0, 0, 0, 0])
+    blend, trials = evaluate.tune_blend(trained, {"ease": peer}, {}, "ndcg@20", [0.25, 0.5], items,
+                                        [1.0, 0.25, 0.5], tolerance)
+    assert blend.weight == 0.5 and blend.cold_boost == chosen
+    assert [(t["cold_boost"], t["value"]) for t in trials if "cold_boost" in t] == [
+        (0.25, 0.49), (0.5, 0.47), (1.0, 0.40)]
+    # every item with training interactions: nothing to boost, no boost tried
+    blend, trials = evaluate.tune_blend(trained, {"ease": peer}, {}, "ndcg@20", [0.5],
+                                        np.ones(4, bool), [0.5], tolerance)
+    assert blend.cold_boost == 0.0 and not [t for t in trials if "cold_boost" in t]
 
 
 def test_tune_blend_takes_the_best_peer_on_validation_then_the_best_weight():

@@ -40,10 +40,11 @@ def queries():
 @pytest.mark.parametrize("peer", [EASE(l2=1.0), ItemKNN(neighbors=2)])
 def test_blend_round_trips_exactly(run_dir, peer):
     data = FitData(X, ["u0", "u1", "u2", "u3"], ITEMS)
-    blend = Blend(Fixed(), peer.fit(data), 0.25, data.trained_items)
+    blend = Blend(Fixed(), peer.fit(data), 0.25, data.trained_items, cold_boost=0.5)
     assert save_blend(run_dir, blend, ITEMS) == run_dir / "model" / BLEND_FILE
     back = load_blend(run_dir, Fixed(), ITEMS)
     assert back.name == f"fixed+{peer.name}" and back.weight == 0.25 and back.b.params == peer.params
+    assert back.cold_boost == 0.5
     np.testing.assert_array_equal(back.b_items, [True, True, True, True, False])
     np.testing.assert_allclose(back.score(queries()), blend.score(queries()), rtol=0, atol=1e-6)
 

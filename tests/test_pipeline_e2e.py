@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fork_run
 
 from llmrec_ray import pipeline
 from llmrec_ray.featurestore import FeatureRepo
@@ -187,8 +188,8 @@ def crash_once_after_epoch(marker: Path, epoch: int):
 
 def test_a_crashed_worker_restarts_from_the_checkpoint(e2e, tmp_path):
     cfg, *_ = e2e
-    cfg = cfg.model_copy(deep=True)
-    cfg.train.epochs = 3  # another training: the earlier checkpoints are not reused
+    # another training (a copy of the run: the shared model stays): no checkpoint to reuse
+    cfg = fork_run(cfg, tmp_path / "runs", epochs=3)
     marker = tmp_path / "crashed"
     summary = pipeline.train_stage(cfg, loop=crash_once_after_epoch(marker, 1))
     assert marker.exists()  # the worker did crash
@@ -196,14 +197,13 @@ def test_a_crashed_worker_restarts_from_the_checkpoint(e2e, tmp_path):
     assert np.isfinite(summary["final_loss"])
 
 
-def test_global_temporal_protocol_end_to_end(e2e):
+def test_global_temporal_protocol_end_to_end(e2e, tmp_path):
     """Train and evaluate with global time cuts: held-out interactions are queried with the
     features that served them, users who arrived after the cut form the new_users slice."""
     cfg, *_ = e2e
-    cfg = cfg.model_copy(deep=True)
+    # a copy of the run; 2 epochs: the protocol's plumbing is under test, not the model's quality
+    cfg = fork_run(cfg, tmp_path / "runs", epochs=2)
     cfg.evaluate.protocol = "global-temporal"
-    cfg.train.export = False
-    cfg.train.epochs = 2  # the protocol's plumbing is under test here, not the model's quality
     train = pipeline.train_stage(cfg)
     split = train["split"]
     assert split["protocol"] == "global-temporal"
@@ -223,11 +223,9 @@ def test_graph_model_trains_with_ray_train_evaluates_and_recommends(e2e, tmp_pat
     """train.model llm_graph on the same features: Ray Train fits it, evaluate ranks it beside the
     baselines through the same interface, recommend serves a known user and a text user."""
     cfg, *_ = e2e
-    graph_cfg = cfg.model_copy(update={"name": "tiny"}, deep=True)
-    graph_cfg.train.model = "llm_graph"
+    graph_cfg = fork_run(cfg, tmp_path / "runs", model="llm_graph")  # the shared model stays
     graph_cfg.train.graph.epochs = 3
     graph_cfg.train.graph.batch_size = 64
-    graph_cfg.train.export = False
     graph_cfg.evaluate.baselines = ["popularity"]
     summary = pipeline.train_stage(graph_cfg)
     assert summary["model_kind"] == "llm_graph" and summary["epochs_run"] >= 1
@@ -239,7 +237,6 @@ def test_graph_model_trains_with_ray_train_evaluates_and_recommends(e2e, tmp_pat
     recs = pipeline.recommend_stage(graph_cfg, "u1", 5)
     assert len(recs) == 5 and len({r["item_id"] for r in recs}) == 5
     assert len(pipeline.recommend_stage(graph_cfg, None, 3, text="a quiet romance")) == 3
-    pipeline.train_stage(cfg)  # the module's two-tower model back for the tests after this one
 
 
 def test_llmrec_run_prints_a_short_readable_report(trained_run):
