@@ -97,7 +97,7 @@ def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict,
             trials.append({"weight": best.weight, "cold_boost": boost, "value": value})
             boosted.append((boost, value, blend))
         top = max(v for _, v, _ in boosted)
-        floor = top * (1.0 - tolerance) - 1e-12 if tolerance else top - 1e-12
+        floor = top * (1.0 - tolerance) - 1e-12
         if top > 0:  # (a model that finds nothing on validation gets no boost)
             best = [b for boost, v, b in boosted if v >= floor][-1 if tolerance else 0]
     logger.info("blend %s tuned on validation: %s", best.name, trials)

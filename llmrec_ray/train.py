@@ -29,7 +29,7 @@ from llmrec_ray.artifacts import MODEL_FILE, build_model, save_model
 from llmrec_ray.console import progress
 from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.views import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW
-from llmrec_ray.models.age import US_PER_DAY, released_days
+from llmrec_ray.models.age import US_PER_DAY, days_by_id, released_days
 from llmrec_ray.model_inputs import USER_EXTRA_DIM, latest_item_vectors, retrieved_user_extra, validation_data
 
 logger = logging.getLogger(__name__)
@@ -308,12 +308,8 @@ def storage_path(cfg) -> str:
 
 def first_seen_days(interactions: pa.Table, item_ids: list[str]) -> np.ndarray:
     """(I,) each item's first interaction in `interactions`, days since the epoch (NaN: none)."""
-    import pyarrow.compute as pc
-
     first = interactions.group_by("item_id").aggregate([("event_timestamp", "min")])
-    order = pc.index_in(pa.array(item_ids, pa.string()), value_set=first.column("item_id").combine_chunks())
-    t = first.column("event_timestamp_min").combine_chunks().cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    return np.asarray(t.take(order).to_numpy(zero_copy_only=False), dtype=np.float64) / US_PER_DAY
+    return days_by_id(first, "event_timestamp_min", item_ids)
 
 
 def item_age_on(t, items: pa.Table, item_ids: list[str]) -> bool:

@@ -28,17 +28,22 @@ N_BUCKETS = len(EDGES_DAYS) + 2  # before release, one per edge, unknown
 US_PER_DAY = 86_400 * 1_000_000
 
 
+def days_by_id(table: pa.Table, column: str, ids: list[str]) -> np.ndarray:
+    """(len(ids),) float64: the timestamp `column` of `table`'s row with each `item_id` of `ids`,
+    in days since the epoch; NaN for a null or an id the table lacks."""
+    order = pc.index_in(pa.array(ids, pa.string()), value_set=table.column("item_id").combine_chunks())
+    col = table.column(column).combine_chunks().cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return np.asarray(col.take(order).to_numpy(zero_copy_only=False), dtype=np.float64) / US_PER_DAY
+
+
 def released_days(items: pa.Table, item_ids: list[str]) -> np.ndarray:
     """(I,) float64 release time of each of `item_ids` in days since the epoch: the items table's
     `released`, else its `available_from`; NaN where the item has neither."""
-    order = pc.index_in(pa.array(item_ids, pa.string()), value_set=items.column("item_id").combine_chunks())
     out = np.full(len(item_ids), np.nan)
     for name in ("available_from", "released"):  # released, where set, wins
-        if name not in items.column_names:
-            continue
-        col = items.column(name).combine_chunks().cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-        values = np.asarray(col.take(order).to_numpy(zero_copy_only=False), dtype=np.float64)
-        out = np.where(np.isnan(values), out, values / US_PER_DAY)  # nulls, ids not found: NaN
+        if name in items.column_names:
+            values = days_by_id(items, name, item_ids)
+            out = np.where(np.isnan(values), out, values)
     return out
 
 

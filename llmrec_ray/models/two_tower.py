@@ -175,25 +175,25 @@ class TwoTower(nn.Module):
             user_ids = torch.where(drop, torch.full_like(user_ids, -1), user_ids)
         u = self.user_vectors(batch["user_emb"], batch.get("user_extra"), user_ids)  # (B, D)
         v = self.item_vectors(batch["item_emb"], item_ids if self.hybrid else None)  # (B, D)
-        unseen = None if not self.hybrid else torch.full_like(idx, -1)
-        if self.age is None:
-            sims = u @ v.T
-        elif not self.hybrid:
-            sims = u @ v.T
-            age = self.age(batch["query_day"], idx)
-        else:
+        # every in-batch item scored as unseen (unknown ID): the text path, computed once
+        v_unseen = None
+        if self.hybrid and (self.age is not None or self.text_aux > 0):
+            v_unseen = self.item_vectors(batch["item_emb"], torch.full_like(idx, -1))
+        logits = u @ v.T / self.temperature
+        if self.age is not None and not self.hybrid:
+            logits = logits + self.age(batch["query_day"], idx)
+        elif self.age is not None:
             # (B, B): is column j's ID unknown at row r's time (dropped, or first seen later)?
             t = batch["query_day"]
             unknown = (item_ids < 0).unsqueeze(0).expand(len(idx), -1)
             if self.first_seen.numel():
                 unknown = unknown | ~(self.first_seen[idx].unsqueeze(0) < t.unsqueeze(1))
-            sims = torch.where(unknown, u @ self.item_vectors(batch["item_emb"], unseen).T, u @ v.T)
+            logits = torch.where(unknown, u @ v_unseen.T / self.temperature, logits)
             # row r's time against every in-batch item's release, column j = item idx[j]
-            age = self.age(t, idx, unknown)
-        logits = sims / self.temperature + (age if self.age is not None else 0)
+            logits = logits + self.age(t, idx, unknown)
         loss = self._infonce(logits, idx)
         if self.hybrid and self.text_aux > 0:  # the same loss with every item as if unseen (text only)
-            logits = u @ self.item_vectors(batch["item_emb"], unseen).T / self.temperature
+            logits = u @ v_unseen.T / self.temperature
             if self.age is not None:
                 logits = logits + self.age(batch["query_day"], idx, torch.ones_like(logits, dtype=torch.bool))
             loss = loss + self.text_aux * self._infonce(logits, idx)
