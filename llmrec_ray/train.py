@@ -75,10 +75,11 @@ def to_training_batch(batch: pa.Table) -> dict[str, np.ndarray]:
     from llmrec_ray.views import embedding_matrix
     from llmrec_ray.retrieval import position_column
 
-    out = {"item_idx": batch.column("item_idx").to_numpy(),
-           # each row's time, in days since the epoch (the item-age term: models.age)
-           "query_day": batch.column("event_timestamp").cast(pa.timestamp("us", tz="UTC"))
-           .cast(pa.int64()).to_numpy().astype(np.float64) / US_PER_DAY}
+    out = {"item_idx": batch.column("item_idx").to_numpy()}
+    if "event_timestamp" in batch.column_names:  # (retrieved rows always carry it)
+        # each row's time, in days since the epoch (the item-age term: models.age)
+        out["query_day"] = batch.column("event_timestamp").cast(pa.timestamp("us", tz="UTC")) \
+            .cast(pa.int64()).to_numpy().astype(np.float64) / US_PER_DAY
     for key, (view, col) in EMBEDDINGS.items():
         if position_column(view) in batch.column_names:
             pos = batch.column(position_column(view)).to_numpy()

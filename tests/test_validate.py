@@ -45,8 +45,10 @@ def test_duplicate_blank_and_missing_items() -> None:
     inter = interactions([("u", "a", T0, 4.0, 1)])
     _, out, _ = validate(inter, table, None, rejects, SOURCES, (0.5, 5.0))
     assert out.to_pylist() == [
-        {"item_id": "a", "title": "A", "genres": None, "description": None, "available_from": None},
-        {"item_id": "b", "title": "B", "genres": None, "description": None, "available_from": None},
+        {"item_id": "a", "title": "A", "genres": None, "description": None, "available_from": None,
+         "released": None},
+        {"item_id": "b", "title": "B", "genres": None, "description": None, "available_from": None,
+         "released": None},
     ]
     assert ledger(rejects) == [
         ("items", "items.txt", 4, "item_id", "null or empty item_id", ""),
