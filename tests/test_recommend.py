@@ -60,14 +60,16 @@ def test_known_user_gets_k_unseen_items_best_first(run):
 
 
 def test_excluding_seen_items_keeps_the_ranking_of_the_rest(run):
-    """The list with the user's items excluded is the full ranking of the catalogue with those
-    items taken out (`recommend_for_user` with nothing seen ranks everything)."""
+    """The model's list with the user's items excluded is its full ranking of the catalogue with
+    those items taken out (`recommend_for_user` with nothing seen ranks everything). The model
+    alone: a served blend's peer scores from the history, so its ranking depends on what is
+    excluded (the served blend: `test_known_user_is_served_what_evaluate_tuned...`)."""
     cfg, user = run["cfg"], run["users"][1]
     repo, model = pipeline.feature_repo(cfg), load_model(cfg.run_dir)
     everything = recommend_for_user(repo, model, user, set(), 40)
     check_list(everything, 40, run["titles"])
     unseen = [r["item_id"] for r in everything if r["item_id"] not in run["seen"][user]]
-    got = pipeline.recommend_stage(cfg, user, 10)
+    got = pipeline.recommend_stage(cfg, user, 10, model_only=True)
     assert [r["item_id"] for r in got] == unseen[:10]
     by_item = {r["item_id"]: r["score"] for r in everything}
     assert [r["score"] for r in got] == pytest.approx([by_item[r["item_id"]] for r in got], abs=1e-6)
