@@ -22,6 +22,7 @@ from llmrec_ray.evaluate import evaluate, metric_on, slices
 from llmrec_ray.metrics import ranking_metrics
 from llmrec_ray.model_inputs import masks, query_times_us, ranking_queries, truth_sets, validation_data
 from llmrec_ray.models.age import released_days
+# internal: the run's tables and split as `llmrec evaluate` makes them (repoint here if it moves)
 from llmrec_ray.pipeline import _split, feature_repo, init_ray
 from llmrec_ray.recommender import Blend
 
