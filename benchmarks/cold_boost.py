@@ -20,7 +20,7 @@ from llmrec_ray.artifacts import load_model
 from llmrec_ray.config import load_config
 from llmrec_ray.evaluate import evaluate, metric_on, slices
 from llmrec_ray.metrics import ranking_metrics
-from llmrec_ray.model_inputs import masks, query_times_us, ranking_queries, truth_sets, validation_data
+from llmrec_ray.model_inputs import query_data, validation_data
 from llmrec_ray.models.age import released_days
 # internal: the run's tables and split as `llmrec evaluate` makes them (repoint here if it moves)
 from llmrec_ray.pipeline import _split, feature_repo, init_ray
@@ -65,10 +65,9 @@ def main() -> None:
                          "evaluate.cold_boosts)")
     released = released_days(tables["items"], item_ids)
     queries = split.test_queries
-    test = ranking_queries(repo, queries, item_ids, model.vocab)
-    mask = masks(item_ids, queries["seen"].tolist(), tables["items"], query_times_us(queries))
-    groups = slices(truth_sets(queries["truth"].tolist(), item_ids), split.fit,
-                    queries["user_id"].tolist(), item_ids, cfg.evaluate.light_user_max)
+    test = query_data(repo, queries, tables["items"], item_ids, model.vocab)
+    groups = slices(test["truth"], split.fit, queries["user_id"].tolist(), item_ids,
+                    cfg.evaluate.light_user_max)
     cold_users = int(next(iter(results["cold_items"].values()))["users"])
     print(f"{cfg.name}: {int(np.sum(~served.b_items))} items without fit interactions, "
           f"{cold_users} test users with one; release known for {np.isfinite(released).mean():.1%} of items")
@@ -82,7 +81,7 @@ def main() -> None:
                   f"{c['recall@20']:.4f} / {c['ndcg@20']:.4f}")
 
     def row(label: str, rec) -> None:
-        top = rec.top_k(test, mask, 20)
+        top = rec.top_k(test["queries"], test["mask"], 20)
         a = ranking_metrics(top, groups["all"], [20])
         c = ranking_metrics(top, groups["cold_items"], [20])
         print(f"{label:<34} {metric_on(rec, valid, metric):>16.4f}  {a['recall@20']:.4f} / "

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from llmrec_ray.console import progress
 from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.metrics import ranking_metrics
-from llmrec_ray.model_inputs import masks, query_times_us, ranking_queries, truth_sets
+from llmrec_ray.model_inputs import query_data
 from llmrec_ray.recommender import Blend, Recommender, TrainedModel, metric_on
 
 logger = logging.getLogger(__name__)
@@ -124,9 +124,8 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     if queries.empty:
         raise ValueError(f"{split.protocol}: no test queries (too few interactions for this split)")
     vocab = model.vocab
-    test = ranking_queries(repo, queries, item_ids, vocab)
-    mask = masks(item_ids, queries["seen"].tolist(), items, query_times_us(queries))
-    truth = truth_sets(queries["truth"].tolist(), item_ids)
+    data = query_data(repo, queries, items, item_ids, vocab)
+    test, mask, truth = data["queries"], data["mask"], data["truth"]
     k_max = max(ks)
 
     trained = TrainedModel(model)

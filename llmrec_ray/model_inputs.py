@@ -138,14 +138,18 @@ def query_times_us(queries: pd.DataFrame) -> np.ndarray:
     return pd.to_datetime(queries["query_time"], utc=True).astype("int64").to_numpy() // 1000
 
 
-def validation_data(repo: FeatureRepo, split, items: pa.Table, item_ids: list[str],
-                    vocab: dict) -> dict | None:
-    """The validation queries as the workers score them: `Queries` as of each query time (Feast,
-    point in time; ID rows from the training `vocab`), the mask of seen / unavailable items, and
-    the truth sets."""
-    q = split.valid_queries
-    if q.empty:
-        return None
+def query_data(repo: FeatureRepo, q: pd.DataFrame, items: pa.Table, item_ids: list[str],
+               vocab: dict) -> dict:
+    """A split's query frame as the models score it: {"queries": `Queries` as of each query time
+    (Feast, point in time; ID rows from the training `vocab`), "mask": the seen / unavailable
+    items, "truth": the truth sets}."""
     return {"queries": ranking_queries(repo, q, item_ids, vocab),
             "mask": masks(item_ids, q["seen"].tolist(), items, query_times_us(q)),
             "truth": truth_sets(q["truth"].tolist(), item_ids)}
+
+
+def validation_data(repo: FeatureRepo, split, items: pa.Table, item_ids: list[str],
+                    vocab: dict) -> dict | None:
+    """The validation queries as the workers score them (`query_data`); None without any."""
+    q = split.valid_queries
+    return None if q.empty else query_data(repo, q, items, item_ids, vocab)
