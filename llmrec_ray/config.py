@@ -236,6 +236,12 @@ class TrainConfig(Strict):
         "driver's disk (one machine)."))
     max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the latest "
                               "checkpoint) before the training fails.")
+    materialize: Literal["auto", True, False] = Field("auto", description=(
+        "Compute the training rows (the point-in-time join of the training interactions with "
+        "the features) once, before training, and keep them in Ray's object store for every "
+        "epoch; false = stream them from the retrieval again in every epoch. auto = when they "
+        "take at most a tenth of the cluster's object store (rows retrieved by position are a "
+        "few dozen bytes each)."))
     id_mode: Literal["concat", "residual"] = Field("concat", description=(
         "hybrid: concat = ID embeddings join each tower's input; residual = vector = "
         "normalize(tower(features) + ID embedding), the unknown ID adding exactly 0, so an unseen "

@@ -120,6 +120,17 @@ def training_dataset(repo: FeatureRepo, interactions: pa.Table, item_index: dict
     return ds.map_batches(to_training_batch, batch_format="pyarrow"), tables
 
 
+ROW_BYTES = 48 + 4 * USER_EXTRA_DIM  # a training row retrieved by position: indices, time, user stats
+
+
+def keep_rows(mode, rows: int, object_store_bytes: float, row_bytes: int = ROW_BYTES) -> bool:
+    """`train.materialize`: whether the training rows are computed once and kept in the object
+    store (auto: when `rows` x `row_bytes` is at most a tenth of `object_store_bytes`)."""
+    if mode == "auto":
+        return rows * row_bytes <= object_store_bytes / 10
+    return bool(mode)
+
+
 def held_tables(tables: dict, device) -> dict[str, torch.Tensor]:
     """On a training worker: each held embedding view as one (rows, D) tensor on `device`."""
     import ray
@@ -347,9 +358,16 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
     trained = sorted(set(train_interactions.column("item_id").to_pylist()))
     vocab = {"users": users, "items": list(item_ids), "trained_items": trained}
     ds, tables = training_dataset(repo, train_interactions, item_index, user_index)
-    if t.num_workers * t.cpus_per_worker > ray.cluster_resources().get("CPU", 0) - 1:
+    resources = ray.cluster_resources()
+    keep = keep_rows(t.materialize, train_interactions.num_rows, resources.get("object_store_memory", 0))
+    if not keep and t.num_workers * t.cpus_per_worker > resources.get("CPU", 0) - 1:
         # The workers leave no CPU for the dataset's map tasks, which would wait for ever:
-        # run them now, before the workers take the cluster (the rows then sit in the object store).
+        # run them now, before the workers take the cluster.
+        logger.warning("train.materialize=%s, but %d worker(s) x %s CPUs leave no CPU for the "
+                       "retrieval's tasks: the training rows are computed before training",
+                       t.materialize, t.num_workers, t.cpus_per_worker)
+        keep = True
+    if keep:  # the join runs once; every epoch reads the rows from the object store
         ds = ds.materialize()
     valid = validation_data(repo, split, items, item_ids, vocab)
     dim = repo.read_manifest()["dim"]
@@ -386,7 +404,9 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)
     manifest = repo.read_manifest()
     fingerprint = hashlib.sha256(json.dumps(
-        [model_kwargs, t.model_dump(), cfg.seed, manifest.get("built_at"), split.summary()],
+        # (train.materialize changes where the rows come from, not the training)
+        [model_kwargs, t.model_dump(exclude={"materialize"}), cfg.seed, manifest.get("built_at"),
+         split.summary()],
         sort_keys=True, default=str).encode()).hexdigest()[:16]
     key = f"valid_{t.early_stopping_metric}"
     board = ray.remote(num_cpus=0)(EpochBoard).remote()
@@ -437,6 +457,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
         history = history[history["batches"] > 0].sort_values("epoch").drop_duplicates("epoch", keep="last")
     train_state = state["train_state"]
     summary = {"rows": int(train_interactions.num_rows), "workers": t.num_workers, "use_gpu": use_gpu,
+               "dataset": "materialized" if keep else "streamed",
                "model_kind": t.model, "resumed_from": int(result.metrics.get("resumed_from", 0)),
                "fingerprint": fingerprint, "epochs": epochs,
                "epochs_run": int(result.metrics["epoch"]), "max_epochs": epochs,

@@ -70,8 +70,11 @@ def run_cluster(tmp: Path) -> dict:
     # of model loading on the two cores that carry all three nodes
     # then a training job on the same cluster, through the offline-store plugin: two epochs, on
     # the CPUs (the GPU of the second node is logical only), without the tower export
+    # (streaming the rows from the retrieval in each epoch, across the nodes: the tests' other
+    # trainings keep them in the object store, train.materialize auto)
     config = write_config(tmp, "job", {"encode": {"num_actors": 2},
-                                       "train": {"epochs": 2, "use_gpu": False, "export": False}})
+                                       "train": {"epochs": 2, "use_gpu": False, "export": False,
+                                                 "materialize": False}})
     # Each worker node its own temp dir, as each machine of a cluster has its own disk: a node
     # unpacks the job's working dir afresh (rmtree, unzip) into its temp dir, which on one shared
     # dir pulls the files from under the running driver. (Short paths: Ray's unix sockets live
@@ -152,6 +155,7 @@ def test_job_on_three_nodes_builds_the_features_of_one_node(tmp_path, reference_
     assert out["train_succeeded"], out["train_logs"][-3000:]
     train = out["summary"]["train"]
     assert train["rows"] == train["split"]["fit"] > 0 and train["epochs_run"] == 2
+    assert train["dataset"] == "streamed"
     assert "[train]" in out["train_logs"] and train["final_loss"] == train["final_loss"]  # not NaN
 
 
