@@ -232,27 +232,6 @@ def test_short_feature_names_and_bad_entity_rows(store):
         store.get_historical_features(entity_df=nat, features=["rated:score"]).to_df()
 
 
-def test_feast_cli_uses_the_plugin(tmp_path):
-    """The project's feature_store.yaml declares the plugin; `feast -c` reads it as configured."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
-
-    root = Path(__file__).resolve().parents[1]
-    assert yaml.safe_load((root / "feature_repo" / "feature_store.yaml").read_text())["offline_store"]["type"] == STORE_TYPE
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(root / "feature_repo" / "feature_store.yaml", repo)
-    feast = Path(sys.executable).with_name("feast")
-    out = subprocess.run([str(feast), "-c", str(repo), "configuration"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert STORE_TYPE in out.stdout and "ray_min_rows" in out.stdout
-
-
 @pytest.mark.parametrize("ray_min_rows", [1_000_000, 0])
 def test_by_position_points_at_the_gathered_values(store, ray_session, ray_min_rows):
     """`to_ray_dataset(by_position=...)`: the view's rows carry positions into feature_values();

@@ -29,13 +29,15 @@ TEXTS = [SCIFI, SCIFI2, ROMANCE, ROMANCE2, HORROR, HORROR2, COOKBOOK, FISH, "ok"
 
 @pytest.fixture(scope="module")
 def encoders():
-    """One SmolLM2 per pooling for the module, with one load of the weights (a load parses and
-    dequantizes the GGUF: ~20 s on 2 CPU cores). `last` loads from the resolved .gguf path;
-    `mean` is set up from the package directory + `gguf_file`, and its `from_pretrained` call is
-    checked to receive that form, then handed the weights `last` loaded (the same file)."""
+    """One SmolLM2 per pooling for the module, with one load of the file (a load parses and
+    dequantizes the GGUF: ~20 s on 2 CPU cores, and its tokenizer takes ~10 s more). `last`
+    loads from the resolved .gguf path; `mean` is set up from the package directory +
+    `gguf_file`, and its config, tokenizer and model `from_pretrained` calls are checked to
+    receive that form, then handed copies of what `last` loaded (the same file)."""
+    import copy
     from unittest import mock
 
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     path, _ = resolve_model("smollm2")
     cache: dict[str, Encoder] = {}
@@ -47,15 +49,20 @@ def encoders():
             if pooling == "last":
                 cache[pooling] = Encoder(model_path=path, **kwargs)
             else:
-                loaded, calls = get("last").model, []
+                last, calls = get("last"), []
 
-                def reuse(model_path, **kw):
-                    calls.append((model_path, kw.get("gguf_file")))
-                    return loaded
-                with mock.patch.object(AutoModel, "from_pretrained", reuse):
+                def reuse(what, loaded):
+                    def load(model_path, **kw):
+                        calls.append((what, model_path, kw.get("gguf_file")))
+                        return loaded()
+                    return load
+                with mock.patch.object(AutoConfig, "from_pretrained", reuse("config", lambda: copy.deepcopy(last.tok.config))), \
+                        mock.patch.object(AutoTokenizer, "from_pretrained", reuse("tokenizer", lambda: copy.deepcopy(last.tokenizer))), \
+                        mock.patch.object(AutoModel, "from_pretrained", reuse("model", lambda: last.model)):
                     cache[pooling] = Encoder(model_path=str(Path(path).parent),
                                              gguf_file=Path(path).name, **kwargs)
-                assert calls == [(str(Path(path).parent), Path(path).name)]
+                assert sorted(calls) == [(what, str(Path(path).parent), Path(path).name)
+                                         for what in ("config", "model", "tokenizer")]
         return cache[pooling]
     return get
 

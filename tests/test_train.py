@@ -1,12 +1,14 @@
 """Training (`pipeline.train_stage`) on the session's tiny run (conftest `trained_run`): the
 summary's epochs, validation and early stopping, the served checkpoint, a rerun that resumes, and
 configs that fail before any training. Two more fits run here: the rerun (nothing left to train)
-and one early-stopped training on a copy of the run."""
+and one early-stopped training, with a crashed worker, on a copy of the run."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import fork_run
@@ -45,8 +47,20 @@ def test_summary_counts_the_epochs_and_keeps_the_best_one(trained_run):
         assert s["epochs_run"] - s["best_epoch"] == t.early_stopping_patience
     else:
         assert s["epochs_run"] == t.epochs and s["epochs_run"] - s["best_epoch"] < t.early_stopping_patience
-    # the split's fit rows are the training rows
+    # the split's fit rows are the training rows, joined once and kept for every epoch (a few
+    # hundred rows against the object store; the cluster job streams them: test_cluster.py)
     assert s["rows"] == s["split"]["fit"] > 0
+    assert t.materialize == "auto" and s["dataset"] == "materialized"
+
+
+def test_the_training_rows_are_kept_when_they_take_a_tenth_of_the_object_store():
+    from llmrec_ray.train import ROW_BYTES, keep_rows
+
+    store = 1e9
+    fits = int(store / 10 // ROW_BYTES)
+    assert keep_rows("auto", fits, store) and not keep_rows("auto", fits + 1, store)
+    assert keep_rows(True, 10**12, store) and not keep_rows(False, 10, store)
+    assert not keep_rows("auto", 1, 0)  # no object store reported: stream
 
 
 def test_the_loss_falls(trained_run):
@@ -100,6 +114,33 @@ def test_load_model_refuses_a_missing_model_or_one_without_vocabulary(trained_ru
         pipeline.recommend_stage(fork, user, 3)
 
 
+def crash_once_after_epoch(marker: Path, epoch: int):
+    """The production training loop, with a fault injected from outside it: on the first attempt,
+    rank 0's process dies right after reporting `epoch`'s checkpoint (`marker` records it)."""
+    def loop(config):
+        import os
+        import time
+
+        import ray.train
+
+        from llmrec_ray.train import train_loop_per_worker
+
+        if ray.train.get_context().get_world_rank() == 0 and not marker.exists():
+            report = ray.train.report
+
+            def report_then_crash(metrics, *args, **kwargs):
+                report(metrics, *args, **kwargs)
+                if metrics.get("epoch") == epoch:
+                    time.sleep(5)  # let the controller register the report before the crash
+                    marker.write_text("crashed once")
+                    os._exit(1)
+
+            ray.train.report = report_then_crash
+        train_loop_per_worker(config)
+
+    return loop
+
+
 # ---- training again --------------------------------------------------------------------------------
 
 def test_a_rerun_with_the_same_config_resumes_and_hands_back_the_same_model(trained_run):
@@ -119,15 +160,21 @@ def test_a_rerun_with_the_same_config_resumes_and_hands_back_the_same_model(trai
         assert torch.equal(after["state_dict"][name], tensor), name
 
 
-def test_early_stopping_ends_a_training_that_does_not_improve(trained_run, tmp_path):
+def test_early_stopping_ends_a_training_that_does_not_improve_across_a_crashed_worker(trained_run, tmp_path):
     """A learning rate of 1e-9 leaves the model as it was initialised, so the validation metric
     never improves after epoch 1: with patience 2 the training stops after epoch 3 of 8 and
-    serves epoch 1's model. (On a copy of the run: the shared model stays.)"""
+    serves epoch 1's model. Rank 0's process dies right after epoch 1's checkpoint: Ray Train
+    restarts the worker group from that checkpoint, with the early-stopping state it holds (a
+    restart that lost it would take epoch 2 for the best and stop after epoch 4). (On a copy of
+    the run: the shared model stays.)"""
     cfg = trained_run["cfg"]
     fork = fork_run(cfg, tmp_path / "runs", lr=1e-9, early_stopping_patience=2)
-    s = pipeline.train_stage(fork)
+    marker = tmp_path / "crashed"
+    s = pipeline.train_stage(fork, loop=crash_once_after_epoch(marker, 1))
+    assert marker.exists()  # the worker did crash
     assert s["epochs"] == cfg.train.epochs == 8 and s["epochs_run"] == 3 and s["stopped_early"]
-    assert s["best_epoch"] == 1 and s["resumed_from"] == 0
+    assert s["best_epoch"] == 1 and s["resumed_from"] == 1
+    assert np.isfinite(s["final_loss"])
     assert len(s["valid_history"]) == 3 and len(set(s["valid_history"])) == 1
     assert served_checkpoint(fork)["train_state"]["epoch"] == 1
     assert "exported_online" not in s  # export off: the shared run's tower views are untouched
