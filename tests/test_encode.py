@@ -65,27 +65,6 @@ def test_unknown_local_model_dir_is_rejected(tmp_path):
         resolve_model(str(tmp_path))
 
 
-def test_cache_makes_a_rerun_encode_only_new_texts(ray_session, tmp_path):
-    """A second run with the same cache encodes only the texts it has not seen: the vectors of the
-    others come from the cache, equal to the first run's. (A rerun that has nothing new encodes
-    nothing: test_cache.py, on whole builds.)"""
-    from llmrec_ray.cache import EmbeddingCache
-
-    cfg = EncodeConfig(batch_size=4, cpus_per_actor=1)
-    cache = EmbeddingCache(tmp_path / "cache")
-
-    def rows(texts):
-        return pa.table({"text": texts, "text_hash": text_hashes(pa.array(texts), encoder_key(cfg))})
-
-    first, s1 = encode_texts(rows(["one", "two", "one"]), cfg, cache=cache)
-    assert (s1["encoded"], s1["cached"], s1["deduplicated"]) == (2, 0, 1)
-    second, s2 = encode_texts(rows(["one", "two", "three"]), cfg, cache=cache)
-    assert (s2["encoded"], s2["cached"]) == (1, 2) and second.num_rows == 3
-    by_hash = lambda t: dict(zip(t.column("text_hash").to_pylist(), t.column("embedding").to_pylist()))
-    seen = by_hash(first)
-    assert {h: v for h, v in by_hash(second).items() if h in seen} == seen
-
-
 def test_token_budget_batches():
     from llmrec_ray.encode import token_budget_batches
 
