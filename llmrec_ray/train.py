@@ -370,7 +370,8 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
     if keep:  # the join runs once; every epoch reads the rows from the object store
         ds = ds.materialize()
     valid = validation_data(repo, split, items, item_ids, vocab)
-    dim = repo.read_manifest()["dim"]
+    manifest = repo.read_manifest()
+    dim = manifest["dim"]
     graph = None
     batch_size, lr, epochs = t.batch_size, t.lr, t.epochs
     model_kwargs = dict(user_dim=dim, item_dim=dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
@@ -401,8 +402,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
         counts = np.bincount(entity_rows(train_interactions, item_index).column("item_idx").to_numpy(),
                              minlength=len(item_ids)).astype(np.float64)
         model_kwargs["logq"] = np.log(np.maximum(counts, 1) / counts.sum()).tolist()
-    use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)
-    manifest = repo.read_manifest()
+    use_gpu = resources.get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)
     fingerprint = hashlib.sha256(json.dumps(
         # (train.materialize changes where the rows come from, not the training)
         [model_kwargs, t.model_dump(exclude={"materialize"}), cfg.seed, manifest.get("built_at"),
