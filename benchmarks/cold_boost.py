@@ -1,7 +1,11 @@
 """The blend's new-item boost on a built and trained run: how much cold-item Recall@20 each boost
 buys and what it costs on all users, for each constant boost `llmrec evaluate` tries
 (`evaluate.cold_boosts`) and for a boost given only to cold items released at most `window`
-days before the query (the items' `released` / `available_from`). Every variant is the served
+days before the query (the items' `released` / `available_from`). Two other cold scorers are
+measured the same way: a cold item scored by the served blend's scores of its `NEIGHBOURS`
+nearest trained items by text (the cosine of their feature vectors), and the boost raised by the
+item's interactions in the 30 days before the query (`log1p`, point in time: rows strictly
+before the query, from any user). Every variant is the served
 blend (its peer and weight as tuned on validation) with another boost; its validation NDCG@20
 is printed beside the test metrics, and the peers' test metrics are the reference.
 
@@ -21,12 +25,15 @@ from llmrec_ray.config import load_config
 from llmrec_ray.evaluate import evaluate, metric_on, slices
 from llmrec_ray.metrics import ranking_metrics
 from llmrec_ray.model_inputs import query_data, validation_data
-from llmrec_ray.models.age import released_days
+from llmrec_ray.models.age import released_days, times_days
 # internal: the run's tables and split as `llmrec evaluate` makes them (repoint here if it moves)
 from llmrec_ray.pipeline import _split, feature_repo, init_ray
 from llmrec_ray.recommender import Blend
 
 WINDOWS = [30, 90, 365]
+NEIGHBOURS = 20
+NEIGHBOUR_BOOSTS = [0.5, 1.0, 1.1, 1.2, 1.3]
+RECENT_BOOSTS = [0.2, 0.3, 0.5]
 
 
 class WindowBlend(Blend):
@@ -43,6 +50,47 @@ class WindowBlend(Blend):
         young = np.where(np.isnan(age), False, age <= self.window)
         cold = ~self.b_items
         out[:, cold] -= self.cold_boost * (~young[:, cold])
+        return out
+
+
+class NeighbourBlend(Blend):
+    """`base`, a cold item scored by the blend's scores of its `k` nearest trained items by text
+    (weights: the clipped cosine, normalized to sum 1), plus `boost`."""
+
+    def __init__(self, base: Blend, boost: float, k: int = NEIGHBOURS):
+        super().__init__(base.a, base.b, base.weight, base.b_items, 0.0)
+        self.boost, self.k, self._nb = boost, k, None
+
+    def score(self, queries):
+        out = super().score(queries)
+        cold = ~self.b_items
+        if self._nb is None:
+            e = queries.features["item_emb"].astype(np.float32)
+            e = e / np.clip(np.linalg.norm(e, axis=1, keepdims=True), 1e-9, None)
+            sim = e[cold] @ e.T
+            sim[:, cold] = -np.inf
+            nb = np.argpartition(-sim, self.k, axis=1)[:, :self.k]
+            w = np.clip(np.take_along_axis(sim, nb, 1), 0, None)
+            self._nb = (nb, w / np.clip(w.sum(1, keepdims=True), 1e-9, None))
+        nb, w = self._nb
+        out[:, cold] = np.einsum("qck,ck->qc", out[:, nb], w) + self.boost
+        return out
+
+
+class RecentBlend(Blend):
+    """`base` with each cold item's boost raised by `gain * log1p(n)`, n its interactions (any
+    user) in the `days` before the query: `times[j]` the sorted interaction days of item j."""
+
+    def __init__(self, base: Blend, times: dict[int, np.ndarray], gain: float = 0.5, days: float = 30):
+        super().__init__(base.a, base.b, base.weight, base.b_items, base.cold_boost)
+        self.times, self.gain, self.days = times, gain, days
+
+    def score(self, queries):
+        out = super().score(queries)
+        q = queries.features["query_day"]
+        for j, t in self.times.items():
+            n = np.searchsorted(t, q, side="left") - np.searchsorted(t, q - self.days, side="left")
+            out[:, j] += self.gain * np.log1p(n)
         return out
 
 
@@ -93,6 +141,16 @@ def main() -> None:
         row(f"blend, boost {boost}", base)
         for window in WINDOWS:
             row(f"  only released <= {window} days", WindowBlend(base, released, window))
+    for boost in NEIGHBOUR_BOOSTS:
+        row(f"text neighbours, boost {boost}", NeighbourBlend(served, boost))
+    inter = tables["interactions"]
+    days = times_days(inter.column("event_timestamp").to_pandas())
+    col = {i: k for k, i in enumerate(item_ids)}
+    where = np.array([col.get(i, -1) for i in inter.column("item_id").to_pylist()])
+    times = {j: np.sort(days[where == j]) for j in np.flatnonzero(~served.b_items)}
+    for boost in RECENT_BOOSTS:
+        row(f"boost {boost} + 0.5 log1p(n 30 days)",
+            RecentBlend(Blend(served.a, served.b, served.weight, served.b_items, boost), times))
 
 
 if __name__ == "__main__":
