@@ -7,7 +7,9 @@ nearest trained items by text (the cosine of their feature vectors), and the boo
 item's interactions in the 30 days before the query (`log1p`, point in time: rows strictly
 before the query, from any user). Every variant is the served
 blend (its peer and weight as tuned on validation) with another boost; its validation NDCG@20
-is printed beside the test metrics, and the peers' test metrics are the reference.
+is printed beside the test metrics, and the peers' test metrics are the reference. Last, for
+each constant boost, how many top-20 slots hold a cold item and how often such a slot is a test
+item, beside the warm slots' rate (what each cold hit costs).
 
     LLMREC_ML100K=path/to/ml-100k python benchmarks/cold_boost.py --config configs/ml-100k.yaml
 
@@ -151,6 +153,18 @@ def main() -> None:
     for boost in RECENT_BOOSTS:
         row(f"boost {boost} + 0.5 log1p(n 30 days)",
             RecentBlend(Blend(served.a, served.b, served.weight, served.b_items, boost), times))
+
+    # What a top-20 slot given to a cold item is worth, against one given to a warm item
+    cold = ~served.b_items
+    print("\nslots of the test top-20 lists (all users): a cold slot's hit rate against a warm one's")
+    for boost in [0.0, *cfg.evaluate.cold_boosts]:
+        top = Blend(served.a, served.b, served.weight, served.b_items, boost).top_k(
+            test["queries"], test["mask"], 20)
+        hit = np.array([[j in t for j in row_] for row_, t in zip(top, groups["all"])])
+        is_cold = (top >= 0) & cold[np.clip(top, 0, None)]
+        print(f"boost {boost}: {int(is_cold.sum())} cold slots ({is_cold.mean():.2%}), hit rate "
+              f"{hit[is_cold].mean() if is_cold.any() else 0:.4f}; warm slots hit rate "
+              f"{hit[~is_cold].mean():.4f}, at ranks 16-20 {hit[:, 15:][~is_cold[:, 15:]].mean():.4f}")
 
 
 if __name__ == "__main__":
