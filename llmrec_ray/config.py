@@ -250,9 +250,10 @@ class TrainConfig(Strict):
     user_id_dropout: float | None = Field(None, ge=0, le=1, description=(
         "hybrid: probability that a user's ID is replaced by the unknown ID in training; None = "
         "id_dropout."))
-    text_aux: float = Field(0.0, ge=0, description=(
+    text_aux: float = Field(1.0, ge=0, description=(
         "hybrid: weight of an auxiliary InfoNCE loss that scores every item as if unseen (text "
-        "only), so the text path is trained on every row."))
+        "only), so the text path, which serves cold items, is trained on every row, not only on "
+        "the id_dropout ones (0 = off; README, Results)."))
     early_stopping_metric: str = Field("ndcg@20", description=(
         "Validation metric (on the validation queries of the evaluation protocol) that picks the "
         "epoch whose model is kept, and that early stopping watches."))
