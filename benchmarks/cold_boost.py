@@ -22,6 +22,7 @@ import argparse
 
 import numpy as np
 
+from llmrec_ray import console
 from llmrec_ray.artifacts import load_model
 from llmrec_ray.config import load_config
 from llmrec_ray.evaluate import evaluate, metric_on, slices
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
+    console.setup(cfg.run_dir / "logs")  # library output to the run's log, as `llmrec` does
     init_ray(cfg.ray)
     repo = feature_repo(cfg)
     tables, split, item_ids = _split(cfg, repo)

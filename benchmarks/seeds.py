@@ -69,15 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="JSON path; per-seed metrics go beside it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--skip-build", action="store_true", help="the features are built already")
+    p.add_argument("-v", "--verbose", action="store_true", help="library logs on the terminal too")
     args = p.parse_args(argv)
 
-    from llmrec_ray import pipeline
+    from llmrec_ray import console, pipeline
     from llmrec_ray.config import load_config
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     cfg = load_config(args.config, args.overrides)
+    # as `llmrec` does: Ray's, Feast's and transformers' output to the run's log, not the terminal
+    log = console.setup(cfg.run_dir / "logs", verbose=args.verbose)
+    print(f"logs and warnings: {log} (-v shows them here)", flush=True)
     if not args.skip_build:
         s = pipeline.build_stage(cfg)
         print(f"[build-features] {s['seconds']}s", flush=True)
