@@ -132,17 +132,19 @@ def main() -> None:
             print(f"{name:<34} {'':>16}  {a['recall@20']:.4f} / {a['ndcg@20']:.4f}  "
                   f"{c['recall@20']:.4f} / {c['ndcg@20']:.4f}")
 
-    def row(label: str, rec) -> None:
+    def row(label: str, rec) -> np.ndarray:
         top = rec.top_k(test["queries"], test["mask"], 20)
         a = ranking_metrics(top, groups["all"], [20])
         c = ranking_metrics(top, groups["cold_items"], [20])
         print(f"{label:<34} {metric_on(rec, valid, metric):>16.4f}  {a['recall@20']:.4f} / "
               f"{a['ndcg@20']:.4f}  {c['recall@20']:.4f} / {c['ndcg@20']:.4f}", flush=True)
+        return top
 
-    row("blend, no boost", Blend(served.a, served.b, served.weight, served.b_items))
+    # the test top-20 lists of each constant boost, kept for the slot count at the end
+    tops = {0.0: row("blend, no boost", Blend(served.a, served.b, served.weight, served.b_items))}
     for boost in cfg.evaluate.cold_boosts:
         base = Blend(served.a, served.b, served.weight, served.b_items, boost)
-        row(f"blend, boost {boost}", base)
+        tops[boost] = row(f"blend, boost {boost}", base)
         for window in WINDOWS:
             row(f"  only released <= {window} days", WindowBlend(base, released, window))
     for boost in NEIGHBOUR_BOOSTS:
@@ -159,9 +161,7 @@ def main() -> None:
     # What a top-20 slot given to a cold item is worth, against one given to a warm item
     cold = ~served.b_items
     print("\nslots of the test top-20 lists (all users): a cold slot's hit rate against a warm one's")
-    for boost in [0.0, *cfg.evaluate.cold_boosts]:
-        top = Blend(served.a, served.b, served.weight, served.b_items, boost).top_k(
-            test["queries"], test["mask"], 20)
+    for boost, top in tops.items():
         hit = np.array([[j in t for j in row_] for row_, t in zip(top, groups["all"])])
         is_cold = (top >= 0) & cold[np.clip(top, 0, None)]
         print(f"boost {boost}: {int(is_cold.sum())} cold slots ({is_cold.mean():.2%}), hit rate "
