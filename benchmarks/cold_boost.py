@@ -154,6 +154,10 @@ def main() -> None:
     col = {i: k for k, i in enumerate(item_ids)}
     where = np.array([col.get(i, -1) for i in inter.column("item_id").to_pylist()])
     times = {j: np.sort(days[where == j]) for j in np.flatnonzero(~served.b_items)}
+    q_days = test["queries"].features["query_day"]
+    recent = np.array([np.searchsorted(t, q_days) - np.searchsorted(t, q_days - 30) for t in times.values()])
+    print(f"(test query, cold item) pairs with an interaction in the 30 days before the query: "
+          f"{(recent > 0).mean():.1%} of {recent.size}")
     for boost in RECENT_BOOSTS:
         row(f"boost {boost} + 0.5 log1p(n 30 days)",
             RecentBlend(Blend(served.a, served.b, served.weight, served.b_items, boost), times))
