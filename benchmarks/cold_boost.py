@@ -164,7 +164,10 @@ def main() -> None:
 
     # What a top-20 slot given to a cold item is worth, against one given to a warm item
     cold = ~served.b_items
-    print("\nslots of the test top-20 lists (all users): a cold slot's hit rate against a warm one's")
+    cold_rows = sum(len(t) for t in groups["cold_items"])
+    print(f"\nslots of the test top-20 lists (all users): a cold slot's hit rate against a warm one's "
+          f"(a random cold item: {cold_rows} cold test items over {len(queries)} queries x "
+          f"{int(cold.sum())} cold items = {cold_rows / (len(queries) * cold.sum()):.2%})")
     for boost, top in tops.items():
         hit = np.array([[j in t for j in row_] for row_, t in zip(top, groups["all"])])
         is_cold = (top >= 0) & cold[np.clip(top, 0, None)]
