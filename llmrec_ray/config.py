@@ -66,6 +66,11 @@ class DataConfig(Strict):
     columns: dict[str, str] = Field(default_factory=dict, description=(
         "generic: canonical column -> column in the files, e.g. {user_id: uid, event_timestamp: ts}; "
         "under evaluate.protocol given also `split` (values train, valid / validation / val, test)."))
+    untimed_order: Literal["shuffle", "file"] = Field("shuffle", description=(
+        "generic, evaluate.protocol given, interactions without timestamps: shuffle = their "
+        "order carries no time (a published random split lists a user's items in any order, "
+        "often by id), so synthetic times follow a fixed random permutation of each file's rows "
+        "and a user's history is an unordered set; file = the file order is time order."))
     timestamp_unit: Literal["s", "ms", "us", "iso"] = Field(
         "s", description="generic: unit of integer timestamps, or iso for ISO-8601 strings.")
     rating_range: tuple[float, float] = Field((0.5, 5.0), description="Accepted rating range; "

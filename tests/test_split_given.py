@@ -136,7 +136,7 @@ def test_split_files_without_timestamps(tmp_path: Path) -> None:
     cfg = DataConfig(source="generic", interactions=str(tmp_path / "train.csv"),
                      valid_interactions=str(tmp_path / "valid.csv"),
                      test_interactions=str(tmp_path / "test.csv"), items=str(tmp_path / "items.csv"),
-                     max_reject_fraction=1.0)
+                     max_reject_fraction=1.0, untimed_order="file")
     ds = load_dataset(cfg, given_split=True)
     # the unknown item is rejected with its own file and row
     assert [(r["source"], r["row"], r["reason"]) for r in ds.rejects.rows] == [
@@ -266,3 +266,31 @@ def test_build_features_under_given_uses_train_rows_only(tmp_path: Path, monkeyp
     with pytest.raises(ValueError, match="built for protocol given"):
         pipeline.eval_split(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(
             update={"protocol": "user-temporal"})}), saved, r)
+
+
+def test_untimed_rows_are_not_ordered_by_the_file(tmp_path: Path) -> None:
+    """The Last.fm collapse: a published random split lists each user's items by id, so ordered by
+    the file a user's later rows are the items numbered last (the rarest), and every model trained
+    on point-in-time histories learned "the next item is a rare one". Without timestamps the
+    default order is a fixed random permutation: no trend of time against file position."""
+    n_items, n_users = 80, 6
+    (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"{i},t{i}\n" for i in range(n_items)))
+    rows = [f"{u},{i},train" for u in range(n_users) for i in range(n_items)]  # ascending ids per user
+    (tmp_path / "inter.csv").write_text("user_id,item_id,split\n" + "\n".join(rows) + "\n")
+    cfg = DataConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                     items=str(tmp_path / "items.csv"))
+    assert cfg.untimed_order == "shuffle"
+    ds = load_dataset(cfg, given_split=True)
+    t = ds.interactions.to_pandas()
+    assert len(t) == n_users * n_items and t["event_timestamp"].is_unique
+    for _, g in t.groupby("user_id"):
+        by_time = g.sort_values("event_timestamp")["item_id"].astype(int).to_numpy()
+        # Spearman's rho of time against the item id (the file position): 1.0 in file order
+        rho = np.corrcoef(np.arange(len(by_time)), by_time)[0, 1]
+        assert abs(rho) < 0.4, rho
+    # fixed: the same data gives the same order (the features are reproducible)
+    again = load_dataset(cfg, given_split=True).interactions.column("event_timestamp")
+    assert again.equals(ds.interactions.column("event_timestamp"))
+    # untimed_order file: the file order is time order
+    ordered = load_dataset(cfg.model_copy(update={"untimed_order": "file"}), given_split=True)
+    assert ordered.interactions.column("event_timestamp").to_pandas().is_monotonic_increasing

@@ -33,8 +33,12 @@ row) or from its file: `data.interactions` = train, `data.valid_interactions`,
 `data.test_interactions` (each optional; a split column in them is an error). Timestamps become
 optional: a file without the timestamp column, or whose timestamp column holds no value at all,
 gets synthetic ones, SYNTHETIC_START + n seconds where n is the row's position in the files read
-one after the other (train, valid, test), so each user's rows keep their file order (history
-truncation keeps the last rows in file order) and repeated (user, item) rows stay distinct. In a
+one after the other (train, valid, test). By default (`data.untimed_order: shuffle`) the rows of
+each file are first put in a fixed random order: without timestamps the file order is not time
+(published random splits list each user's items by id, which ranks them by first appearance, so
+the rows listed last are the rarest items), and a history ordered by it teaches models that
+order. With `untimed_order: file` each user's rows keep their file order (history truncation
+keeps the last rows in file order). Repeated (user, item) rows stay distinct either way. In a
 file that does have timestamps, a row without one is still rejected. Synthetic times start in
 2000: leave `available_from` unmapped for such data (an interaction before it is rejected).
 Without `given_split` a `split` column is an ordinary extra column (dropped).
@@ -83,6 +87,7 @@ NUMBER = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$"
 SPLIT_VALUES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid",
                 "test": "test"}
 SYNTHETIC_START = datetime(2000, 1, 1, tzinfo=timezone.utc)  # given split without timestamps
+UNTIMED_SEED = 0  # the permutation of untimed rows (data.untimed_order shuffle): fixed, part of the data
 
 
 def load_generic(cfg: DataConfig, given_split: bool = False) -> Dataset:
@@ -162,7 +167,15 @@ def _interactions(files: list[tuple[str | None, Location]], cfg: DataConfig, rej
         t = _canonical(raw, "interactions", path, cfg, rejects,
                        optional=("event_timestamp",) if synthetic else (), rows=rows)
         if synthetic:
-            pos = offset + np.asarray(t.column("_row").to_numpy(), dtype=np.int64)
+            pos = np.asarray(t.column("_row").to_numpy(), dtype=np.int64)
+            if cfg.untimed_order == "shuffle":
+                # The file order is not time: ordered by it, a user's later rows would be whatever
+                # the file lists last (in published splits: the items numbered last, the rarest),
+                # and every model fed point-in-time histories learns that order instead of tastes.
+                pos = np.random.default_rng(UNTIMED_SEED).permutation(n_in)[pos]
+                log.info("%s: no timestamps; rows in a fixed random order (data.untimed_order "
+                         "shuffle): a user's history is a set", path)
+            pos = offset + pos
             start_us = int(SYNTHETIC_START.timestamp()) * 1_000_000
             t = t.append_column("event_timestamp",
                                 pa.array(start_us + pos * 1_000_000, pa.int64()).cast(TIMESTAMP))
