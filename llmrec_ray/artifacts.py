@@ -58,33 +58,40 @@ def _model_digest(run_dir: Path) -> str:
 
 
 def save_blend(run_dir: Path, blend, item_ids: list[str]) -> Path | None:
-    """Keep `blend` (a `recommender.Blend` of the run's trained model with a fitted peer, as
-    `evaluate` tuned it, or None) for `recommend`: the peer's arrays (`state()`), its
-    parameters, the weight and new-item boost, the items the peer scores, `item_ids` (their order) and the checkpoint's digest.
-    No blend (None), or a peer without `state()` (ALS, BPR, popularity): None, any earlier
-    blend file is removed, and `recommend` serves the trained model alone."""
+    """Keep the scorer `evaluate` chose to serve for `recommend`: a `recommender.Blend` of the
+    run's trained model with a fitted peer (the peer's arrays (`state()`), its parameters, the
+    weight and new-item boost, the items the peer scores), or a fitted scorer served alone (a
+    peer or a closed-form model with `state()`, when validation put it above the trained model's
+    every form), with `item_ids` (their order) and the checkpoint's digest.
+    None, the trained model itself, or a scorer without `state()` (ALS, BPR, popularity): None,
+    any earlier file is removed, and `recommend` serves the trained model alone."""
+    from llmrec_ray.recommender import Blend
+
     path = Path(run_dir) / "model" / BLEND_FILE
-    peer = None if blend is None else blend.b
+    alone = blend is not None and not isinstance(blend, Blend)
+    peer = blend if alone else (None if blend is None else blend.b)
     if peer is None or not hasattr(peer, "state"):
-        if peer is not None:
-            logger.info("blend %s: the peer %s is not kept for serving; recommend serves the "
-                        "trained model alone", blend.name, peer.name)
+        if peer is not None and not getattr(peer, "model", None):
+            logger.info("%s is not kept for serving; recommend serves the trained model alone",
+                        peer.name)
         path.unlink(missing_ok=True)
         return None
-    meta = {"peer": peer.name, "params": peer.params, "weight": blend.weight,
-            "cold_boost": blend.cold_boost, "model_sha256": _model_digest(run_dir)}
+    meta = {"peer": peer.name, "params": peer.params, "alone": alone,
+            "weight": None if alone else blend.weight,
+            "cold_boost": 0.0 if alone else blend.cold_boost, "model_sha256": _model_digest(run_dir)}
+    b_items = None if alone else blend.b_items
     tmp = path.with_name(f".{BLEND_FILE}.tmp.npz")
     np.savez(tmp, meta=np.array(json.dumps(meta)), item_ids=np.array(item_ids, dtype=str),
-             b_items=blend.b_items if blend.b_items is not None else np.ones(len(item_ids), bool),
+             b_items=b_items if b_items is not None else np.ones(len(item_ids), bool),
              **{f"peer_{k}": v for k, v in peer.state().items()})
     os.replace(tmp, path)
     return path
 
 
 def load_blend(run_dir: Path, trained, item_ids: list[str]):
-    """The blend `save_blend` kept for this run's checkpoint, over `item_ids` (the model's
-    vocabulary order), or None when there is none. A blend tuned with another checkpoint or
-    another item list is an error: evaluate again."""
+    """The scorer `save_blend` kept for this run's checkpoint (a `Blend` with `trained`, or a
+    scorer served alone), over `item_ids` (the model's vocabulary order), or None when there is
+    none. One tuned with another checkpoint or another item list is an error: evaluate again."""
     from llmrec_ray.baselines import BASELINES
     from llmrec_ray.recommender import Blend
 
@@ -102,6 +109,8 @@ def load_blend(run_dir: Path, trained, item_ids: list[str]):
                          "evaluate` again (or recommend --model-only)")
     peer = BASELINES[meta["peer"]].restore(meta["params"], {k[5:]: v for k, v in arrays.items()
                                                             if k.startswith("peer_")})
+    if meta.get("alone"):
+        return peer
     return Blend(trained, peer, meta["weight"], arrays["b_items"], meta.get("cold_boost", 0.0))
 
 

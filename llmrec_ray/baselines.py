@@ -244,6 +244,7 @@ class ZeroShotCosine(Recommender):
     """Cosine between LLM user and item vectors: what the features give before any training."""
 
     name = "zero_shot_cosine"
+    uses_text = True
 
     def fit(self, data: FitData) -> "ZeroShotCosine":
         return self
@@ -255,8 +256,10 @@ class ZeroShotCosine(Recommender):
         return u @ v.T
 
 
+from llmrec_ray.models.text_ease import TextEASE  # noqa: E402  (fitted and tuned like the peers)
+
 BASELINES: dict[str, type[Recommender]] = {c.name: c for c in (
-    Popularity, EASE, ItemKNN, ImplicitALS, BPR, ZeroShotCosine)}
+    Popularity, EASE, ItemKNN, ImplicitALS, BPR, ZeroShotCosine, TextEASE)}
 NEEDS_IMPLICIT = ("implicit_als", "bpr")
 
 # The grids tuned on the validation queries by default: a few values each, wide enough for
@@ -266,6 +269,8 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "item_knn": {"neighbors": [20, 50, 100, 200, 500]},
     "implicit_als": {"factors": [32, 64, 128], "regularization": [0.01, 0.1, 1.0]},
     "bpr": {"factors": [64], "learning_rate": [0.01, 0.05], "regularization": [0.001, 0.01]},
+    "text_ease": {"l2": [50.0, 200.0, 500.0, 1000.0], "text_weight": [0.03, 0.1, 0.3, 1.0],
+                  "neighbors": [10, 50]},
 }
 
 
@@ -278,11 +283,11 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
 def tune(name: str, grid: dict[str, list], data: FitData, score_fn) -> tuple[Recommender, list[dict]]:
     """Fit `name` at every point of `grid` on `data`; keep the point with the best
     `score_fn(recommender)` (the validation metric; ties go to the earlier point). Returns the
-    fitted best and the trials [{params..., "value": v}]. Without a validation score (`score_fn`
-    None) the first point is used."""
+    fitted best and the trials [{params..., "value": v}], the chosen one marked `"chosen": True`.
+    Without a validation score (`score_fn` None) the first point is used."""
     cls = BASELINES[name]
     points = grid_points(grid)
-    best, best_value, trials = None, -np.inf, []
+    best, best_value, trials, chosen = None, -np.inf, [], 0
     for point in points:  # EASE and kNN share their O(I^2) statistics through `data.cached`
         rec = cls(**point).fit(data)
         value = score_fn(rec) if score_fn is not None and len(points) > 1 else None
@@ -291,7 +296,8 @@ def tune(name: str, grid: dict[str, list], data: FitData, score_fn) -> tuple[Rec
             best = rec
             break
         if value > best_value + 1e-12:
-            best, best_value = rec, value
+            best, best_value, chosen = rec, value, len(trials) - 1
+    trials[chosen]["chosen"] = True
     if len(trials) > 1:
         logger.info("%s tuned on validation: %s", name,
                     ", ".join(f"{t}" for t in trials))

@@ -144,6 +144,16 @@ def build_features(cfg) -> dict:
     """The whole feature build; returns the summary (row counts per stage)."""
     ds = load_dataset(cfg.data, given_split=cfg.evaluate.protocol == "given")
     summary = {"data": ds.summary()}
+    if cfg.evaluate.protocol == "given":
+        from llmrec_ray.split import carve_validation
+
+        inter, moved = carve_validation(ds.interactions, cfg.evaluate.valid_fraction, cfg.seed)
+        if moved:
+            ds = dataclasses.replace(ds, interactions=inter)
+            summary["carved_validation"] = moved
+            logger.info("the given split has no validation rows: %d train rows (%.0f%% of each "
+                        "user's, seed %d) carved as validation", moved,
+                        100 * cfg.evaluate.valid_fraction, cfg.seed)
     for table, c in summary["data"].items():
         logger.info("%s: %d in = %d accepted + %d rejected", table, c["in"], c["accepted"], c["rejected"])
     save_dataset(ds, cfg.run_dir)

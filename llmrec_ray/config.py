@@ -303,7 +303,8 @@ class EvalConfig(Strict):
         "after the end of training, training items masked (llmrec_ray.split.given_eval_split)."))
     valid_fraction: float = Field(0.1, ge=0, lt=1, description=(
         "user-temporal: the last share of what remains after the test rows that is validation "
-        "(early stopping); 0 = no validation."))
+        "(early stopping); given, when the data has no validation rows: the seeded random share "
+        "of each user's train rows carved as validation; 0 = no validation."))
     global_quantiles: tuple[float, float] = Field((0.8, 0.9), description=(
         "global-temporal: the quantiles of interaction time where fit ends and test begins "
         "(validation in between)."))

@@ -82,26 +82,75 @@ def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict,
     peer_values = {name: metric_on(rec, valid, metric) for name, rec in peers.items()}
     peer = max(peer_values, key=lambda n: peer_values[n])  # first of equals: dicts keep order
     trials: list[dict] = [{"peer": n, "value": v} for n, v in peer_values.items()]
-    best, best_value = None, -np.inf
+    best, best_value, best_trial = None, -np.inf, None
     for w in weights:
         blend = Blend(trained, peers[peer], w, peer_items)
         value = metric_on(blend, valid, metric)
         trials.append({"weight": w, "value": value})
         if value > best_value + 1e-12:
-            best, best_value = blend, value
+            best, best_value, best_trial = blend, value, trials[-1]
     if peer_items is not None and not np.all(peer_items) and any(b > 0 for b in cold_boosts):
-        boosted = [(0.0, best_value, best)]
+        boosted = [(best_trial, best_value, best)]
         for boost in sorted(b for b in set(cold_boosts) if b > 0):
             blend = Blend(trained, peers[peer], best.weight, peer_items, boost)
             value = metric_on(blend, valid, metric)
             trials.append({"weight": best.weight, "cold_boost": boost, "value": value})
-            boosted.append((boost, value, blend))
+            boosted.append((trials[-1], value, blend))
         top = max(v for _, v, _ in boosted)
         floor = top * (1.0 - tolerance) - 1e-12
         if top > 0:  # (a model that finds nothing on validation gets no boost)
-            best = [b for boost, v, b in boosted if v >= floor][-1 if tolerance else 0]
+            best_trial, _, best = [b for b in boosted if b[1] >= floor][-1 if tolerance else 0]
+    best_trial["chosen"] = True
     logger.info("blend %s tuned on validation: %s", best.name, trials)
     return best, trials
+
+
+def validation_values(trained: Recommender, peers: dict[str, Recommender], blend, tuning: dict,
+                      valid: dict, metric: str) -> dict[str, float]:
+    """Each scorer's validation value: the trained model's measured here, a tuned scorer's from
+    the trial its tuning chose (a single-point grid measured here)."""
+    values = {trained.name: metric_on(trained, valid, metric)}
+    for name, rec in {**peers, **({blend.name: blend} if blend is not None else {})}.items():
+        chosen = [t["value"] for t in tuning[name]["trials"] if t.get("chosen") and t["value"] is not None]
+        values[name] = chosen[0] if chosen else metric_on(rec, valid, metric)
+    return values
+
+
+def choose_served(trained: Recommender, peers: dict[str, Recommender], blend, tuning: dict,
+                  valid: dict | None, metric: str) -> tuple[Recommender | None, dict]:
+    """The guard against a model that learned nothing, and what `recommend` serves.
+
+    Every LLM-feature scorer (the trained model, its blend, the closed-form text models) is
+    compared with popularity on the validation queries; one at or below it is flagged. The
+    served scorer is the LLM-feature scorer best on validation that is above popularity (the
+    trained model alone, its blend, or a closed-form model); when none is, the scorer best on
+    validation of all. Returns (the served scorer, None = the trained model alone; the record:
+    values, flagged, served, reason)."""
+    if valid is None:
+        served = blend
+        return served, {"served": (served or trained).name, "values": {}, "flagged": [],
+                        "reason": "no validation queries: the blend as tuned, or the model alone"}
+    values = validation_values(trained, peers, blend, tuning, valid, metric)
+    scorers = {trained.name: trained, **peers, **({blend.name: blend} if blend is not None else {})}
+    llm = [n for n, r in scorers.items() if r.uses_text or n == getattr(blend, "name", None)]
+    llm = [n for n in llm if n != "zero_shot_cosine"]  # a reference point, not a served model
+    floor = values.get("popularity")
+    flagged = [n for n in llm if floor is not None and values[n] <= floor + 1e-12]
+    ok = [n for n in llm if n not in flagged]
+    servable = lambda n: n == trained.name or n == getattr(blend, "name", None) or hasattr(scorers[n], "state")
+    pool = [n for n in ok if servable(n)] or [n for n in scorers if servable(n)]
+    best = max(pool, key=lambda n: values[n])
+    if ok:
+        reason = f"the LLM-feature scorer best on validation {metric}"
+    else:
+        reason = (f"every LLM-feature scorer is at or below popularity on validation {metric}: "
+                  f"the scorer best on validation instead")
+    for n in flagged:
+        logger.warning("%s: validation %s %.4f is not above popularity's %.4f: it learned nothing "
+                       "useful", n, metric, values[n], floor)
+    record = {"served": best, "values": values, "flagged": flagged, "popularity": floor,
+              "metric": f"valid {metric}", "reason": reason}
+    return (None if best == trained.name else scorers[best]), record
 
 
 def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ecfg,
@@ -136,7 +185,7 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     ranked: dict[str, np.ndarray] = {trained.name: trained.top_k(test, mask, k_max)}
     bar.update(1, trained.name)
     fit = base.FitData(base.interaction_matrix(split.fit, vocab["users"], item_ids), vocab["users"],
-                       item_ids, seed)
+                       item_ids, seed, item_text=test.features.get("item_emb"))
     tuning, peers, served = {}, {}, None
     for name in names:
         start = time.perf_counter()
@@ -148,14 +197,19 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
         logger.info("baseline %s %s fitted, tuned, scored and ranked in %.1fs", name, rec.params,
                     time.perf_counter() - start)
         bar.update(1, name)
+    # the blend's partner: an interaction-only peer (the LLM-feature models are the other side)
+    cf_peers = {n: r for n, r in peers.items() if not r.uses_text}
+    blending = blending and bool(cf_peers)
+    blend = None
     if blending:
-        blend, trials = tune_blend(trained, peers, valid, metric, blend_weights, fit.trained_items,
+        blend, trials = tune_blend(trained, cf_peers, valid, metric, blend_weights, fit.trained_items,
                                    ecfg.cold_boosts, ecfg.cold_boost_tolerance)
         ranked[blend.name] = blend.top_k(test, mask, k_max)
         tuning[blend.name] = {"chosen": blend.params, "trials": trials, "metric": f"valid {metric}"}
-        served = blend
         bar.update(1, blend.name)
     bar.close()
+    served, guard = choose_served(trained, peers, blend, tuning, valid, metric)
+    tuning["served"] = guard
     groups = slices(truth, split.fit, queries["user_id"].tolist(), item_ids, light_user_max,
                     new_users=split.protocol == "global-temporal")
     results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in groups}
@@ -180,12 +234,15 @@ def format_table(results: dict[str, dict[str, dict[str, float]]], ks: list[int])
     return "\n".join(out).rstrip()
 
 
-def format_summary(results: dict[str, dict[str, dict[str, float]]], k: int) -> str:
+def format_summary(results: dict[str, dict[str, dict[str, float]]], k: int,
+                   flagged: list[str] = ()) -> str:
     """The terminal's table: one row per model, Recall@k and NDCG@k of every slice (the markdown
-    file of `write_results` has every metric at every K)."""
+    file of `write_results` has every metric at every K); `flagged` models (at or below
+    popularity on validation) are marked."""
     slices_ = [s for s, models in results.items() if models]
     head = [f"{s} ({next(iter(results[s].values()))['users']} users)" for s in slices_]
-    width = max([len("model")] + [len(n) for s in slices_ for n in results[s]])
+    label = {n: (f"{n} (!)" if n in flagged else n) for s in slices_ for n in results[s]}
+    width = max([len("model")] + [len(n) for n in label.values()])
     cols = [f"{h} R@{k} / N@{k}" for h in head]
     lines = [f"{'model':<{width}}  " + "  ".join(f"{c:>{max(len(c), 15)}}" for c in cols)]
     for name in results[slices_[0]] if slices_ else []:
@@ -194,23 +251,38 @@ def format_summary(results: dict[str, dict[str, dict[str, float]]], k: int) -> s
             m = results[s].get(name)
             cell = "-" if m is None else f"{m[f'recall@{k}']:.4f} / {m[f'ndcg@{k}']:.4f}"
             cells.append(f"{cell:>{max(len(c), 15)}}")
-        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+        lines.append(f"{label[name]:<{width}}  " + "  ".join(cells))
+    if flagged:
+        lines.append("(!) not above popularity on the validation queries: learned nothing useful")
     return "\n".join(lines)
 
 
 def format_tuning(tuning: dict) -> str:
-    """One line per baseline: the hyperparameters chosen on validation, out of how many tried."""
+    """One line per tuned scorer: the hyperparameters chosen on validation, out of how many
+    tried; then the guard's verdict and what `recommend` serves (`tuning["served"]`)."""
     lines = []
     for name, t in tuning.items():
+        if name == "served":
+            continue
         chosen = ", ".join(f"{k}={v}" for k, v in t["chosen"].items())
         tried = len(t["trials"])
-        # the chosen point's trial: the one that names the most of the chosen values
-        matching = [x for x in t["trials"] if x["value"] is not None and all(
-            t["chosen"].get(k, object()) == v for k, v in x.items() if k != "value")]
-        best = max(matching, key=len)["value"] if matching else None
+        best = next((x["value"] for x in t["trials"] if x.get("chosen")), None)
         lines.append(f"- {name}: {chosen or 'no hyperparameters'}" + (
             f" (of {tried} tried on {t['metric']}: {best:.4f})" if tried > 1 and best is not None else ""))
-    return "Baseline hyperparameters (chosen on the validation queries):\n" + "\n".join(lines)
+    out = "Hyperparameters (chosen on the validation queries):\n" + "\n".join(lines)
+    return out + ("\n" + format_guard(tuning["served"]) if "served" in tuning else "")
+
+
+def format_guard(record: dict) -> str:
+    """The guard's lines: every LLM-feature scorer at or below popularity on validation, in
+    plain words, and the scorer `recommend` serves."""
+    lines = []
+    for name in record.get("flagged", []):
+        lines.append(f"WARNING: {name} is not above popularity on the validation queries "
+                     f"({record['values'][name]:.4f} against {record['popularity']:.4f} "
+                     f"{record['metric']}): it learned nothing useful.")
+    lines.append(f"recommend serves {record['served']} ({record['reason']}).")
+    return "\n".join(lines)
 
 
 def write_results(results: dict, path: Path, tuning: dict | None = None) -> list[Path]:

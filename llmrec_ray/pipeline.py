@@ -158,10 +158,11 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
     files = write_results(results, path, tuning)
     summary = {"metrics": results, "tuning": tuning,
-               "table": format_summary(results, max(cfg.evaluate.ks)) + "\n\n" + format_tuning(tuning),
+               "table": format_summary(results, max(cfg.evaluate.ks), tuning["served"]["flagged"]) + "\n\n" + format_tuning(tuning),
                "protocol": split.summary(),
                "path": str(path), "files": [str(f) for f in files],
-               "served": blend.name if served is not None else model.kind,
+               "served": tuning["served"]["served"],
+               "below_popularity": tuning["served"]["flagged"],
                "seconds": round(time.perf_counter() - start, 1)}
     _write_summary(cfg, "evaluate", {k: v for k, v in summary.items() if k != "table"})
     return summary

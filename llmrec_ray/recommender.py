@@ -27,12 +27,14 @@ ITEM_FEATURES = ("item_emb", "item_idx")  # per item, not per query: kept whole 
 @dataclass
 class FitData:
     """The training interactions: `matrix` a binary CSR (users x items) over `users` x `items`,
-    `trained_items` the items with at least one training interaction."""
+    `trained_items` the items with at least one training interaction; `item_text` (I, D) the
+    items' LLM text vectors from Feast, for the models that read them (`uses_text`)."""
 
     matrix: object
     users: list[str]
     items: list[str]
     seed: int = 0
+    item_text: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def cached(self, key: str, compute):
@@ -71,6 +73,7 @@ class Recommender:
     in `params`, reported with the results), and implement `fit` and `score`."""
 
     name = "recommender"
+    uses_text = False  # True: an LLM-feature model (reads the text vectors), not an interaction-only peer
 
     def __init__(self, **params):
         self.params = params
@@ -115,6 +118,7 @@ class TrainedModel(Recommender):
                             if not isinstance(v, (list, tuple)) and v is not None})
         self.model = model
         self.name = model.kind
+        self.uses_text = True
 
     def fit(self, data: FitData) -> "TrainedModel":
         raise NotImplementedError("trained models are fitted with Ray Train: `llmrec train`")

@@ -152,6 +152,31 @@ GIVEN_LABELS = ("train", "valid", "test")
 GIVEN_QUERY_GAP = pd.Timedelta(seconds=1)
 
 
+def carve_validation(interactions: pa.Table, fraction: float, seed: int = 0) -> tuple[pa.Table, int]:
+    """A given split without validation rows (train and test only): a seeded random `fraction`
+    of each user's train rows becomes `valid` (rounded down; a user keeps at least one train
+    row), so early stopping and tuning have validation queries. Returns (the rows, rows moved);
+    a split that has validation rows, or fraction 0, is returned as it is."""
+    label = np.asarray(interactions.column("split").to_numpy(zero_copy_only=False), dtype=object)
+    if fraction <= 0 or (label == "valid").any():
+        return interactions, 0
+    users = np.asarray(interactions.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
+    train = np.flatnonzero(label == "train")
+    rng = np.random.default_rng(seed)
+    order = train[rng.permutation(len(train))]  # random order, then grouped by user (stable)
+    order = order[np.argsort(users[order], kind="stable")]
+    grouped = users[order]
+    starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
+    sizes = np.diff(np.r_[starts, len(order)])
+    n_valid = np.minimum(np.floor(sizes * fraction + 1e-9).astype(np.int64), sizes - 1)
+    rank = np.arange(len(order)) - np.repeat(starts, sizes)  # position within the user's rows
+    moved = order[rank < np.repeat(n_valid, sizes)]
+    label = label.copy()
+    label[moved] = "valid"
+    col = interactions.column_names.index("split")
+    return interactions.set_column(col, "split", pa.array(label.tolist(), pa.string())), len(moved)
+
+
 def given_eval_split(interactions: pa.Table, snapshots: pa.Table | None = None) -> EvalSplit:
     """The split that comes with the data (evaluate.protocol given): the `split` column of the
     interactions (train / valid / test, from the generic loader) decides, time does not.
