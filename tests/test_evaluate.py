@@ -54,3 +54,54 @@ def test_write_results_json_markdown_and_charts(tmp_path):
     pngs = [f for f in files if f.suffix == ".png"]
     assert [p.name for p in pngs] == ["metrics-all.png", "metrics-cold_items.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+# ---- the guard: a model below popularity is flagged and not served ------------------------------
+
+def test_a_model_below_popularity_is_flagged_and_the_best_validated_scorer_served():
+    """The trained model is forced below popularity (it ranks the least popular items first):
+    flagged in the record, the table and the text, and recommend serves the LLM-feature scorer
+    best on validation instead (here a closed-form one); when every LLM-feature scorer is below
+    popularity, the scorer best on validation of all."""
+    from scipy.sparse import csr_matrix
+
+    from llmrec_ray.baselines import EASE, Popularity
+    from llmrec_ray.evaluate import choose_served, format_guard, format_summary
+    from llmrec_ray.models.text_ease import TextEASE
+    from llmrec_ray.recommender import FitData, Queries, Recommender
+
+    x = csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]],
+                            np.float32))  # counts 3, 2, 2, 2
+    fit = FitData(x, ["a", "b", "c", "d", "e"], ["i0", "i1", "i2", "i3"],
+                  item_text=np.eye(4, dtype=np.float32))
+    pop = Popularity().fit(fit)
+
+    class Backwards(Recommender):  # learned nothing: the least popular first
+        name = "hybrid"
+        uses_text = True
+
+        def score(self, queries):
+            return -pop.score(queries)
+
+    # a user of item 2 whose held-out item is 3: popularity answers item 0, the models item 3
+    valid = {"queries": Queries(csr_matrix(np.array([[0, 0, 1, 0]], np.float32)), np.array([3]), {}),
+             "mask": np.array([[False, False, True, False]]), "truth": [{3}]}
+    ease, text = EASE(l2=1.0).fit(fit), TextEASE(l2=1.0, text_weight=0.1, neighbors=1).fit(fit)
+    tuning = {n: {"chosen": {}, "trials": [{"value": None}]} for n in ("popularity", "ease", "text_ease")}
+    peers = {"popularity": pop, "ease": ease, "text_ease": text}
+    served, record = choose_served(Backwards(), peers, None, tuning, valid, "recall@1")
+    assert record["values"] == {"hybrid": 0.0, "popularity": 0.0, "ease": 1.0, "text_ease": 1.0}
+    assert record["flagged"] == ["hybrid"]
+    assert record["served"] == "text_ease" and served is text
+    text_lines = format_guard({**record, "metric": "valid recall@1"})
+    assert "WARNING: hybrid is not above popularity" in text_lines and "learned nothing" in text_lines
+    assert "recommend serves text_ease" in text_lines
+    table = format_summary({"all": {"hybrid": {"users": 1, "recall@1": 0.0, "ndcg@1": 0.0},
+                                    "popularity": {"users": 1, "recall@1": 1.0, "ndcg@1": 1.0}}},
+                           1, record["flagged"])
+    assert "hybrid (!)" in table and "popularity (!)" not in table and "learned nothing" in table
+    # every LLM-feature scorer below popularity: the best validated scorer of all
+    served, record = choose_served(Backwards(), {"popularity": pop, "ease": ease}, None,
+                                   tuning, valid, "recall@1")
+    assert record["flagged"] == ["hybrid"] and record["served"] == "ease" and served is ease
+    assert "at or below popularity" in record["reason"]

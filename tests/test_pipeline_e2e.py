@@ -105,7 +105,7 @@ def test_metrics_written_and_bounded(e2e):
     results = json.loads((cfg.run_dir / "metrics.json").read_text())
     assert set(results) == {"all", "cold_items", "light_users"}
     peers = {"popularity", "ease", "item_knn", "implicit_als", "bpr", "zero_shot_cosine"}
-    blends = set(results["all"]) - peers - {"two_tower"}
+    blends = set(results["all"]) - peers - {"two_tower", "text_ease"}
     # the model blended with the peer best on validation (evaluate.blend_weights)
     assert len(blends) == 1 and blends.pop().split("+") in [["two_tower", p] for p in peers]
     for slice_name, models in results.items():

@@ -294,3 +294,23 @@ def test_untimed_rows_are_not_ordered_by_the_file(tmp_path: Path) -> None:
     # untimed_order file: the file order is time order
     ordered = load_dataset(cfg.model_copy(update={"untimed_order": "file"}), given_split=True)
     assert ordered.interactions.column("event_timestamp").to_pandas().is_monotonic_increasing
+
+
+def test_train_and_test_only_gets_validation_carved_from_train() -> None:
+    from llmrec_ray.split import carve_validation
+
+    users = [f"u{u}" for u in range(5) for _ in range(2 + 4 * u)]  # 2, 6, 10, 14, 18 rows
+    t = pa.table({"user_id": users, "item_id": [str(k) for k in range(len(users))],
+                  "split": ["train"] * len(users)})
+    t = pa.concat_tables([t, pa.table({"user_id": ["u0"], "item_id": ["x"], "split": ["test"]})])
+    out, moved = carve_validation(t, 0.25, seed=3)
+    df = out.to_pandas()
+    per_user = df[df.split == "valid"].groupby("user_id").size().reindex([f"u{u}" for u in range(5)],
+                                                                          fill_value=0)
+    assert per_user.tolist() == [0, 1, 2, 3, 4] and moved == 10  # floor(n * 0.25) each
+    assert (df.groupby("user_id")["split"].apply(lambda s: (s == "train").sum()) >= 1).all()
+    assert df.split.iloc[-1] == "test" and out.num_rows == t.num_rows
+    again, _ = carve_validation(t, 0.25, seed=3)
+    assert again.equals(out)  # seeded
+    # a split with validation rows, or fraction 0, stays as it is
+    assert carve_validation(out, 0.25)[1] == 0 and carve_validation(t, 0.0)[1] == 0
