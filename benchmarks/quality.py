@@ -1,0 +1,210 @@
+"""One quality benchmark over every dataset at hand: each dataset's config with the project's
+defaults, 3 seeds, one table (mean +- std).
+
+    python benchmarks/quality.py --out benchmarks/results/quality.json [--datasets NAME ...] [--seeds 0 1 2]
+
+Datasets (each skipped, and said so, when its data is not on the machine):
+- synthetic: `configs/synthetic.yaml` (the embedded default);
+- ml-100k: `configs/ml-100k.yaml`, user-temporal (LLMREC_ML100K);
+- ml-100k-random: the same config on a seeded random per-user 80/20 split of `u.data` (10% of
+  each user's train rows as validation), written by this script as generic files, given protocol;
+- lastfm: `configs/lastfm.yaml`, the published random split (LLMREC_LASTFM).
+Only data keys differ between them (paths, templates, protocol). Each dataset gets its own Feast
+repository under `runs/quality/` (the declarations copied from `feature_repo/`), so the runs do
+not overwrite one another. Per dataset: the features are built once, then `llmrec train` and
+`llmrec evaluate` run at each seed (`benchmarks/seeds.py`, in a process of its own, run
+`quality-<dataset>`); `<stem>-<dataset>.json` keeps each dataset's per-seed metrics and tuning, and `<out>` with `<stem>.md` the table over all datasets
+done so far (a later run with --datasets adds to it).
+
+The table, per dataset: the LLM-feature models alone (the trained model; text_ease), the best
+interaction-only peer (EASE, item-KNN, implicit ALS), popularity and the blend, Recall@20 /
+NDCG@20 mean +- std over the seeds; then the targets: every LLM-feature model above popularity
+on validation and test, and the best LLM-feature model alone against the best peer (margin and
+spread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PEERS = ("ease", "item_knn", "implicit_als")
+LLM_ALONE = ("two_tower", "hybrid", "llm_graph", "text_ease")
+GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+          "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+
+
+def ml100k_random_split(src: Path, out: Path, seed: int = 0, test: float = 0.2, valid: float = 0.1) -> Path:
+    """`u.data` -> generic files with a seeded random per-user split (test: `test` of each user's
+    rows; validation: `valid` of the rest), `u.item` -> items.csv (title, genres)."""
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [line.split("\t") for line in (src / "u.data").read_text().splitlines() if line.strip()]
+    rng = np.random.default_rng(seed)
+    by_user: dict[str, list] = {}
+    for r in rows:
+        by_user.setdefault(r[0], []).append(r)
+    with open(out / "interactions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "item_id", "rating", "event_timestamp", "split"])
+        for user in sorted(by_user, key=int):
+            rs = by_user[user]
+            order = rng.permutation(len(rs))
+            n_test = int(len(rs) * test)
+            n_valid = int((len(rs) - n_test) * valid)
+            for rank, k in enumerate(order):
+                split = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+                u, i, r, t = rs[k]
+                w.writerow([u, i, r, t.strip(), split])
+    with open(out / "items.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title", "genres"])
+        for line in (src / "u.item").read_bytes().decode("latin-1").splitlines():
+            xs = line.split("|")
+            if len(xs) >= 24:
+                w.writerow([xs[0], xs[1], "|".join(g for g, flag in zip(GENRES, xs[5:24]) if flag == "1")])
+    return out
+
+
+def datasets(work: Path) -> dict[str, tuple[str, list[str]] | str]:
+    """name -> (config, overrides), or the reason it is skipped."""
+    ml, lastfm = os.environ.get("LLMREC_ML100K"), os.environ.get("LLMREC_LASTFM")
+    out: dict = {"synthetic": ("configs/synthetic.yaml", [])}
+    if ml:
+        out["ml-100k"] = ("configs/ml-100k.yaml", [])
+        out["ml-100k-random"] = ("configs/ml-100k.yaml", [
+            "data.source=generic", "evaluate.protocol=given",
+            f"data.interactions={work / 'ml-100k-random' / 'interactions.csv'}",
+            f"data.items={work / 'ml-100k-random' / 'items.csv'}"])
+    else:
+        out["ml-100k"] = out["ml-100k-random"] = "LLMREC_ML100K is not set"
+    out["lastfm"] = ("configs/lastfm.yaml", []) if lastfm else "LLMREC_LASTFM is not set"
+    return out
+
+
+def repo_for(work: Path, name: str) -> Path:
+    """A Feast repository of the dataset's own: the project's declarations, its own data/."""
+    repo = work / name / "feature_repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    for f in ("feature_store.yaml", "features.py"):
+        shutil.copy(ROOT / "feature_repo" / f, repo / f)
+    return repo
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(name: str, result: dict) -> dict:
+    """The table's row of one dataset, and its targets, from the per-seed results."""
+    metrics = result["metrics"]["all"]
+
+    def stat(model, metric):
+        return metrics[model][metric]["mean"], metrics[model][metric]["std"]
+
+    llm = [m for m in metrics if m in LLM_ALONE]
+    peers = [m for m in metrics if m in PEERS]
+    blends = [m for m in metrics if "+" in m]
+    best_llm = max(llm, key=lambda m: stat(m, "ndcg@20")[0])
+    best_peer = max(peers, key=lambda m: stat(m, "ndcg@20")[0])
+    row = {"dataset": name, "users": int(metrics[best_llm]["users"]["mean"]), "models": {}}
+    for m in llm + [best_peer, "popularity"] + blends:
+        row["models"][m] = {k: stat(m, k) for k in ("recall@20", "ndcg@20")}
+    below = []
+    for seed, run in result["runs"].items():
+        record = run["tuning"].get("served", {})
+        below += [f"{m} (valid, seed {seed})" for m in record.get("flagged", []) if m in LLM_ALONE]
+    pop = {k: metrics["popularity"][k]["values"] for k in ("recall@20", "ndcg@20")}
+    for m in llm:
+        for k in ("recall@20", "ndcg@20"):
+            below += [f"{m} (test {k}, seed {i})" for i, (a, b) in
+                      enumerate(zip(metrics[m][k]["values"], pop[k])) if a <= b]
+    margins = {}
+    for k in ("recall@20", "ndcg@20"):
+        (a, sa), (b, sb) = stat(best_llm, k), stat(best_peer, k)
+        margins[k] = {"margin": a - b, "spread": max(sa, sb)}
+    row.update(best_llm=best_llm, best_peer=best_peer, below_popularity=below, margins=margins,
+               served=sorted({r["tuning"].get("served", {}).get("served") for r in result["runs"].values()}))
+    return row
+
+
+def markdown(rows: list[dict], seeds: list[int]) -> str:
+    lines = [f"Recall@20 / NDCG@20 on all test users, mean +- std over seeds {seeds}.", "",
+             "| dataset | model | Recall@20 | NDCG@20 |", "|---|---|---:|---:|"]
+    for row in rows:
+        for m, v in row["models"].items():
+            tag = " (LLM alone)" if m in LLM_ALONE else " (best peer)" if m == row["best_peer"] else ""
+            cells = [f"{v[k][0]:.4f} +- {v[k][1]:.4f}" for k in ("recall@20", "ndcg@20")]
+            lines.append(f"| {row['dataset']} ({row['users']} users) | {m}{tag} | " + " | ".join(cells) + " |")
+    lines += ["", "| dataset | best LLM-feature model alone vs best peer: R@20 margin (spread) | "
+              "N@20 margin (spread) | LLM-feature models at or below popularity | served |",
+              "|---|---|---|---|---|"]
+    for row in rows:
+        mg = row["margins"]
+        cells = [f"{mg[k]['margin']:+.4f} ({mg[k]['spread']:.4f})" for k in ("recall@20", "ndcg@20")]
+        lines.append(f"| {row['dataset']} | {row['best_llm']} vs {row['best_peer']}: {cells[0]} | "
+                     f"{cells[1]} | {', '.join(row['below_popularity']) or 'none'} | "
+                     f"{', '.join(row['served'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="JSON path; per-dataset results go beside it")
+    p.add_argument("--datasets", nargs="+", default=None, help="a subset (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = ROOT / "runs" / "quality"
+    known = datasets(work)
+    names = args.datasets or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--datasets: unknown {unknown} (known: {list(known)})")
+    for name in names:
+        spec = known[name]
+        if isinstance(spec, str):
+            print(f"[{name}] skipped: {spec}", flush=True)
+            continue
+        if name == "ml-100k-random":
+            ml100k_random_split(Path(os.environ["LLMREC_ML100K"]), work / name)
+        config, overrides = spec
+        overrides = [f"name=quality-{name}", *overrides, f"featurestore.repo_path={repo_for(work, name)}"]
+        per_seed = work / name / "seeds.json"  # each seed's metrics files beside it, not in results/
+        start = time.perf_counter()
+        print(f"[{name}] {config} {' '.join(overrides)}", flush=True)
+        # each dataset in a process of its own (its own Ray session, logs and peak memory)
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--config", config,
+                               "--out", str(per_seed), "--seeds", *map(str, args.seeds),
+                               *[a for o in overrides for a in ("--set", o)]], cwd=ROOT)
+        if proc.returncode != 0:
+            raise SystemExit(f"[{name}] benchmarks/seeds.py failed (exit {proc.returncode})")
+        shutil.copy(per_seed, out.with_name(f"{out.stem}-{name}.json"))
+        print(f"[{name}] done in {time.perf_counter() - start:.0f}s", flush=True)
+    rows = []
+    for name in known:
+        part = out.with_name(f"{out.stem}-{name}.json")
+        if part.exists():
+            rows.append(summarize(name, json.loads(part.read_text())))
+    out.write_text(json.dumps({"seeds": args.seeds, "datasets": rows}, indent=2) + "\n")
+    md = markdown(rows, args.seeds)
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
