@@ -14,7 +14,8 @@ repository under `runs/quality/` (the declarations copied from `feature_repo/`),
 not overwrite one another. Per dataset: the features are built once, then `llmrec train` and
 `llmrec evaluate` run at each seed (`benchmarks/seeds.py`, in a process of its own, run
 `quality-<dataset>`); `<stem>-<dataset>.json` keeps each dataset's per-seed metrics and tuning, and `<out>` with `<stem>.md` the table over all datasets
-done so far (a later run with --datasets adds to it).
+done so far (a later run with --datasets adds to it). After ML-100K, its last run answers the
+free-text queries "I love <genre> movies" (`free_text`, `<stem>-free-text.json`).
 
 The table, per dataset: the LLM-feature models alone (the trained model; text_ease), the best
 interaction-only peer (EASE, item-KNN, implicit ALS), popularity and the blend, Recall@20 /
@@ -74,7 +75,7 @@ def ml100k_random_split(src: Path, out: Path, seed: int = 0, test: float = 0.2, 
         for line in (src / "u.item").read_bytes().decode("latin-1").splitlines():
             xs = line.split("|")
             if len(xs) >= 24:
-                w.writerow([xs[0], xs[1], "|".join(g for g, flag in zip(GENRES, xs[5:24]) if flag == "1")])
+                w.writerow([xs[0], xs[1], ", ".join(g for g, flag in zip(GENRES, xs[5:24]) if flag == "1")])
     return out
 
 
@@ -91,6 +92,48 @@ def datasets(work: Path) -> dict[str, tuple[str, list[str]] | str]:
     else:
         out["ml-100k"] = out["ml-100k-random"] = "LLMREC_ML100K is not set"
     out["lastfm"] = ("configs/lastfm.yaml", []) if lastfm else "LLMREC_LASTFM is not set"
+    return out
+
+
+def free_text(config: str, overrides: list[str], weights=(0.0, 0.5, 1.0)) -> dict:
+    """Free-text queries on a built and trained MovieLens run: for each genre, `llmrec recommend
+    --text "I love <genre> movies"`'s top 10 at each popularity weight
+    (`recommend.text_popularity`): the share that carry the genre, and their median popularity
+    rank (1 = the most-rated item; the catalogue's size is given, so "in the most-rated half" is
+    rank <= items / 2)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from llmrec_ray import pipeline
+    from llmrec_ray.artifacts import load_model
+    from llmrec_ray.build import load_saved_dataset
+    from llmrec_ray.config import load_config
+    from llmrec_ray.recommend import recommend_for_text
+
+    cfg = load_config(config, overrides)
+    tables = load_saved_dataset(cfg.run_dir)
+    items = tables["items"].to_pylist()
+    genres = {i["item_id"]: {g.strip() for g in (i["genres"] or "").split(",") if g.strip()} for i in items}
+    counts = pc.value_counts(tables["interactions"].column("item_id"))
+    n = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+    order = sorted(genres, key=lambda i: (-n.get(i, 0), i))
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    names = sorted({g for gs in genres.values() for g in gs} - {"unknown"})
+    repo, model = pipeline.feature_repo(cfg), load_model(cfg.run_dir)
+    out = {"items": len(items), "weights": {}}
+    for w in weights:
+        per = {}
+        for g in names:
+            top = recommend_for_text(repo, model, cfg.encode, f"I love {g.lower()} movies", 10, w)
+            per[g] = {"share": float(np.mean([g in genres[r["item_id"]] for r in top])),
+                      "median_rank": float(np.median([rank[r["item_id"]] for r in top])),
+                      "top": [r["title"] for r in top]}
+        out["weights"][str(w)] = {
+            "mean_share": float(np.mean([v["share"] for v in per.values()])),
+            "median_rank": float(np.median([v["median_rank"] for v in per.values()])),
+            "genres": per}
+        print(f"[free text] popularity weight {w}: share {out['weights'][str(w)]['mean_share']:.3f}, "
+              f"median rank {out['weights'][str(w)]['median_rank']:.0f} of {len(items)}", flush=True)
     return out
 
 
@@ -163,14 +206,17 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="JSON path; per-dataset results go beside it")
-    p.add_argument("--datasets", nargs="+", default=None, help="a subset (default: all)")
+    p.add_argument("--datasets", nargs="*", default=None,
+                   help="a subset (default: all; none: only the table from the results at hand)")
+    p.add_argument("--free-text", action="store_true",
+                   help="answer the free-text queries with the ML-100K run at hand (no training)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = ROOT / "runs" / "quality"
     known = datasets(work)
-    names = args.datasets or list(known)
+    names = list(known) if args.datasets is None else args.datasets
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"--datasets: unknown {unknown} (known: {list(known)})")
@@ -193,14 +239,30 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             raise SystemExit(f"[{name}] benchmarks/seeds.py failed (exit {proc.returncode})")
         shutil.copy(per_seed, out.with_name(f"{out.stem}-{name}.json"))
+        if name == "ml-100k":  # the last seed's run answers the free-text queries
+            text = free_text(config, overrides + [f"seed={args.seeds[-1]}"])
+            out.with_name(f"{out.stem}-free-text.json").write_text(json.dumps(text, indent=2) + "\n")
         print(f"[{name}] done in {time.perf_counter() - start:.0f}s", flush=True)
+    if args.free_text and "ml-100k" not in names and not isinstance(known["ml-100k"], str):
+        config, overrides = known["ml-100k"]
+        text = free_text(config, ["name=quality-ml-100k", *overrides,
+                                  f"featurestore.repo_path={work / 'ml-100k' / 'feature_repo'}"])
+        out.with_name(f"{out.stem}-free-text.json").write_text(json.dumps(text, indent=2) + "\n")
     rows = []
     for name in known:
         part = out.with_name(f"{out.stem}-{name}.json")
         if part.exists():
             rows.append(summarize(name, json.loads(part.read_text())))
-    out.write_text(json.dumps({"seeds": args.seeds, "datasets": rows}, indent=2) + "\n")
+    text_file = out.with_name(f"{out.stem}-free-text.json")
+    text = json.loads(text_file.read_text()) if text_file.exists() else None
+    out.write_text(json.dumps({"seeds": args.seeds, "datasets": rows, "free_text": text}, indent=2) + "\n")
     md = markdown(rows, args.seeds)
+    if text:
+        md += ("\n\nFree text on ML-100K (\"I love <genre> movies\", every genre; top 10 of "
+               f"{text['items']} items):\n\n| popularity weight | share of the top 10 with the genre "
+               "(mean over genres) | median popularity rank (median over genres) |\n|---:|---:|---:|\n")
+        md += "\n".join(f"| {w} | {v['mean_share']:.3f} | {v['median_rank']:.0f} |"
+                        for w, v in text["weights"].items())
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
     return 0

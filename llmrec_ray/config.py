@@ -377,6 +377,16 @@ class EvalConfig(Strict):
         return v
 
 
+class RecommendConfig(Strict):
+    """Serving (`llmrec recommend`)."""
+
+    text_popularity: float = Field(0.5, ge=0, description=(
+        "--text (a new user in words): the weight of the popularity prior against the text match. "
+        "Items are ranked by z(cosine of the query's and the item's text vectors) + "
+        "text_popularity * z(log(1 + the item's interactions)) (z: standardized over the items); "
+        "0 = the text match alone, which favours obscure items whose text happens to be close."))
+
+
 class RayConfig(Strict):
     """How to reach Ray. With no address, a local instance is started with these caps."""
 
@@ -400,6 +410,7 @@ class Config(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="The recommender (two-tower, "
                                "hybrid or LLM graph) and its training on Ray Train.")
     evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation protocol and cut-offs.")
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig, description="Serving.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection and local caps.")
 
     @model_validator(mode="after")

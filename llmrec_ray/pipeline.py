@@ -172,14 +172,16 @@ def recommend_stage(cfg, user_id: str | None, k: int, text: str | None = None,
                     model_only: bool = False) -> list[dict]:
     """Top-k for a known user (online store), or for a new user described by `text`. A known
     user is served the blend `llmrec evaluate` tuned (`artifacts.load_blend`) when there is one,
-    unless `model_only`; a new user, of whom the peer knows nothing, the trained model."""
+    unless `model_only`; a new user in words is matched against the items' text
+    (`recommend.recommend_for_text`)."""
     from llmrec_ray.recommend import recommend_for_text, recommend_for_user
     from llmrec_ray.artifacts import load_model
 
     if (user_id is None) == (text is None):
         raise ValueError("give exactly one of --user and --text")
     if text is not None:
-        return recommend_for_text(feature_repo(cfg), load_model(cfg.run_dir), cfg.encode, text, k)
+        return recommend_for_text(feature_repo(cfg), load_model(cfg.run_dir), cfg.encode, text, k,
+                                  cfg.recommend.text_popularity)
     tables = load_saved_dataset(cfg.run_dir)
     inter = tables["interactions"]
     seen = set(inter.filter(pc.equal(inter.column("user_id"), user_id)).column("item_id").to_pylist())

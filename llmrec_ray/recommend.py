@@ -2,10 +2,11 @@
 online store.
 
 A known user's newest history embedding and statistics, and every item's text embedding and title,
-come from the online store; the trained model (two-tower, hybrid or the LLM graph model) scores
-them through its `Recommender` interface, or, for a known user, the blend of it with the peer
-that `llmrec evaluate` tuned on validation (`artifacts.load_blend`); items the user already
-interacted with are excluded.
+come from the online store; the scorer `llmrec evaluate` chose on validation (the blend of the
+trained model with a peer, or a closed-form model, `artifacts.load_blend`), or the trained model
+(two-tower, hybrid or the LLM graph model), scores them through the `Recommender` interface; items
+the user already interacted with are excluded. A new user in words is matched against the items'
+text (`recommend_for_text`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pyarrow as pa
 
 from llmrec_ray.console import quiet
 from llmrec_ray.featurestore import FeatureRepo
-from llmrec_ray.views import (ITEM_METADATA_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW,
-                              embedding_matrix)
+from llmrec_ray.views import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
+                              USER_STATS_VIEW, embedding_matrix)
 from llmrec_ray.model_inputs import STAT_COLUMNS, item_id_index, user_extra_features, user_id_index
 from llmrec_ray.recommender import Queries, TrainedModel
 
@@ -37,9 +38,26 @@ def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k
     return _rank_items(repo, model, user_emb, extra, user_id, seen, k, blend_dir, now)
 
 
-def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) -> list[dict]:
-    """A brand-new user described in words: the text is encoded with the features' encoder (same
-    model, pooling, prompt) and scored as a user with no history (zero statistics, unknown ID)."""
+def text_match_scores(query: np.ndarray, item_emb: np.ndarray, counts: np.ndarray,
+                      popularity: float) -> np.ndarray:
+    """(I,) scores of a query in words: z(cos(query, item text)) + popularity *
+    z(log1p(interactions)), z standardizing over the items (a constant column gives 0)."""
+    from llmrec_ray.recommender import standardize
+
+    v = item_emb / np.maximum(np.linalg.norm(item_emb, axis=1, keepdims=True), 1e-12)
+    q = query / max(float(np.linalg.norm(query)), 1e-12)
+    cos = (v @ q)[None, :]  # (1, I)
+    prior = np.log1p(np.asarray(counts, dtype=np.float64)).astype(np.float32)[None, :]
+    return (standardize(cos) + popularity * standardize(prior))[0]
+
+
+def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int,
+                       popularity: float = 0.5) -> list[dict]:
+    """A brand-new user described in words, matched against the items' own text: the query is
+    encoded with the features' encoder (same model, pooling, prompt), so it lies in the space of
+    the item text vectors; items are ranked by that cosine with a popularity prior
+    (`text_match_scores`; the items' interaction counts from the online item statistics).
+    The trained user tower is not used: it learned from history texts, not from requests."""
     import torch
 
     from llmrec_ray.encode import Encoder, encoder_kwargs
@@ -53,9 +71,25 @@ def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int) 
         enc = Encoder(**encoder_kwargs(encode_cfg, path, device=device,
                                        dtype=dtype_name(encode_cfg.dtype, device)))
     out = enc(pa.table({"text_hash": ["query"], "text": [text]}))
-    user_emb = np.asarray(out.column("embedding")[0].as_py(), dtype=np.float32)[None, :]
-    user_extra = np.zeros((1, 4), dtype=np.float32)  # no interactions yet
-    return _rank_items(repo, model, user_emb, user_extra, None, set(), k, None, pd.Timestamp.now(tz="UTC"))
+    query = np.asarray(out.column("embedding")[0].as_py(), dtype=np.float32)
+    item_ids = model.vocab["items"]
+    items = _online_items(repo, item_ids, [f"{ITEM_STATS_VIEW}:n_interactions"])
+    counts = np.array([n or 0 for n in items["n_interactions"]], dtype=np.float64)
+    scores = text_match_scores(query, embedding_matrix(items["embedding"]), counts, popularity)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [{"rank": r + 1, "item_id": item_ids[i], "title": items["title"][i],
+             "score": float(scores[i]), "model": "text_match"} for r, i in enumerate(order)]
+
+
+def _online_items(repo: FeatureRepo, item_ids: list[str], extra: list[str] = ()) -> dict:
+    """Every item's text embedding and title (and `extra` features) from the online store."""
+    items = repo.online([f"{ITEM_TEXT_VIEW}:embedding", f"{ITEM_METADATA_VIEW}:title", *extra],
+                        [{"item_id": i} for i in item_ids])
+    missing = [i for i, v in zip(item_ids, items["embedding"]) if v is None]
+    if missing:
+        raise KeyError(f"{len(missing)} items of the model are not in the online store "
+                       f"({ITEM_TEXT_VIEW}; first: {missing[0]!r}): materialize the features again")
+    return items
 
 
 def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.ndarray,
@@ -72,12 +106,7 @@ def _rank_items(repo: FeatureRepo, model, user_emb: np.ndarray, user_extra: np.n
 
     vocab = model.vocab
     item_ids = vocab["items"]
-    items = repo.online([f"{ITEM_TEXT_VIEW}:embedding", f"{ITEM_METADATA_VIEW}:title"],
-                        [{"item_id": i} for i in item_ids])
-    missing = [i for i, v in zip(item_ids, items["embedding"]) if v is None]
-    if missing:
-        raise KeyError(f"{len(missing)} items of the model are not in the online store "
-                       f"({ITEM_TEXT_VIEW}; first: {missing[0]!r}): materialize the features again")
+    items = _online_items(repo, item_ids)
     users = [user_id if user_id is not None else ""]
     features = {"user_emb": user_emb, "user_extra": user_extra,
                 "item_emb": embedding_matrix(items["embedding"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 
@@ -179,7 +180,7 @@ def test_k_below_one_is_a_value_error(run, k):
 def test_known_user_is_served_what_evaluate_tuned_and_model_only_the_model(run, trained_run):
     """`llmrec evaluate` keeps its tuned blend beside the checkpoint; a known user is scored by it
     (its name on every row), `model_only` by the trained model alone, and the two rankings differ
-    (the peer's scores count); a new user in words is served the model."""
+    (the peer's scores count); a new user in words is matched against the items' text."""
     cfg, user = run["cfg"], run["users"][0]
     served = trained_run["evaluate"]["served"]
     kind = load_model(cfg.run_dir).kind
@@ -189,4 +190,20 @@ def test_known_user_is_served_what_evaluate_tuned_and_model_only_the_model(run, 
     assert {r["model"] for r in blended} == {served}
     if served != kind:  # the tiny run's blend, or a closed-form model validation put above it
         assert [r["item_id"] for r in blended] != [r["item_id"] for r in alone]
-    assert {r["model"] for r in pipeline.recommend_stage(cfg, None, 3, text=SPACE)} == {kind}
+    assert {r["model"] for r in pipeline.recommend_stage(cfg, None, 3, text=SPACE)} == {"text_match"}
+
+
+def test_text_match_scores_are_the_text_cosine_with_a_popularity_prior():
+    """z(cosine) + w * z(log1p(count)): w = 0 ranks by the text alone; a larger w lifts the
+    popular item over the closer but obscure one."""
+    from llmrec_ray.recommend import text_match_scores
+
+    items = np.array([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0]], np.float32)  # item 0 closest to the query
+    counts = np.array([0, 500, 10])
+    q = np.array([2.0, 0.0], np.float32)
+    cos = np.array([1.0, 0.9 / np.hypot(0.9, 0.3), 0.0])
+    z = lambda x: (x - x.mean()) / x.std()
+    np.testing.assert_allclose(text_match_scores(q, items, counts, 0.0), z(cos), atol=1e-5)
+    s = text_match_scores(q, items, counts, 1.0)
+    np.testing.assert_allclose(s, z(cos) + z(np.log1p(counts)), atol=1e-5)
+    assert np.argmax(s) == 1 and np.argmax(text_match_scores(q, items, counts, 0.0)) == 0
