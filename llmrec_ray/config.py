@@ -197,9 +197,13 @@ class GraphConfig(Strict):
     hidden_dim: int = Field(512, ge=1, description="Hidden width of the MLP.")
     negatives: int = Field(256, ge=1, description="Uniformly drawn negative items per batch.")
     batch_size: int = Field(4096, ge=2, description="Training interactions per step per worker.")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (weight decay: train.weight_decay).")
-    epochs: int = Field(100, ge=1, description="Passes over the training interactions (early "
+    lr: float = Field(5e-4, gt=0, description="AdamW learning rate (weight decay: train.weight_decay; "
+                      "AlphaRec's 5e-4).")
+    epochs: int = Field(300, ge=1, description="Passes over the training interactions (early "
                         "stopping on the validation metric usually ends sooner).")
+    patience: int = Field(20, ge=0, description="Epochs without a better validation value before "
+                          "training stops (AlphaRec's 20: the graph model learns slowly; "
+                          "train.early_stopping_patience is the other models').")
     temperature: float = Field(0.15, gt=0, description="InfoNCE temperature (AlphaRec's default).")
 
 

@@ -137,7 +137,10 @@ def choose_served(trained: Recommender, peers: dict[str, Recommender], blend, tu
     floor = values.get("popularity")
     flagged = [n for n in llm if floor is not None and values[n] <= floor + 1e-12]
     ok = [n for n in llm if n not in flagged]
-    servable = lambda n: n == trained.name or n == getattr(blend, "name", None) or hasattr(scorers[n], "state")
+    def servable(name: str) -> bool:  # what `artifacts.save_blend` can keep (or the model itself)
+        rec = scorers[name]
+        return name == trained.name or hasattr(getattr(rec, "b", rec) if rec is blend else rec, "state")
+
     pool = [n for n in ok if servable(n)] or [n for n in scorers if servable(n)]
     best = max(pool, key=lambda n: values[n])
     if ok:

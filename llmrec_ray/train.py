@@ -373,13 +373,13 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
     manifest = repo.read_manifest()
     dim = manifest["dim"]
     graph = None
-    batch_size, lr, epochs = t.batch_size, t.lr, t.epochs
+    batch_size, lr, epochs, patience = t.batch_size, t.lr, t.epochs, t.early_stopping_patience
     model_kwargs = dict(user_dim=dim, item_dim=dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
                         dropout=t.dropout, temperature=t.temperature,
                         user_extra_dim=USER_EXTRA_DIM if t.user_stats else 0)
     if t.model == "llm_graph":
         g = t.graph
-        batch_size, lr, epochs = g.batch_size, g.lr, g.epochs
+        batch_size, lr, epochs, patience = g.batch_size, g.lr, g.epochs, g.patience
         model_kwargs = dict(item_dim=dim, n_users=len(users), n_items=len(item_ids),
                             hidden_dim=g.hidden_dim, out_dim=t.out_dim, layers=g.layers,
                             temperature=g.temperature, negatives=g.negatives)
@@ -418,7 +418,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
             "weight_decay": t.weight_decay, "fingerprint": fingerprint,
             "model": model_kwargs, "valid": None if valid is None else ray.put(valid),
             "tables": tables, "board": board,
-            "metric": t.early_stopping_metric, "patience": t.early_stopping_patience,
+            "metric": t.early_stopping_metric, "patience": patience,
         },
         datasets={"train": ds},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,

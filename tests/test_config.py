@@ -220,7 +220,7 @@ def test_every_field_has_a_description():
 
 def test_every_config_model_has_a_docstring_and_forbids_extra_keys():
     models = {Config} | {info.annotation for _, info, section in all_fields(Config) if section}
-    assert GraphConfig in models and len(models) == 10  # every section reached, the nested ones too
+    assert GraphConfig in models and len(models) == 11  # every section reached, the nested ones too
     for model in models:
         assert (model.__doc__ or "").strip(), model.__name__
         assert model.model_config.get("extra") == "forbid", model.__name__
