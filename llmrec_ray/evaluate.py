@@ -281,9 +281,9 @@ def format_guard(record: dict) -> str:
     plain words, and the scorer `recommend` serves."""
     lines = []
     for name in record.get("flagged", []):
-        lines.append(f"WARNING: {name} is not above popularity on the validation queries "
-                     f"({record['values'][name]:.4f} against {record['popularity']:.4f} "
-                     f"{record['metric']}): it learned nothing useful.")
+        lines.append(f"FAILED: {name} learned nothing useful: it is not above popularity on the "
+                     f"validation queries ({record['values'][name]:.4f} against "
+                     f"{record['popularity']:.4f} {record['metric']}).")
     lines.append(f"recommend serves {record['served']} ({record['reason']}).")
     return "\n".join(lines)
 

@@ -94,7 +94,7 @@ def test_a_model_below_popularity_is_flagged_and_the_best_validated_scorer_serve
     assert record["flagged"] == ["hybrid"]
     assert record["served"] == "text_ease" and served is text
     text_lines = format_guard({**record, "metric": "valid recall@1"})
-    assert "WARNING: hybrid is not above popularity" in text_lines and "learned nothing" in text_lines
+    assert "FAILED: hybrid learned nothing useful: it is not above popularity" in text_lines
     assert "recommend serves text_ease" in text_lines
     table = format_summary({"all": {"hybrid": {"users": 1, "recall@1": 0.0, "ndcg@1": 0.0},
                                     "popularity": {"users": 1, "recall@1": 1.0, "ndcg@1": 1.0}}},
