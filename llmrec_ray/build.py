@@ -140,6 +140,23 @@ def feature_dataset(ds: Dataset, protocol: str) -> Dataset:
     return dataclasses.replace(ds, interactions=train)
 
 
+def given_history_order(ds, mode: str, seed: int):
+    """Under the given protocol, whether a user's train rows are a sequence or a set
+    (`evaluate.given_history`): auto = a set when the split is random in time (fewer than half
+    of the users' held-out rows all come after their train rows), else their time order.
+    Returns (the dataset, "set" or "time")."""
+    from llmrec_ray.split import held_out_in_time, history_as_set
+
+    if mode == "auto":
+        share = held_out_in_time(ds.interactions)
+        mode = "set" if share < 0.5 else "time"
+        logger.info("given split: %.0f%% of the users' held-out rows come after their train rows: "
+                    "history as a %s", 100 * share, "set (a random split)" if mode == "set" else "sequence")
+    if mode == "set":
+        ds = dataclasses.replace(ds, interactions=history_as_set(ds.interactions, seed))
+    return ds, mode
+
+
 def build_features(cfg) -> dict:
     """The whole feature build; returns the summary (row counts per stage)."""
     ds = load_dataset(cfg.data, given_split=cfg.evaluate.protocol == "given")
@@ -154,6 +171,7 @@ def build_features(cfg) -> dict:
             logger.info("the given split has no validation rows: %d train rows (%.0f%% of each "
                         "user's, seed %d) carved as validation", moved,
                         100 * cfg.evaluate.valid_fraction, cfg.seed)
+        ds, summary["history_order"] = given_history_order(ds, cfg.evaluate.given_history, cfg.seed)
     for table, c in summary["data"].items():
         logger.info("%s: %d in = %d accepted + %d rejected", table, c["in"], c["accepted"], c["rejected"])
     save_dataset(ds, cfg.run_dir)

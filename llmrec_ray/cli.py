@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 def _print_counts(summary: dict) -> None:
     for table, c in summary["data"].items():
         say(f"  {table:<13} in {c['in']:>8}  accepted {c['accepted']:>8}  rejected {c['rejected']:>6}")
+    if summary.get("history_order") == "set":
+        say("  history       the given split is random in time: each user's train rows are a set "
+            "(evaluate.given_history)")
     if summary.get("carved_validation"):
         say(f"  validation    the given split has none: {summary['carved_validation']} train rows "
             "(evaluate.valid_fraction of each user's, seeded) carved as validation")

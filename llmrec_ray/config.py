@@ -309,6 +309,13 @@ class EvalConfig(Strict):
         "user-temporal: the last share of what remains after the test rows that is validation "
         "(early stopping); given, when the data has no validation rows: the seeded random share "
         "of each user's train rows carved as validation; 0 = no validation."))
+    given_history: Literal["auto", "set", "time"] = Field("auto", description=(
+        "given: how the train rows build the features. A random split asks for a user's missing "
+        "items given all the others, not for the next item: set = each user's train rows take "
+        "the user's own timestamps in a random order, so every training row's snapshot is a "
+        "random subset of the history, as at test time; time = their time order (a temporal "
+        "split, whose held-out rows come after the train rows); auto = set when fewer than half "
+        "of the users' held-out rows all come after their train rows."))
     global_quantiles: tuple[float, float] = Field((0.8, 0.9), description=(
         "global-temporal: the quantiles of interaction time where fit ends and test begins "
         "(validation in between)."))

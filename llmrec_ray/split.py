@@ -177,6 +177,35 @@ def carve_validation(interactions: pa.Table, fraction: float, seed: int = 0) -> 
     return interactions.set_column(col, "split", pa.array(label.tolist(), pa.string())), len(moved)
 
 
+def held_out_in_time(interactions: pa.Table) -> float:
+    """The share of users with held-out (valid / test) rows whose held-out rows all come at or
+    after their last train row: 1.0 for a temporal split (leave-last-out), near 0 for a random
+    one."""
+    df = interactions.select(["user_id", "event_timestamp", "split"]).to_pandas()
+    train = df[df["split"] == "train"].groupby("user_id")["event_timestamp"].max()
+    held = df[df["split"] != "train"].groupby("user_id")["event_timestamp"].min()
+    both = held.index.intersection(train.index)
+    return float((held[both] >= train[both]).mean()) if len(both) else 1.0
+
+
+def history_as_set(interactions: pa.Table, seed: int = 0) -> pa.Table:
+    """Each user's train rows get their own timestamps in a seeded random order (the multiset of
+    a user's times, and every other row, unchanged): features built from them see a user's
+    history as a set, each training row's snapshot a random subset of it."""
+    label = np.asarray(interactions.column("split").to_numpy(zero_copy_only=False), dtype=object)
+    users = np.asarray(interactions.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
+    ts = interactions.column("event_timestamp").combine_chunks()
+    t = np.asarray(ts.cast(pa.int64()).to_numpy(zero_copy_only=False))
+    train = np.flatnonzero(label == "train")
+    rng = np.random.default_rng(seed)
+    order = train[np.lexsort((rng.random(len(train)), users[train]))]  # by user, random within
+    by_time = train[np.lexsort((t[train], users[train]))]  # by user, in time
+    out = t.copy()
+    out[order] = t[by_time]  # the user's k-th random row takes the user's k-th time
+    col = interactions.column_names.index("event_timestamp")
+    return interactions.set_column(col, "event_timestamp", pa.array(out, pa.int64()).cast(ts.type))
+
+
 def given_eval_split(interactions: pa.Table, snapshots: pa.Table | None = None) -> EvalSplit:
     """The split that comes with the data (evaluate.protocol given): the `split` column of the
     interactions (train / valid / test, from the generic loader) decides, time does not.

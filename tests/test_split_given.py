@@ -7,6 +7,7 @@ the masks and recall computed by hand.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -314,3 +315,34 @@ def test_train_and_test_only_gets_validation_carved_from_train() -> None:
     assert again.equals(out)  # seeded
     # a split with validation rows, or fraction 0, stays as it is
     assert carve_validation(out, 0.25)[1] == 0 and carve_validation(t, 0.0)[1] == 0
+
+
+def test_a_random_split_builds_features_from_the_history_as_a_set() -> None:
+    """A random split asks for a user's missing items given all the others: its train rows take
+    the user's own times in a random order (each training snapshot a random subset), and the
+    held-out rows and the user's times are unchanged. A temporal split keeps its order."""
+    from llmrec_ray.build import given_history_order
+    from llmrec_ray.datasets.base import Dataset
+    from llmrec_ray.split import held_out_in_time, history_as_set
+
+    n = 60
+    t = pa.table({"user_id": ["a"] * n + ["b"] * n, "item_id": [str(i) for i in range(2 * n)],
+                  "event_timestamp": pa.array(list(range(n)) * 2).cast(pa.timestamp("us", tz="UTC")),
+                  "split": (["train"] * 50 + ["test"] * 10) * 2})
+    temporal = t
+    rng = np.random.default_rng(0)
+    random_split = t.set_column(3, "split", pa.array(list(rng.permutation(t.column("split").to_pylist()))))
+    assert held_out_in_time(temporal) == 1.0 and held_out_in_time(random_split) == 0.0
+    out = history_as_set(random_split, seed=1).to_pandas()
+    before = random_split.to_pandas()
+    for user in ("a", "b"):
+        train, old = out[(out.user_id == user) & (out.split == "train")], before[(before.user_id == user) & (before.split == "train")]
+        assert sorted(train.event_timestamp) == sorted(old.event_timestamp)  # the user's own times
+        items_in_time = train.sort_values("event_timestamp").item_id.astype(int).to_numpy()
+        assert abs(np.corrcoef(np.arange(len(items_in_time)), items_in_time)[0, 1]) < 0.4
+    held = out.split != "train"
+    assert out[held].equals(before[held])
+    ds = Dataset("x", random_split, pa.table({"item_id": ["0"]}), pa.table({"user_id": ["a", "b"]}))
+    assert given_history_order(ds, "auto", 0)[1] == "set"
+    kept, mode = given_history_order(dataclasses.replace(ds, interactions=temporal), "auto", 0)
+    assert mode == "time" and kept.interactions.equals(temporal)
