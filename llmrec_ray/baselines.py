@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmrec_ray.recommender import FitData, Queries, Recommender
+from llmrec_ray.recommender import FitData, ItemItem, Queries, Recommender
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Popularity(Recommender):
         return np.broadcast_to(self.counts, (len(queries), len(self.counts)))
 
 
-class EASE(Recommender):
+class EASE(ItemItem):
     """B = argmin ||X - XB||^2 + l2 ||B||^2 with diag(B) = 0: P = (X'X + l2 I)^-1,
     B = -P / diag(P), diag(B) = 0. Memory is items^2; `max_items` guards against a matrix that
     would not fit."""
@@ -87,10 +87,7 @@ class EASE(Recommender):
         self.max_items = max_items
 
     def fit(self, data: FitData) -> "EASE":
-        n_items = data.matrix.shape[1]
-        if n_items > self.max_items:
-            raise ValueError(f"ease: {n_items} items needs a dense {n_items}^2 matrix; "
-                             f"above max_items={self.max_items}, leave ease out of evaluate.baselines")
+        self.check_size(data)
         # (eigenvalues, eigenvectors) of X'X: one decomposition for every l2 of a grid
         w, v = data.cached("ease_eigh", lambda: np.linalg.eigh(
             (data.matrix.T @ data.matrix).toarray().astype(np.float64)))
@@ -100,18 +97,6 @@ class EASE(Recommender):
         self.b = b.astype(np.float32)
         return self
 
-    def score(self, queries: Queries) -> np.ndarray:
-        return np.asarray(queries.history @ self.b)
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The fitted arrays a server keeps (`artifacts.save_blend`); `restore` inverts it."""
-        return {"b": self.b}
-
-    @classmethod
-    def restore(cls, params: dict, arrays: dict) -> "EASE":
-        rec = cls(**params)
-        rec.b = np.asarray(arrays["b"], dtype=np.float32)
-        return rec
 
 
 class ItemKNN(Recommender):

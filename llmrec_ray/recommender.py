@@ -109,6 +109,33 @@ class Recommender:
         return f"{self.name}({args})"
 
 
+class ItemItem(Recommender):
+    """A model that scores by one (I, I) item-item matrix `b`: score = history @ b (EASE and its
+    kin). The matrix is what a server keeps (`state`, `restore`: `artifacts.save_blend`)."""
+
+    b: np.ndarray
+    max_items = 50_000  # a dense (I, I) matrix beyond this would not fit
+
+    def check_size(self, data: FitData) -> None:
+        n_items = data.matrix.shape[1]
+        if n_items > self.max_items:
+            raise ValueError(f"{self.name}: {n_items} items needs a dense {n_items}^2 matrix; "
+                             f"above max_items={self.max_items}, leave {self.name} out of "
+                             "evaluate.baselines")
+
+    def score(self, queries: Queries) -> np.ndarray:
+        return np.asarray(queries.history @ self.b)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"b": self.b}
+
+    @classmethod
+    def restore(cls, params: dict, arrays: dict) -> "ItemItem":
+        rec = cls(**params)
+        rec.b = np.asarray(arrays["b"], dtype=np.float32)
+        return rec
+
+
 class TrainedModel(Recommender):
     """A trained torch model (two-tower, hybrid, graph) as a `Recommender`: the model scores
     `Queries` itself (`score_queries`), on its own device, without gradients."""

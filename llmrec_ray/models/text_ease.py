@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmrec_ray.recommender import FitData, Queries, Recommender
+from llmrec_ray.recommender import FitData, ItemItem
 
 
 def text_graph(item_text: np.ndarray, neighbors: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def text_graph(item_text: np.ndarray, neighbors: int) -> np.ndarray:
     return (t.T @ t).toarray().astype(np.float64)
 
 
-class TextEASE(Recommender):
+class TextEASE(ItemItem):
     """EASE with the LLM item text as weighted pseudo-users (module docstring). Hyperparameters:
     `l2` (EASE's lambda), `text_weight` (the text graph's weight against the interactions),
     `neighbors` (text neighbours kept per item); chosen on the validation queries."""
@@ -64,10 +64,7 @@ class TextEASE(Recommender):
         self.max_items = max_items
 
     def fit(self, data: FitData) -> "TextEASE":
-        n_items = data.matrix.shape[1]
-        if n_items > self.max_items:
-            raise ValueError(f"text_ease: {n_items} items needs a dense {n_items}^2 matrix; "
-                             f"above max_items={self.max_items}, leave text_ease out of evaluate.baselines")
+        self.check_size(data)
         if data.item_text is None:
             raise ValueError("text_ease needs the items' text vectors (FitData.item_text)")
         p = self.params
@@ -82,16 +79,3 @@ class TextEASE(Recommender):
         np.fill_diagonal(b, 0.0)
         self.b = b.astype(np.float32)
         return self
-
-    def score(self, queries: Queries) -> np.ndarray:
-        return np.asarray(queries.history @ self.b)
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The fitted arrays a server keeps; `restore` inverts it."""
-        return {"b": self.b}
-
-    @classmethod
-    def restore(cls, params: dict, arrays: dict) -> "TextEASE":
-        rec = cls(**params)
-        rec.b = np.asarray(arrays["b"], dtype=np.float32)
-        return rec
