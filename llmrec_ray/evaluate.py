@@ -187,8 +187,12 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     # each model's (Q, I) scores are ranked block by block as soon as they exist: one at a time
     ranked: dict[str, np.ndarray] = {trained.name: trained.top_k(test, mask, k_max)}
     bar.update(1, trained.name)
+    # the closed-form text models read the item text through the trained model's learned
+    # projection of it when the model has one (its text-only path), else the raw LLM vectors
+    item_emb = test.features.get("item_emb")
+    learned = trained.text_vectors(item_emb) if item_emb is not None else None
     fit = base.FitData(base.interaction_matrix(split.fit, vocab["users"], item_ids), vocab["users"],
-                       item_ids, seed, item_text=test.features.get("item_emb"))
+                       item_ids, seed, item_text=item_emb if learned is None else learned)
     tuning, peers, served = {}, {}, None
     for name in names:
         start = time.perf_counter()
@@ -196,6 +200,8 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
         rec, trials = base.tune(name, grids.get(name, {}), fit, score_fn)
         ranked[name] = rec.top_k(test, mask, k_max)
         tuning[name] = {"chosen": rec.params, "trials": trials, "metric": f"valid {metric}"}
+        if rec.uses_text and name != "zero_shot_cosine":
+            tuning[name]["text_vectors"] = "raw LLM" if learned is None else f"{trained.name}'s learned projection"
         peers[name] = rec
         logger.info("baseline %s %s fitted, tuned, scored and ranked in %.1fs", name, rec.params,
                     time.perf_counter() - start)

@@ -167,6 +167,22 @@ class TrainedModel(Recommender):
     def export(self) -> dict[str, np.ndarray]:
         return {}
 
+    def text_vectors(self, item_emb: np.ndarray) -> np.ndarray | None:
+        """(I, D) the model's learned projection of the item text vectors (its text-only item
+        path), or None for a model without one."""
+        import torch
+
+        if not hasattr(self.model, "text_vectors"):
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                dev = next(self.model.parameters()).device
+                return self.model.text_vectors(torch.as_tensor(np.array(item_emb), device=dev)).float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+
 
 def standardize(scores: np.ndarray) -> np.ndarray:
     """Each row to mean 0, standard deviation 1 (a constant row to 0): scores of different

@@ -256,3 +256,27 @@ def test_checkpoint_round_trip_scores_the_same():
     with torch.no_grad():
         torch.testing.assert_close(loaded.score(*args), model.score(*args), rtol=0, atol=0)
     assert loaded.hybrid and loaded.logq.numel() == 0
+
+
+def test_text_vectors_are_the_item_path_with_the_unknown_id():
+    """What text_ease reads as the item text when the trained model offers it: the item tower on
+    the text alone (unknown ID), unit vectors; a model without the method gives None."""
+    import numpy as np
+
+    from llmrec_ray.recommender import TrainedModel
+
+    torch.manual_seed(0)
+    m = TwoTower(user_dim=6, item_dim=6, hidden_dim=8, out_dim=4, n_users=3, n_items=5)
+    emb = torch.randn(5, 6)
+    got = TrainedModel(m).text_vectors(emb.numpy())
+    m.eval()
+    want = m.item_vectors(emb, torch.full((5,), -1, dtype=torch.long)).detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # not the warm path: a known ID changes the vector
+    assert not np.allclose(got, m.item_vectors(emb, torch.arange(5)).detach().numpy())
+
+    class NoText(torch.nn.Module):
+        hparams, kind = {}, "no_text"
+
+    assert TrainedModel(NoText()).text_vectors(emb.numpy()) is None

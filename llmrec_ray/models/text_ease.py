@@ -15,7 +15,10 @@ neighbours are kept: raw sentence vectors are similar to everything a little, an
 noise would swamp the co-occurrences. An item without training interactions (a cold item) is
 tied to its text neighbours, so it gets scores from a user's history through them.
 
-The text vectors are the item features from Feast that every model reads (`FitData.item_text`).
+The text vectors (`FitData.item_text`) come from the item features in Feast that every model
+reads; `evaluate` passes them through the trained model's learned projection of the text (its
+text-only item path, `TrainedModel.text_vectors`: trained on the interactions, so neighbours in it
+are items the same users take) when the model has one, and raw otherwise.
 """
 
 from __future__ import annotations

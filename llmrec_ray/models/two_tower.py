@@ -114,6 +114,12 @@ class TwoTower(nn.Module):
             parts.append(self.item_ids(idx))
         return F.normalize(self.item_tower(torch.cat(parts, dim=-1)), dim=-1)  # (B, D)
 
+    def text_vectors(self, item_emb: torch.Tensor) -> torch.Tensor:
+        """(I, D) the item tower's vectors from the text alone (the unknown ID): a learned
+        projection of the LLM text vectors, as cold items are scored."""
+        return self.item_vectors(item_emb, torch.full((len(item_emb),), -1, dtype=torch.long,
+                                                      device=item_emb.device))
+
     def score(self, user_emb: torch.Tensor, item_emb: torch.Tensor, user_extra: torch.Tensor | None = None,
               user_idx: torch.Tensor | None = None, item_idx: torch.Tensor | None = None,
               query_day: torch.Tensor | None = None) -> torch.Tensor:
