@@ -254,8 +254,8 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "item_knn": {"neighbors": [20, 50, 100, 200, 500]},
     "implicit_als": {"factors": [32, 64, 128], "regularization": [0.01, 0.1, 1.0]},
     "bpr": {"factors": [64], "learning_rate": [0.01, 0.05], "regularization": [0.001, 0.01]},
-    "text_ease": {"l2": [50.0, 200.0, 500.0, 1000.0], "text_weight": [0.03, 0.1, 0.3, 1.0],
-                  "neighbors": [10, 50]},
+    "text_ease": {"l2": [50.0, 200.0, 500.0, 1000.0], "text_weight": [0.1, 0.3, 1.0, 3.0],
+                  "neighbors": [50, 200]},
 }
 
 

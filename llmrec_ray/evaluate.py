@@ -108,11 +108,16 @@ def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict,
 def validation_values(trained: Recommender, peers: dict[str, Recommender], blend, tuning: dict,
                       valid: dict, metric: str) -> dict[str, float]:
     """Each scorer's validation value: the trained model's measured here, a tuned scorer's from
-    the trial its tuning chose (a single-point grid measured here)."""
+    the trial its tuning chose (a single-point grid measured here), the blend's at its best
+    weight (the new-item boost is a product choice within `evaluate.cold_boost_tolerance`, not
+    a loss of skill)."""
     values = {trained.name: metric_on(trained, valid, metric)}
-    for name, rec in {**peers, **({blend.name: blend} if blend is not None else {})}.items():
+    for name, rec in peers.items():
         chosen = [t["value"] for t in tuning[name]["trials"] if t.get("chosen") and t["value"] is not None]
         values[name] = chosen[0] if chosen else metric_on(rec, valid, metric)
+    if blend is not None:  # its best weight, before the new-item boost spends its accuracy budget
+        values[blend.name] = max(t["value"] for t in tuning[blend.name]["trials"]
+                                 if "weight" in t and "cold_boost" not in t)
     return values
 
 
