@@ -112,7 +112,9 @@ def main() -> None:
     valid = validation_data(repo, split, tables["items"], item_ids, model.vocab)
     results, _, served = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate,
                                   cfg.seed, metric, valid)
-    if served is None or served.b_items is None:
+    from llmrec_ray.recommender import Blend
+
+    if not isinstance(served, Blend) or served.b_items is None:
         raise SystemExit("no blend with cold items to boost in this run (evaluate.blend_weights, "
                          "evaluate.cold_boosts)")
     released = released_days(tables["items"], item_ids)

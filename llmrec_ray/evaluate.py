@@ -163,8 +163,9 @@ def choose_served(trained: Recommender, peers: dict[str, Recommender], blend, tu
 
 def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ecfg,
              seed: int = 0, metric: str = "ndcg@20", valid: dict | None = None,
-             ) -> tuple[dict[str, dict[str, dict[str, float]]], dict, Blend | None]:
-    """({slice: {model: metrics}}, {baseline: tuning}, the tuned blend or None) over
+             ) -> tuple[dict[str, dict[str, dict[str, float]]], dict, Recommender | None]:
+    """({slice: {model: metrics}}, {scorer: tuning, "served": the guard's record}, the scorer to
+    serve (`choose_served`: the blend, a closed-form model, or None = the trained model)) over
     `split.test_queries` for the trained model and the baselines (`ecfg`: the `EvalConfig`), all fitted on `split.fit`, each query
     ranked over every item available at its time, the items the user saw before it masked. Each
     baseline's hyperparameters are chosen from its grid (`ecfg.grids` over

@@ -149,12 +149,12 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
 
     model = load_model(cfg.run_dir)
     valid = validation_data(repo, split, tables["items"], item_ids, model.vocab)
-    results, tuning, blend = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate,
-                                      cfg.seed, cfg.train.early_stopping_metric, valid)
+    results, tuning, served = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate,
+                                       cfg.seed, cfg.train.early_stopping_metric, valid)
     from llmrec_ray.artifacts import save_blend
 
-    # what `recommend` serves: the blend as tuned here, or (none, or a peer without state) the model
-    served = save_blend(cfg.run_dir, blend, item_ids)
+    # what `recommend` serves: the scorer the guard chose on validation (None: the model itself)
+    save_blend(cfg.run_dir, served, item_ids)
     path = cfg.run_dir / "metrics.json" if out is None else Path(out)
     files = write_results(results, path, tuning)
     summary = {"metrics": results, "tuning": tuning,
@@ -171,7 +171,7 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
 def recommend_stage(cfg, user_id: str | None, k: int, text: str | None = None,
                     model_only: bool = False) -> list[dict]:
     """Top-k for a known user (online store), or for a new user described by `text`. A known
-    user is served the blend `llmrec evaluate` tuned (`artifacts.load_blend`) when there is one,
+    user is served the scorer `llmrec evaluate` chose (`artifacts.load_blend`) when there is one,
     unless `model_only`; a new user in words is matched against the items' text
     (`recommend.recommend_for_text`)."""
     from llmrec_ray.recommend import recommend_for_text, recommend_for_user
