@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             text = free_text(config, overrides + [f"seed={args.seeds[-1]}"])
             out.with_name(f"{out.stem}-free-text.json").write_text(json.dumps(text, indent=2) + "\n")
         print(f"[{name}] done in {time.perf_counter() - start:.0f}s", flush=True)
-    if args.free_text and "ml-100k" not in names and not isinstance(known["ml-100k"], str):
+    if args.free_text and isinstance(known["ml-100k"], str):
+        print(f"[free text] skipped: {known['ml-100k']}", flush=True)
+    elif args.free_text and "ml-100k" not in names:
         config, overrides = known["ml-100k"]
         text = free_text(config, ["name=quality-ml-100k", *overrides,
                                   f"featurestore.repo_path={work / 'ml-100k' / 'feature_repo'}"])
