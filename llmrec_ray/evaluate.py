@@ -142,6 +142,7 @@ def choose_served(trained: Recommender, peers: dict[str, Recommender], blend, tu
     floor = values.get("popularity")
     flagged = [n for n in llm if floor is not None and values[n] <= floor + 1e-12]
     ok = [n for n in llm if n not in flagged]
+
     def servable(name: str) -> bool:  # what `artifacts.save_blend` can keep (or the model itself)
         rec = scorers[name]
         return name == trained.name or hasattr(getattr(rec, "b", rec) if rec is blend else rec, "state")
@@ -199,7 +200,7 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     learned = trained.text_vectors(item_emb) if item_emb is not None else None
     fit = base.FitData(base.interaction_matrix(split.fit, vocab["users"], item_ids), vocab["users"],
                        item_ids, seed, item_text=item_emb if learned is None else learned)
-    tuning, peers, served = {}, {}, None
+    tuning, peers = {}, {}
     for name in names:
         start = time.perf_counter()
         score_fn = (lambda rec: metric_on(rec, valid, metric)) if valid is not None else None
