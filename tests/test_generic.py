@@ -279,3 +279,30 @@ def test_mostly_malformed_csv_stops_at_max_reject_fraction(tmp_path: Path) -> No
     (tmp_path / "inter.csv").write_text("user_id,item_id,event_timestamp\nu2,a\nu3,a,1,2\n")
     with pytest.raises(ValueError, match="2 of 2 interactions rows rejected"):
         load_generic(cfg)
+
+
+def test_quoted_newlines_anywhere_in_a_csv_are_read(tmp_path: Path) -> None:
+    """An RFC 4180 catalogue (Python's csv module) whose descriptions hold newlines inside quotes,
+    over more than one of pyarrow's blocks (so quoted newlines straddle block boundaries, where
+    pyarrow's default chunker loses sync): every row is read, each text exactly as written, and
+    a row with a wrong field count is still rejected with its row (a multi-line row counts one)."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    rows = [[str(i), f"title {i}", " ".join(rng.choice(["alpha", "beta\nline", "gamma\r\nend", "delta"])
+                                           for _ in range(80))] for i in range(3000)]
+    with open(tmp_path / "items.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title", "description"])
+        for k, r in enumerate(rows):
+            w.writerow(r + (["extra"] if k == 2500 else []))
+    assert (tmp_path / "items.csv").stat().st_size > 1.5 * (1 << 20)  # more than one 1 MiB block
+    (tmp_path / "inter.csv").write_text("user_id,item_id,event_timestamp\nu1,0,1700000000\n")
+    ds = load_generic(DataConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                                 items=str(tmp_path / "items.csv")))
+    assert ds.summary()["items"] == {"in": 3000, "accepted": 2999, "rejected": 1}
+    assert [(r["row"], r["reason"]) for r in ds.rejects.rows] == [
+        (2500, "expected 3 comma-separated fields, got 4")]
+    got = dict(zip(ds.items.column("item_id").to_pylist(), ds.items.column("description").to_pylist()))
+    assert all(got[r[0]] == r[2] for k, r in enumerate(rows) if k != 2500)

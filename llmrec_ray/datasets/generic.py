@@ -12,7 +12,8 @@ A value that is present but cannot be parsed (a timestamp, a rating) or is not v
 its row, with the 0-based row index in its file (`_row`); a missing required column is a ValueError
 naming the file, the column and the columns the file has; so is an empty (0-byte), header-only or
 unreadable file. Text fields have no length limit here (the encoder truncates at its max_length);
-a CSV row longer than the reader's block is read with a larger block. Extra columns of items and
+a CSV row longer than the reader's block is read with a larger block. CSV fields in quotes may
+hold newlines (RFC 4180, as Python's csv module writes them), anywhere in the file. Extra columns of items and
 users are kept.
 
 A CSV (or TSV) row with the wrong number of fields (an extra or a missing field) is rejected, not
@@ -271,7 +272,8 @@ def _read(path: Location, kind: str,
 
 def _read_csv(path: Location, delimiter: str,
               types: dict[str, pa.DataType]) -> tuple[pa.Table, list[tuple[int, str, str]]]:
-    """pyarrow's CSV reader, with a larger block while a row (a long text) straddles two.
+    """pyarrow's CSV reader (quoted newlines allowed anywhere), with a larger block while a row
+    (a long text) straddles two.
 
     A row with the wrong number of fields is skipped and returned as (pyarrow's row number: the
     header is row 1, reason, text). pyarrow gives those numbers only without threads (with
@@ -291,7 +293,10 @@ def _read_csv(path: Location, delimiter: str,
             with path.open() as stream:
                 table = pcsv.read_csv(
                     stream, read_options=pcsv.ReadOptions(block_size=block, use_threads=threads),
-                    parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip),
+                    # quoted fields may hold newlines (RFC 4180), anywhere in the file: pyarrow's
+                    # default chunker splits blocks at any newline and then misreads them
+                    parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip,
+                                                    newlines_in_values=True),
                     convert_options=pcsv.ConvertOptions(column_types=types))
         except pa.ArrowInvalid as e:
             if "straddl" in str(e) and block < CSV_MAX_BLOCK:
