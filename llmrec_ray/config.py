@@ -85,10 +85,13 @@ class SerializeConfig(Strict):
     """Entity -> text templates and the user snapshot cadence (docs/design.md, "Point-in-time rule")."""
 
     item_template: str = Field("{title}. Genres: {genres}. {description}",
-                               description="Python format string over the item's text fields.")
+                               description="Python format string over the item's text fields; "
+                               "a word whose fields all lack a value is left out (a label such "
+                               "as 'Genres:' with it), so data without genres needs no change.")
     history_item_template: str = Field("{title} ({genres}) {rating}/5", description=(
         "One past interaction inside a user text; fields of the item plus `rating` and `date` "
-        "(YYYY-MM-DD)."))
+        "(YYYY-MM-DD); missing values leave out their words, as in item_template (no rating: "
+        "'Heat (Crime)', not 'Heat (Crime) /5')."))
     user_template: str = Field("Recently watched, newest first: {history}.",
                                description="User text; `{history}` is the joined interaction list.")
     empty_history: str = Field("nothing yet", description="`{history}` of a user with no history "

@@ -36,15 +36,41 @@ def template_fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
+
+
+def _groups(template: str) -> list[str]:
+    """The template's words, a label word (ending with ':', no field of its own) joined to the
+    next word: "{title}. Genres: {genres}." -> ["{title}.", "Genres: {genres}."]."""
+    groups: list[str] = []
+    for word in template.split():
+        if groups and groups[-1].endswith(":") and not template_fields(groups[-1]):
+            groups[-1] += " " + word
+        else:
+            groups.append(word)
+    return groups
+
+
 def render(template: str, values: dict, what: str) -> str:
-    """Fill `template` from `values`; None renders as empty. A field the values lack is an error
-    that names it."""
+    """Fill `template` from `values`. A missing value (None, NaN, blank) renders as nothing, with
+    the text around it: each word of the template (a label like "Genres:" joined to the word
+    after it) whose fields all lack a value is left out, so "{title} ({genres}) {rating}/5"
+    renders "Heat 4/5" without genres and "Heat (Crime)" without a rating, and "{title}. Genres:
+    {genres}. {description}" renders "Heat. A heist film." without genres. Whitespace collapses
+    to single spaces. A field the values lack (not a column) is an error that names it."""
     missing = [f for f in template_fields(template) if f.split(".")[0].split("[")[0] not in values]
     if missing:
         raise KeyError(f"{what}: template field {{{missing[0]}}} is not a column "
                        f"(available: {sorted(values)})")
-    text = template.format(**{k: ("" if v is None else v) for k, v in values.items()})
-    return re.sub(r"\s+", " ", text).strip()
+    clean = {k: ("" if _blank(v) else v) for k, v in values.items()}
+    kept = []
+    for group in _groups(template):
+        names = [f.split(".")[0].split("[")[0] for f in template_fields(group)]
+        if names and all(_blank(values[n]) for n in names):
+            continue
+        kept.append(group.format(**clean))
+    return re.sub(r"\s+", " ", " ".join(kept)).strip()
 
 
 def item_text(item: dict, template: str) -> str:
@@ -104,8 +130,8 @@ def snapshot_times(timestamps: Sequence[int], every_us: int, max_new: int) -> li
     return out
 
 
-def _format_rating(r: float | None) -> str:
-    return "n/a" if r is None or r != r else f"{r:g}"
+def _format_rating(r: float | None) -> str | None:
+    return None if r is None or r != r else f"{r:g}"
 
 
 def user_snapshots(interactions: pa.Table, every: str, max_new: int) -> tuple[pa.Table, pa.Table]:

@@ -83,8 +83,8 @@ def test_item_text_rows_available_from_or_valid_from():
     assert out.column("event_timestamp").type == pa.timestamp("us", tz="UTC")
     assert out.column("event_timestamp").cast(pa.int64()).to_pylist() == [
         JAN1 + 5 * D, valid_from, JAN1 - 3]
-    assert out.column("text").to_pylist() == ["Heat. Genres: Crime.", "Up . Genres: .",
-                                              ". Genres: Drama."]
+    # a missing value takes its words with it ("Genres: ." and a lone "." never appear)
+    assert out.column("text").to_pylist() == ["Heat. Genres: Crime.", "Up .", "Genres: Drama."]
 
 
 def test_item_text_rows_without_available_from_column():
@@ -211,7 +211,7 @@ def test_user_snapshot_rows_hand_computed():
         ("u1", JAN1 + 100, 0, "u1: none yet"),
         ("u1", JAN1 + 201, 2, "u1: Bravo (4) | Alpha (5)"),
         ("u1", JAN1 + D, 3, "u1: Charlie (3.5) | Bravo (4)"),  # history_length 2: newest two
-        ("u1", JAN1 + 3 * D, 4, "u1: Delta (n/a) | Charlie (3.5)"),
+        ("u1", JAN1 + 3 * D, 4, "u1: Delta | Charlie (3.5)"),  # no rating: no "()"
     ]
 
 
@@ -219,11 +219,11 @@ def test_user_snapshot_rows_date_and_item_fields():
     rows = [("u", "i3", JAN1 + 5, 1.0), ("u", "i1", JAN1 + D + 5, 4.5)]
     got = snapshots(interactions(rows), history_length=5, max_new=10,
                     template="{title} [{genres}] on {date}: {rating}")
-    # None genres render empty; dates from the interaction timestamp (UTC)
+    # None genres take their brackets with them; dates from the interaction timestamp (UTC)
     assert got == [
         ("u", JAN1 + 5, 0, "u: none yet"),
-        ("u", JAN1 + D, 1, "u: Charlie [] on 2024-01-01: 1"),
-        ("u", JAN1 + 2 * D, 2, "u: Alpha [G1] on 2024-01-02: 4.5 | Charlie [] on 2024-01-01: 1"),
+        ("u", JAN1 + D, 1, "u: Charlie on 2024-01-01: 1"),
+        ("u", JAN1 + 2 * D, 2, "u: Alpha [G1] on 2024-01-02: 4.5 | Charlie on 2024-01-01: 1"),
     ]
 
 
@@ -277,3 +277,17 @@ def test_point_in_time(seed, history_length, every, max_new):
         first_t = min(t for u, _, t, _ in rows if u == user)
         assert mine[0] == (first_t, 0)  # the cold snapshot at the first interaction
         assert mine[-1][1] == sum(u == user for u, *_ in rows)  # all covered eventually
+
+
+def test_render_leaves_out_the_words_of_missing_fields():
+    """Data without ratings or genres needs no template changes: a word of the template (a
+    label such as "Genres:" with the word after it) whose fields all lack a value is left out,
+    with its brackets and punctuation; a word with one field present keeps it."""
+    history = "{title} ({genres}) {rating}/5"
+    assert render(history, {"title": "Heat", "genres": None, "rating": "4"}, "w") == "Heat 4/5"
+    assert render(history, {"title": "Heat", "genres": "Crime", "rating": None}, "w") == "Heat (Crime)"
+    assert render(history, {"title": "Heat", "genres": " ", "rating": float("nan")}, "w") == "Heat"
+    item = "{title}. Genres: {genres}. {description}"
+    assert render(item, {"title": "Heat", "genres": None, "description": "A heist."}, "w") == "Heat. A heist."
+    assert render(item, {"title": None, "genres": "Crime", "description": None}, "w") == "Genres: Crime."
+    assert render("{a}|{b}", {"a": "x", "b": None}, "w") == "x|"  # one word, one field present
