@@ -27,8 +27,9 @@ from llmrec_ray.featurestore import open_repo
 from llmrec_ray.views import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
                               USER_STATS_VIEW, VIEWS)
 from llmrec_ray.serialize import parse_duration_us
+from llmrec_ray.split import GIVEN_PROTOCOLS
 from llmrec_ray.stats import item_stats, user_stats
-from llmrec_ray.schemas import TIMESTAMP
+from llmrec_ray.schemas import EMBEDDING, TIMESTAMP
 from llmrec_ray.user_vectors import pooled_user_view, user_vectors_key, user_vectors_tags
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,26 @@ def load_saved_dataset(run_dir: Path) -> dict[str, pa.Table]:
     return {name: pq.read_table(folder / f"{name}.parquet") for name in TABLES}
 
 
+def has_text(texts) -> pa.Array:
+    """(rows,) bool: the rendered text holds a character other than whitespace."""
+    return pc.invert(pc.fill_null(pc.match_substring_regex(texts, r"^\s*$"), True))
+
+
 def _vectors_for(rows: pa.Table, vectors: pa.Table) -> pa.Table:
-    """Attach each text row's vector (looked up by text_hash)."""
+    """Attach each text row's vector (looked up by text_hash). A row whose text is empty (an item
+    with no title, genres or description) was not encoded: it gets the zero vector and n_tokens
+    0, "no text vector", never the encoder's vector of the empty string, which would be one
+    vector shared by every such item (the text models read a zero row as no text)."""
     idx = pc.index_in(rows.column("text_hash"), value_set=vectors.column("text_hash"))
-    if idx.null_count:
-        raise RuntimeError(f"{idx.null_count} text rows have no vector")
+    missing = pc.is_null(idx)
+    if pc.any(pc.and_(missing, has_text(rows.column("text")))).as_py():
+        raise RuntimeError(f"{pc.sum(missing).as_py()} text rows have no vector")
+    if idx.null_count:  # row len(vectors): the zero vector, n_tokens 0
+        dim = len(vectors.column("embedding")[0].as_py())
+        zero = pa.table({"text_hash": pa.array([""]), "embedding": pa.array([[0.0] * dim], EMBEDDING),
+                         "n_tokens": pa.array([0], pa.int64()), "truncated": pa.array([False])})
+        vectors = pa.concat_tables([vectors.select(zero.column_names).cast(zero.schema), zero])
+        idx = pc.fill_null(idx, vectors.num_rows - 1)
     v = vectors.take(idx)
     return rows.append_column("embedding", v.column("embedding")) \
         .append_column("n_tokens", v.column("n_tokens")).append_column("truncated", v.column("truncated"))
@@ -86,6 +102,11 @@ def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
         text_rows = pa.concat_tables([items.select(common), users.select(common)])
     else:
         text_rows = items.select(common)
+    text_rows = text_rows.filter(has_text(text_rows.column("text")))  # no text: no vector
+    if text_rows.num_rows == 0:
+        raise ValueError(f"none of the {items.num_rows} items has any text (title, genres and "
+                         "description are blank, or serialize.item_template names none of the "
+                         "fields that hold values): there is nothing to encode")
     logger.info("serialized %d item texts and %d user snapshots (user vectors: %s)", items.num_rows,
                 users.num_rows, cfg.serialize.user_vectors)
     cache = None
@@ -95,6 +116,7 @@ def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
         cache = EmbeddingCache(cfg.encode.cache_dir or str(Path(cfg.output_dir) / "embedding_cache"))
     vectors, stats = encode_texts(text_rows, cfg.encode, cache=cache)
     stats.update(item_texts=items.num_rows, user_snapshots=users.num_rows,
+                 items_without_text=items.num_rows - pc.sum(has_text(items.column("text"))).as_py(),
                  user_texts=users.num_rows if user_text else 0, user_vectors=cfg.serialize.user_vectors)
 
     items = _vectors_for(items, vectors)
@@ -128,8 +150,8 @@ def stats_tables(ds: Dataset, views: dict[str, pa.Table], fs_cfg) -> dict[str, p
 
 def feature_dataset(ds: Dataset, protocol: str) -> Dataset:
     """The rows the features are built from: every interaction, or under evaluate.protocol given
-    the train rows only (no validation or test row reaches a user snapshot or a statistic)."""
-    if protocol != "given":
+    (or random) the train rows only (no validation or test row reaches a user snapshot or a statistic)."""
+    if protocol not in GIVEN_PROTOCOLS:
         return ds
     inter = ds.interactions
     if "split" not in inter.column_names:
@@ -157,11 +179,45 @@ def given_history_order(ds, mode: str, seed: int):
     return ds, mode
 
 
-def build_features(cfg) -> dict:
-    """The whole feature build; returns the summary (row counts per stage)."""
-    ds = load_dataset(cfg.data, given_split=cfg.evaluate.protocol == "given")
+def check_overwrite(cfg, overwrite: bool = False) -> None:
+    """Refuse, before any work, to build over the features of another run: one repository holds
+    one run's views and online rows, and the run they belong to could no longer be trained,
+    evaluated or served. `overwrite` (`--overwrite`) goes on; the same run rebuilds freely."""
+    repo = open_repo(cfg.featurestore)
+    try:
+        manifest = repo.read_manifest()
+    except FileNotFoundError:
+        return
+    if manifest.get("run") == cfg.name or overwrite:
+        if manifest.get("run") != cfg.name:
+            logger.warning("replacing the features of run %r in %s (--overwrite)", manifest.get("run"),
+                           repo.path)
+        return
+    raise ValueError(
+        f"{repo.path} holds the features of run {manifest.get('run')!r} (dataset "
+        f"{manifest.get('dataset')!r}, built {manifest.get('built_at', '?')[:19]}); building run "
+        f"{cfg.name!r} there replaces them, and run {manifest.get('run')!r} could no longer be "
+        "trained, evaluated or served. Pass --overwrite to replace them, or give this run a "
+        "repository of its own: featurestore.repo_path=DIR, a copy of feature_repo/'s "
+        "feature_store.yaml and features.py")
+
+
+def build_features(cfg, overwrite: bool = False) -> dict:
+    """The whole feature build; returns the summary (row counts per stage). Refuses to replace
+    another run's features unless `overwrite` (`check_overwrite`)."""
+    check_overwrite(cfg, overwrite)
+    e = cfg.evaluate
+    ds = load_dataset(cfg.data, given_split=e.protocol == "given", unsplit=e.protocol == "random")
     summary = {"data": ds.summary()}
-    if cfg.evaluate.protocol == "given":
+    if e.protocol == "random":
+        from llmrec_ray.split import random_split
+
+        inter, summary["random_split"] = random_split(ds.interactions, e.test_fraction,
+                                                      e.valid_fraction, cfg.seed)
+        ds = dataclasses.replace(ds, interactions=inter)
+        logger.info("random split (seed %d): %d test rows, %d validation rows", cfg.seed,
+                    summary["random_split"]["test"], summary["random_split"]["valid"])
+    if e.protocol in GIVEN_PROTOCOLS:
         from llmrec_ray.split import carve_validation
 
         inter, moved = carve_validation(ds.interactions, cfg.evaluate.valid_fraction, cfg.seed)

@@ -33,8 +33,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="show library logs, warnings and Ray's worker output on the terminal too")
         return s
 
-    add("run", "all stages: build features, train, evaluate")
-    add("build-features", "load, serialize, encode, write + apply + materialize the Feast repo")
+    for name, text in (("run", "all stages: build features, train, evaluate"),
+                       ("build-features", "load, serialize, encode, write + apply + materialize the "
+                        "Feast repo")):
+        add(name, text).add_argument(
+            "--overwrite", action="store_true",
+            help="replace the features another run built in featurestore.repo_path (refused "
+                 "without it)")
     add("train", "fit train.model (two-tower, hybrid, LLM graph) on features from Feast with Ray Train")
     e = add("evaluate", "full-ranking metrics, per slice, for the model and the baselines")
     e.add_argument("--out", help="write the metrics JSON here (default <run_dir>/metrics.json)")
@@ -58,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
 def _print_counts(summary: dict) -> None:
     for table, c in summary["data"].items():
         say(f"  {table:<13} in {c['in']:>8}  accepted {c['accepted']:>8}  rejected {c['rejected']:>6}")
+    if summary.get("random_split"):
+        r = summary["random_split"]
+        say(f"  split         random (seeded): {r['test']} test rows, {r['valid']} validation rows "
+            "(evaluate.test_fraction, valid_fraction of each user's)")
     if summary.get("history_order") == "set":
         say("  history       the given split is random in time: each user's train rows are a set "
             "(evaluate.given_history)")
@@ -69,6 +78,9 @@ def _print_counts(summary: dict) -> None:
         f"{e['user_snapshots']}); encoded {e.get('encoded', 0)}, from cache {e.get('cached', 0)}, "
         f"truncated {e.get('truncated', 0)}, {e.get('tokens_per_s', 0):.0f} tokens/s, padding efficiency "
         f"{e.get('padding_efficiency', 1.0):.3f}")
+    if e.get("items_without_text"):
+        say(f"  items without text: {e['items_without_text']} (no title, genres or description; "
+            "kept with their interactions, no text vector)")
     say("  feature views " + ", ".join(f"{k} {v}" for k, v in summary["views"].items()))
     say("  online rows   " + ", ".join(f"{k} {v}" for k, v in summary["online"].items()) + " (verified)")
 
@@ -96,7 +108,7 @@ def _run(args, cfg, log: Path) -> int:
     try:
         if args.command in ("run", "build-features"):
             say("[build-features] load, serialize, encode, write the Feast views, materialize")
-            s = pipeline.build_stage(cfg)
+            s = pipeline.build_stage(cfg, args.overwrite)
             _print_counts(s)
             say(f"[build-features] done in {s['seconds']}s")
         if args.command in ("run", "train"):

@@ -298,20 +298,24 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     """Temporal evaluation with full ranking."""
 
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="Last share of each user's "
-                                 "interactions (in time order) held out as test.")
-    protocol: Literal["user-temporal", "global-temporal", "given"] = Field("user-temporal", description=(
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="user-temporal: the last share of "
+                                 "each user's interactions (in time order) held out as test; "
+                                 "random: the seeded random share of each user's interactions.")
+    protocol: Literal["user-temporal", "global-temporal", "given", "random"] = Field("user-temporal", description=(
         "user-temporal: per user in time order, the last test_fraction is test, the last "
         "valid_fraction of the rest validation; global-temporal: global cuts at the "
         "global_quantiles of time, every held-out interaction scored with the user's features "
         "as of just before it (users new after the cut included); given: the split comes with "
         "the data (generic source: a split column or data.valid_interactions / "
         "test_interactions files), features from the training rows only, one query per user "
-        "after the end of training, training items masked (llmrec_ray.split.given_eval_split)."))
+        "after the end of training, training items masked (llmrec_ray.split.given_eval_split); "
+        "random: for data without a split and maybe without timestamps (generic source), a "
+        "seeded random test_fraction of each user's interactions is test and valid_fraction of "
+        "the rest validation, then as given."))
     valid_fraction: float = Field(0.1, ge=0, lt=1, description=(
         "user-temporal: the last share of what remains after the test rows that is validation "
-        "(early stopping); given, when the data has no validation rows: the seeded random share "
-        "of each user's train rows carved as validation; 0 = no validation."))
+        "(early stopping); given and random, when the data has no validation rows: the seeded "
+        "random share of each user's train rows carved as validation; 0 = no validation."))
     given_history: Literal["auto", "set", "time"] = Field("auto", description=(
         "given: how the train rows build the features. A random split asks for a user's missing "
         "items given all the others, not for the next item: set = each user's train rows take "
@@ -434,6 +438,9 @@ class Config(Strict):
             raise ValueError(f"evaluate.protocol given: data.source {d.source} has no split of its "
                              "own; use data.source generic with a split column (data.columns.split) "
                              "or data.valid_interactions / data.test_interactions files")
+        if self.evaluate.protocol == "random" and d.source != "generic":
+            raise ValueError(f"evaluate.protocol random is for data.source generic; {d.source} "
+                             "has timestamps: use user-temporal or global-temporal")
         if (d.valid_interactions or d.test_interactions) and self.evaluate.protocol != "given":
             raise ValueError("data.valid_interactions / data.test_interactions are read under "
                              f"evaluate.protocol given only (it is {self.evaluate.protocol})")

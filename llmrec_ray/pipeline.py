@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from llmrec_ray.build import build_features, load_saved_dataset
+from llmrec_ray.build import build_features, check_overwrite, load_saved_dataset
 from llmrec_ray.evaluate import evaluate, format_summary, format_tuning, write_results
 from llmrec_ray.featurestore import FeatureRepo, open_repo
 from llmrec_ray.views import USER_HISTORY_VIEW
-from llmrec_ray.split import given_eval_split, global_temporal_eval_split, user_temporal_eval_split
+from llmrec_ray.split import GIVEN_PROTOCOLS, given_eval_split, global_temporal_eval_split, user_temporal_eval_split
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ def eval_split(cfg, tables: dict, repo: FeatureRepo):
     groups held-out interactions by the user snapshot that serves them (the repo's user-history
     rows); the given protocol queries after the latest of them."""
     e = cfg.evaluate
-    if e.protocol == "given":
+    if e.protocol in GIVEN_PROTOCOLS:
         snapshots = repo.read_view(USER_HISTORY_VIEW, columns=["user_id", "event_timestamp"])
-        return given_eval_split(tables["interactions"], snapshots)
+        return given_eval_split(tables["interactions"], snapshots, e.protocol)
     if "split" in tables["interactions"].column_names:
         raise ValueError(f"evaluate.protocol {e.protocol}: this run's features were built for "
                          "protocol given (from the train rows only); run `llmrec build-features` "
@@ -108,10 +108,11 @@ def _write_summary(cfg, stage: str, summary: dict) -> None:
     path.write_text(json.dumps(existing, indent=2, default=str))
 
 
-def build_stage(cfg) -> dict:
+def build_stage(cfg, overwrite: bool = False) -> dict:
+    check_overwrite(cfg, overwrite)  # before Ray starts: a refusal costs nothing
     init_ray(cfg.ray)
     start = time.perf_counter()
-    summary = build_features(cfg)
+    summary = build_features(cfg, overwrite)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     _write_summary(cfg, "build_features", summary)
     return summary

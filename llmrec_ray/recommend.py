@@ -41,14 +41,17 @@ def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k
 def text_match_scores(query: np.ndarray, item_emb: np.ndarray, counts: np.ndarray,
                       popularity: float) -> np.ndarray:
     """(I,) scores of a query in words: z(cos(query, item text)) + popularity *
-    z(log1p(interactions)), z standardizing over the items (a constant column gives 0)."""
-    from llmrec_ray.recommender import standardize
+    z(log1p(interactions)), z standardizing over the items (a constant column gives 0); items
+    without text (zero vectors) come last (-inf)."""
+    from llmrec_ray.recommender import has_text, standardize
 
     v = item_emb / np.maximum(np.linalg.norm(item_emb, axis=1, keepdims=True), 1e-12)
     q = query / max(float(np.linalg.norm(query)), 1e-12)
     cos = (v @ q)[None, :]  # (1, I)
     prior = np.log1p(np.asarray(counts, dtype=np.float64)).astype(np.float32)[None, :]
-    return (standardize(cos) + popularity * standardize(prior))[0]
+    scores = (standardize(cos) + popularity * standardize(prior))[0]
+    scores[~has_text(item_emb)] = -np.inf  # an item without text cannot match words: last
+    return scores
 
 
 def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int,

@@ -179,9 +179,17 @@ class TrainedModel(Recommender):
         try:
             with torch.inference_mode():
                 dev = next(self.model.parameters()).device
-                return self.model.text_vectors(torch.as_tensor(np.array(item_emb), device=dev)).float().cpu().numpy()
+                out = self.model.text_vectors(torch.as_tensor(np.array(item_emb), device=dev)).float().cpu().numpy()
+                out[~has_text(item_emb)] = 0.0  # no text in, no text vector out (not the tower's bias)
+                return out
         finally:
             self.model.train(was_training)
+
+
+def has_text(item_emb: np.ndarray) -> np.ndarray:
+    """(I,) bool: the item has a text vector; an item with no text at all carries the zero vector
+    (build.feature_tables), which no model may read as one shared text."""
+    return np.any(np.asarray(item_emb) != 0, axis=1)
 
 
 def standardize(scores: np.ndarray) -> np.ndarray:

@@ -193,7 +193,9 @@ def user_snapshot_rows(interactions: pa.Table, items: pa.Table, history_item_tem
     out_text = []
     for start, covered in zip(snaps.column("history_start").to_pylist(), snaps.column("n_history").to_pylist()):
         lo = max(0, covered - history_length)
-        history = separator.join(reversed(rendered[start + lo:start + covered])) or empty_history
+        # an item without text renders as nothing and is left out of the list
+        history = separator.join(r for r in reversed(rendered[start + lo:start + covered]) if r) \
+            or empty_history
         out_text.append(render(user_template, {"history": history, "user_id": users[start]},
                                f"user {users[start]!r}"))
     return pa.table({

@@ -152,13 +152,12 @@ GIVEN_LABELS = ("train", "valid", "test")
 GIVEN_QUERY_GAP = pd.Timedelta(seconds=1)
 
 
-def carve_validation(interactions: pa.Table, fraction: float, seed: int = 0) -> tuple[pa.Table, int]:
-    """A given split without validation rows (train and test only): a seeded random `fraction`
-    of each user's train rows becomes `valid` (rounded down; a user keeps at least one train
-    row), so early stopping and tuning have validation queries. Returns (the rows, rows moved);
-    a split that has validation rows, or fraction 0, is returned as it is."""
+def carve(interactions: pa.Table, fraction: float, into: str, seed: int = 0,
+          keep: int = 1) -> tuple[pa.Table, int]:
+    """A seeded random `fraction` of each user's train rows (rounded down; a user keeps at least
+    `keep` train rows) relabelled `into` (valid or test). Returns (the rows, rows moved)."""
     label = np.asarray(interactions.column("split").to_numpy(zero_copy_only=False), dtype=object)
-    if fraction <= 0 or (label == "valid").any():
+    if fraction <= 0:
         return interactions, 0
     users = np.asarray(interactions.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
     train = np.flatnonzero(label == "train")
@@ -168,13 +167,35 @@ def carve_validation(interactions: pa.Table, fraction: float, seed: int = 0) -> 
     grouped = users[order]
     starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
     sizes = np.diff(np.r_[starts, len(order)])
-    n_valid = np.minimum(np.floor(sizes * fraction + 1e-9).astype(np.int64), sizes - 1)
+    n_out = np.clip(np.floor(sizes * fraction + 1e-9).astype(np.int64), 0, np.maximum(sizes - keep, 0))
     rank = np.arange(len(order)) - np.repeat(starts, sizes)  # position within the user's rows
-    moved = order[rank < np.repeat(n_valid, sizes)]
+    moved = order[rank < np.repeat(n_out, sizes)]
     label = label.copy()
-    label[moved] = "valid"
+    label[moved] = into
     col = interactions.column_names.index("split")
     return interactions.set_column(col, "split", pa.array(label.tolist(), pa.string())), len(moved)
+
+
+def carve_validation(interactions: pa.Table, fraction: float, seed: int = 0) -> tuple[pa.Table, int]:
+    """A given split without validation rows (train and test only): a seeded random `fraction`
+    of each user's train rows becomes `valid` (rounded down; a user keeps at least one train
+    row), so early stopping and tuning have validation queries. Returns (the rows, rows moved);
+    a split that has validation rows, or fraction 0, is returned as it is."""
+    label = np.asarray(interactions.column("split").to_numpy(zero_copy_only=False), dtype=object)
+    if (label == "valid").any():
+        return interactions, 0
+    return carve(interactions, fraction, "valid", seed)
+
+
+def random_split(interactions: pa.Table, test_fraction: float, valid_fraction: float,
+                 seed: int = 0) -> tuple[pa.Table, dict]:
+    """evaluate.protocol random: rows all `train` -> a seeded random `test_fraction` of each
+    user's rows is test, then `valid_fraction` of the rest validation (each rounded down, a user
+    keeps at least one train row: a user with one row is train only). Returns (the rows,
+    {"test": rows, "valid": rows})."""
+    inter, n_test = carve(interactions, test_fraction, "test", seed)
+    inter, n_valid = carve(inter, valid_fraction, "valid", seed + 1)
+    return inter, {"test": n_test, "valid": n_valid}
 
 
 def held_out_in_time(interactions: pa.Table) -> float:
@@ -206,7 +227,11 @@ def history_as_set(interactions: pa.Table, seed: int = 0) -> pa.Table:
     return interactions.set_column(col, "event_timestamp", pa.array(out, pa.int64()).cast(ts.type))
 
 
-def given_eval_split(interactions: pa.Table, snapshots: pa.Table | None = None) -> EvalSplit:
+GIVEN_PROTOCOLS = ("given", "random")  # the rows carry their split label (random: carved at build)
+
+
+def given_eval_split(interactions: pa.Table, snapshots: pa.Table | None = None,
+                     protocol: str = "given") -> EvalSplit:
     """The split that comes with the data (evaluate.protocol given): the `split` column of the
     interactions (train / valid / test, from the generic loader) decides, time does not.
 
@@ -271,5 +296,5 @@ def given_eval_split(interactions: pa.Table, snapshots: pa.Table | None = None) 
         t = interactions.filter(pa.array(label == which)).drop_columns(["split"])
         return t.take(pc.sort_indices(t, order))
 
-    return EvalSplit("given", rows("train"), rows("valid"), rows("test"), valid_q, test_q,
-                     {"protocol": "given", **counts})
+    return EvalSplit(protocol, rows("train"), rows("valid"), rows("test"), valid_q, test_q,
+                     {"protocol": protocol, **counts})

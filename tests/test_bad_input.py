@@ -113,7 +113,7 @@ def test_good_corpus_loads_without_rejects(tmp_path: Path) -> None:
 # 1. A missing required column stops the run: ValueError naming the file and the column.
 @pytest.mark.parametrize("table,column", [
     ("interactions", "user_id"), ("interactions", "item_id"), ("interactions", "event_timestamp"),
-    ("items", "item_id"), ("items", "title"), ("users", "user_id")])
+    ("items", "item_id"), ("users", "user_id")])
 def test_missing_required_column(tmp_path: Path, table: str, column: str) -> None:
     lines = GOOD[table].splitlines()
     header = lines[0].split(",")
@@ -197,10 +197,9 @@ def test_duplicate_items_with_different_text(tmp_path: Path) -> None:
     assert ds.summary()["items"] == {"in": 7, "accepted": 3, "rejected": 4}
 
 
-# 4. The title is the required text field (the encoder needs text): an item whose title is empty
-#    or whitespace only is rejected, whatever its other fields hold ("missing text field: title"),
-#    and its interactions are then rejected as an unknown item.
-def test_items_without_text_and_their_interactions_are_rejected(tmp_path: Path) -> None:
+# 4. No text field is required: an item whose fields are all empty or whitespace is kept with its
+#    interactions (it gets no text vector at build time), as is an item with only a description.
+def test_items_without_text_are_kept_with_their_interactions(tmp_path: Path) -> None:
     ds = load(tmp_path,
               items=ITEMS + "i4,,,\n"                          # row 3: every field empty
                             'i5,"   ","  ", \n'                # row 4: whitespace only
@@ -210,18 +209,10 @@ def test_items_without_text_and_their_interactions_are_rejected(tmp_path: Path) 
                                    "u2,i5,2024-02-01T00:00:00Z,4\n"   # row 5
                                    "u3,i6,2024-02-01T00:00:00Z,4\n"   # row 6
                                    "u3,i7,2024-02-02T00:00:00Z,4\n")  # row 7
-    assert ledger(ds) == [
-        ("interactions", "interactions.csv", 4, "item_id", UNKNOWN_ITEM),
-        ("interactions", "interactions.csv", 5, "item_id", UNKNOWN_ITEM),
-        ("interactions", "interactions.csv", 6, "item_id", UNKNOWN_ITEM),
-        ("interactions", "interactions.csv", 7, "item_id", UNKNOWN_ITEM),
-        ("items", "items.csv", 3, "title", "missing text field: title"),
-        ("items", "items.csv", 4, "title", "missing text field: title"),
-        ("items", "items.csv", 5, "title", "missing text field: title"),
-        ("items", "items.csv", 6, "title", "missing text field: title"),
-    ]
-    assert ds.summary() == {"interactions": {"in": 8, "accepted": 4, "rejected": 4},
-                            "items": {"in": 7, "accepted": 3, "rejected": 4},
+    assert ledger(ds) == []
+    assert sorted(ids(ds.items, "item_id")) == ["i1", "i2", "i3", "i4", "i5", "i6", "i7"]
+    assert ds.summary() == {"interactions": {"in": 8, "accepted": 8, "rejected": 0},
+                            "items": {"in": 7, "accepted": 7, "rejected": 0},
                             "users": {"in": 3, "accepted": 3, "rejected": 0}}
 
 
@@ -468,7 +459,7 @@ def test_whole_corpus_at_once(tmp_path: Path) -> None:
              + ",Nameless,,\n"                       # 3 blank id
              + "i1,Alpha 2,Drama,A film\n"           # 4 duplicate, other title
              + "i3,Gamma,,Space\n"                   # 5 exact duplicate
-             + 'i4,"  ",, \n'                         # 6 no text
+             + 'i4,"  ",, \n'                         # 6 no text: kept
              + "i5,Caf\xe9,,\n"                      # 7 invalid UTF-8
              + f"i6,{'x' * (1 << 20)},,\n"           # 8 1 MiB title: accepted
              + "i7,Eta,,\n"                          # 9 fine
@@ -477,7 +468,7 @@ def test_whole_corpus_at_once(tmp_path: Path) -> None:
     users = USERS + '"  "\n' + "u1\n" + "u4\n"      # 3 blank, 4 duplicate, 5 fine
     inter = (INTER
              + ",i1,2024-02-01T00:00:00Z,4\n"        # 4 blank user
-             + "u1,i4,2024-02-01T00:00:00Z,4\n"      # 5 item without text
+             + "u1,i4,2024-02-01T00:00:00Z,4\n"      # 5 item without text: fine
              + "u1,i5,2024-02-01T00:00:00Z,4\n"      # 6 item with invalid UTF-8
              + "u1,i6,2024-02-01T00:00:00Z,4\n"      # 7 fine (1 MiB item)
              + "u\xff,i7,2024-02-01T00:00:00Z,4\n"   # 8 invalid UTF-8
@@ -494,17 +485,16 @@ def test_whole_corpus_at_once(tmp_path: Path) -> None:
              ).encode("latin-1")
     cfg = config(tmp_path, interactions=inter, items=items, users=users)
     ds = load_dataset(cfg.data)
-    assert ds.summary() == {"interactions": {"in": 19, "accepted": 7, "rejected": 12},
-                            "items": {"in": 12, "accepted": 6, "rejected": 6},
+    assert ds.summary() == {"interactions": {"in": 19, "accepted": 8, "rejected": 11},
+                            "items": {"in": 12, "accepted": 7, "rejected": 5},
                             "users": {"in": 6, "accepted": 4, "rejected": 2}}
     check_invariant(ds)
     save_dataset(ds, cfg.run_dir)
     saved = pq.read_table(cfg.run_dir / "dataset" / "rejects.parquet")
-    assert saved.num_rows == 20
+    assert saved.num_rows == 18
     assert sorted((r["table"], Path(r["source"]).name, r["row"], r["column"], r["reason"])
                   for r in saved.to_pylist()) == [
         ("interactions", "interactions.csv", 4, "user_id", "null or empty user_id"),
-        ("interactions", "interactions.csv", 5, "item_id", UNKNOWN_ITEM),
         ("interactions", "interactions.csv", 6, "item_id", UNKNOWN_ITEM),
         ("interactions", "interactions.csv", 8, "user_id", "invalid UTF-8 in user_id"),
         ("interactions", "interactions.csv", 9, "event_timestamp",
@@ -522,7 +512,6 @@ def test_whole_corpus_at_once(tmp_path: Path) -> None:
         ("items", "items.csv", 3, "item_id", "null or empty item_id"),
         ("items", "items.csv", 4, "title", "duplicate item_id with different title"),
         ("items", "items.csv", 5, "item_id", "duplicate item_id"),
-        ("items", "items.csv", 6, "title", "missing text field: title"),
         ("items", "items.csv", 7, "title", "invalid UTF-8 in title"),
         ("items", "items.csv", 11, None, "expected 4 comma-separated fields, got 5"),
         ("users", "users.csv", 3, "user_id", "null or empty user_id"),

@@ -47,7 +47,7 @@ ML100K = {
     "u.item": (
         "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|1|1|1\n"
         "2|GoldenEye (1995)|01-Jan-1995||http://y|0|1|0|0|0\n"
-        "3||01-Jan-1995||http://z|0|0|0|0|1\n"  # missing title
+        "3||01-Jan-1995||http://z|0|0|0|0|1\n"  # no title: kept (genres, date)
         "4|Bad flags (1995)|||http://w|0|2|0|0|0\n"  # genre flag 2
         "5|No date (1996)|||http://v|1|0|0|0|0\n"
         "6|Bad date (1996)|31-Foo-1996||http://u|1|0|0|0|0\n"  # not DD-Mon-YYYY
@@ -60,7 +60,7 @@ ML100K = {
         "2\t2\t3\n"  # 3 fields
         "2\t99\t4\t881250952\n"  # unknown item
         "1\t5\t6\t881250953\n"  # rating 6 > 5
-        "2\t3\t4\t881250954\n"  # item 3 was rejected (no title)
+        "2\t3\t4\t881250954\n"  # item 3 has no title: kept
         "1\t1\t5\t881250949\n"  # duplicate of line 1
         "2\t5\t2\t88125095x\n"  # non-integer timestamp
         "3\t1\t4\t881250955\n"  # user 3 is not in u.user
@@ -75,12 +75,13 @@ def test_ml100k(tmp_path: Path) -> None:
     ds = load_dataset(cfg("movielens-100k", root))
     inter = ds.interactions.to_pylist()
     assert [(r["user_id"], r["item_id"], r["rating"]) for r in inter] == [
-        ("1", "1", 5.0), ("1", "2", 3.0), ("2", "1", 4.0), ("2", "5", 1.0)]
+        ("1", "1", 5.0), ("1", "2", 3.0), ("2", "1", 4.0), ("2", "3", 4.0), ("2", "5", 1.0)]
     assert inter[0]["event_timestamp"] == utc(1997, 12, 4, 15, 55, 49)
     assert ds.interactions.schema.field("event_timestamp").type == pa.timestamp("us", tz="UTC")
     assert ds.interactions.schema.field("rating").type == pa.float32()
     items = {r["item_id"]: r for r in ds.items.to_pylist()}
-    assert sorted(items) == ["1", "2", "5"]
+    assert sorted(items) == ["1", "2", "3", "5"]
+    assert items["3"]["title"] in (None, "") and items["3"]["genres"] == "Comedy"
     assert items["1"]["genres"] == "Animation, Children's, Comedy"
     assert items["1"]["description"] == "Released 01-Jan-1995."
     assert items["5"]["genres"] == "unknown" and items["5"]["description"] is None
@@ -93,11 +94,9 @@ def test_ml100k(tmp_path: Path) -> None:
         ("interactions", 4, None, "expected 4 tab-separated fields, got 3"),
         ("interactions", 5, "item_id", "unknown item_id (not in the accepted items)"),
         ("interactions", 6, "rating", "rating outside [0.5, 5]"),
-        ("interactions", 7, "item_id", "unknown item_id (not in the accepted items)"),
         ("interactions", 8, None, "duplicate (user_id, item_id, event_timestamp)"),
         ("interactions", 9, "event_timestamp", "non-integer event_timestamp"),
         ("interactions", 10, "user_id", "unknown user_id (not in the accepted users)"),
-        ("items", 3, "title", "missing text field: title"),
         ("items", 4, "genres", "genre flags must be 0 or 1"),
         ("items", 6, "released", "release date is not DD-Mon-YYYY"),
         ("users", 3, "user_id", "non-integer user_id"),
@@ -110,7 +109,7 @@ def test_ml100k(tmp_path: Path) -> None:
 
 def test_ml100k_reject_fraction_is_enforced(tmp_path: Path) -> None:
     root = write(tmp_path / "ml-100k", ML100K)
-    with pytest.raises(ValueError, match=r"u\.data: 7 of 11 interactions rows rejected"):
+    with pytest.raises(ValueError, match=r"u\.data: 6 of 11 interactions rows rejected"):
         load_movielens(DataConfig(source="movielens-100k", path=str(root)))
 
 
@@ -166,7 +165,7 @@ def test_ml_latest(tmp_path: Path) -> None:
                        '2,"American President, The (1995)",Comedy|Drama|Romance\n'
                        "3,Untitled (2019),(no genres listed)\n"
                        '4,"Broken, quote\n'  # unterminated quote: 2 fields
-                       "5,,Drama\n").encode(),  # missing title
+                       "5,,Drama\n").encode(),  # no title: kept
         "tags.csv": ("userId,movieId,tag,timestamp\n"
                      "1,1,pixar,1139045764\n2,1,Pixar,1139045765\n3,1,fun,1139045766\n"
                      "4,1,fun,1139045766\n5,1,pixar,1139045767\n1,2,politics,1139045767\n"
@@ -189,7 +188,7 @@ def test_ml_latest(tmp_path: Path) -> None:
         ("1", "1", 4.0), ("1", "2", 3.5), ("2", "1", 5.0), ("3", "2", 2.5)]
     assert inter[0]["event_timestamp"] == utc(2006, 2, 4, 9, 36, 4)
     items = {r["item_id"]: r for r in ds.items.to_pylist()}
-    assert sorted(items) == ["1", "2", "3"]
+    assert sorted(items) == ["1", "2", "3", "5"]
     assert items["2"]["title"] == "American President, The (1995)"
     assert items["1"]["genres"] == "Adventure, Animation, Children, Comedy, Fantasy"
     assert items["3"]["genres"] is None
@@ -205,7 +204,6 @@ def test_ml_latest(tmp_path: Path) -> None:
         ("interactions", 8, None, "expected 4 comma-separated fields, got 3"),
         ("interactions", 9, None, "empty line"),
         ("items", 5, None, "expected 3 comma-separated fields, got 2"),
-        ("items", 6, "title", "missing text field: title"),
         ("tags", 8, None, "expected 4 comma-separated fields, got 1"),
     ]
     assert ds.rows_in == {"interactions": 9, "items": 5, "users": 3}

@@ -291,3 +291,14 @@ def test_render_leaves_out_the_words_of_missing_fields():
     assert render(item, {"title": "Heat", "genres": None, "description": "A heist."}, "w") == "Heat. A heist."
     assert render(item, {"title": None, "genres": "Crime", "description": None}, "w") == "Genres: Crime."
     assert render("{a}|{b}", {"a": "x", "b": None}, "w") == "x|"  # one word, one field present
+
+
+def test_an_item_without_text_is_left_out_of_the_history_text():
+    # i4 has no title here and the template has no other field of it: it renders as nothing,
+    # and the history lists the others without an empty entry ("Charlie |  | Bravo")
+    items = ITEMS.set_column(1, "title", pa.array(["Alpha", "Bravo", "Charlie", None, "Echo", "Foxtrot"]))
+    rows = [("u1", "i2", JAN1 + 100, None), ("u1", "i4", JAN1 + 200, None),
+            ("u1", "i3", JAN1 + 300, None)]
+    out = user_snapshot_rows(interactions(rows), items, "{title}", "{history}", " | ", 5, "1d", 5,
+                             "none yet")
+    assert out.column("text").to_pylist()[-1] == "Charlie | Bravo"

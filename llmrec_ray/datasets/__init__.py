@@ -11,9 +11,11 @@ from llmrec_ray.datasets.base import Dataset
 __all__ = ["Dataset", "load_dataset"]
 
 
-def load_dataset(cfg, given_split: bool = False) -> Dataset:
+def load_dataset(cfg, given_split: bool = False, unsplit: bool = False) -> Dataset:
     """Load the dataset described by a `DataConfig`. `given_split` (evaluate.protocol given): the
-    interactions carry a `split` column (train / valid / test) from the data; generic source only."""
+    interactions carry a `split` column (train / valid / test) from the data; `unsplit`
+    (evaluate.protocol random): every row is `train` (the split is carved later), timestamps
+    optional as under given; generic source only."""
     if given_split and cfg.source != "generic":
         raise ValueError(f"evaluate.protocol given: data.source {cfg.source} has no split of its "
                          "own; use data.source generic with a split column or split files")
@@ -28,5 +30,5 @@ def load_dataset(cfg, given_split: bool = False) -> Dataset:
     if cfg.source == "generic":
         from llmrec_ray.datasets.generic import load_generic
 
-        return load_generic(cfg, given_split)
+        return load_generic(cfg, given_split or unsplit, unsplit=unsplit)
     raise ValueError(f"data.source: unknown source {cfg.source!r}")

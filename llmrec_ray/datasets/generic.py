@@ -76,7 +76,7 @@ CANONICAL = {
     "users": ("user_id",),
 }
 REQUIRED = {"interactions": ("user_id", "item_id", "event_timestamp"),
-            "items": ("item_id", "title"), "users": ("user_id",)}
+            "items": ("item_id",), "users": ("user_id",)}
 TIMESTAMP_COLUMNS = ("event_timestamp", "available_from", "released")
 UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000}
 MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
@@ -91,9 +91,10 @@ SYNTHETIC_START = datetime(2000, 1, 1, tzinfo=timezone.utc)  # given split witho
 UNTIMED_SEED = 0  # the permutation of untimed rows (data.untimed_order shuffle): fixed, part of the data
 
 
-def load_generic(cfg: DataConfig, given_split: bool = False) -> Dataset:
+def load_generic(cfg: DataConfig, given_split: bool = False, unsplit: bool = False) -> Dataset:
     """Load `cfg.interactions`, `cfg.items` and optional `cfg.users` with `cfg.columns`; with
-    `given_split`, the interactions carry their split (module docstring)."""
+    `given_split`, the interactions carry their split (module docstring); with `unsplit` too
+    (evaluate.protocol random), every row is `train` whatever the file holds."""
     known = {c for cols in CANONICAL.values() for c in cols}
     unknown = sorted(set(cfg.columns) - known)
     if unknown:
@@ -112,10 +113,10 @@ def load_generic(cfg: DataConfig, given_split: bool = False) -> Dataset:
     tables, rows_in = {}, {}
     for kind, path in paths.items():
         if kind == "interactions":
-            files = [(None if not any(split_files.values()) else "train", path)]
+            files = [(None if not (any(split_files.values()) or unsplit) else "train", path)]
             files += [(label, _path(value, f"data.{label}_interactions"))
                       for label, value in split_files.items() if value]
-            tables[kind], rows_in[kind] = _interactions(files, cfg, rejects, given_split)
+            tables[kind], rows_in[kind] = _interactions(files, cfg, rejects, given_split, unsplit)
             continue
         raw, rows, rows_in[kind] = _read_rows(path, kind, cfg, rejects)
         tables[kind] = _canonical(raw, kind, path, cfg, rejects, rows=rows)
@@ -155,9 +156,10 @@ def _read_rows(path: Location, kind: str, cfg: DataConfig,
 
 
 def _interactions(files: list[tuple[str | None, Location]], cfg: DataConfig, rejects: Rejects,
-                  given_split: bool) -> tuple[pa.Table, int]:
+                  given_split: bool, unsplit: bool = False) -> tuple[pa.Table, int]:
     """The interaction files (label: the split the file holds, None = from a split column) as one
-    canonical table with `_row` and `_source`, and the number of rows read."""
+    canonical table with `_row` and `_source`, and the number of rows read. `unsplit`: a split
+    column of the file is ignored (every row is train)."""
     tables, offset = [], 0
     ts_src = _source_name(cfg, "event_timestamp")
     for label, path in files:
@@ -180,6 +182,8 @@ def _interactions(files: list[tuple[str | None, Location]], cfg: DataConfig, rej
             start_us = int(SYNTHETIC_START.timestamp()) * 1_000_000
             t = t.append_column("event_timestamp",
                                 pa.array(start_us + pos * 1_000_000, pa.int64()).cast(TIMESTAMP))
+        if unsplit and "split" in t.column_names:
+            t = t.drop_columns(["split"])
         if given_split:
             t = _split_labels(t, label, path, rejects, _source_name(cfg, "split"), raw.column_names)
         elif "split" in t.column_names:

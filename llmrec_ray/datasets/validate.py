@@ -109,8 +109,8 @@ def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, re
                     "null or empty item_id")
     items = _reject(items, _duplicates(items, ["item_id"]), rejects, "items", src,
                     "item_id", "duplicate item_id")
-    items = _reject(items, _blank(items.column("title")), rejects, "items", src, "title",
-                    "missing text field: title")
+    # No text field is required: an item whose title, genres and description are all blank is
+    # kept with its interactions (it gets no text vector, build.feature_tables), and counted.
 
     if users is not None:
         users = conform(users, USERS, sources["users"])

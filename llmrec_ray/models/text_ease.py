@@ -25,16 +25,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmrec_ray.recommender import FitData, ItemItem
+from llmrec_ray.recommender import FitData, ItemItem, has_text
 
 
 def text_graph(item_text: np.ndarray, neighbors: int) -> np.ndarray:
     """(I, I) T'T of the text pseudo-users: T[j] = 1 at j, cos(j, i) at j's `neighbors` most
-    similar items i (centred, L2-normalised text vectors; negatives dropped)."""
+    similar items i (centred, L2-normalised text vectors; negatives dropped). An item without
+    text (a zero row) has no neighbours and is nobody's neighbour."""
     from scipy.sparse import csr_matrix
 
     v = np.asarray(item_text, dtype=np.float32)
-    v = v - v.mean(axis=0, keepdims=True)
+    text = has_text(v)
+    if text.any():
+        v = v - v[text].mean(axis=0, keepdims=True)
+    v[~text] = 0.0
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     n = len(v)
     k = min(neighbors, n - 1)

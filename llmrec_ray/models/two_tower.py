@@ -173,9 +173,11 @@ class TwoTower(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         idx = batch["item_idx"]
         item_ids, user_ids = idx, batch.get("user_idx")
+        # an item without text (zero vector): its ID is all that tells it apart, never dropped
+        text = batch["item_emb"].abs().amax(dim=-1) > 0
         if self.hybrid and self.training:
             # IDs dropped to the unknown ID: the towers also learn to work from features alone
-            drop = torch.rand(idx.shape, device=idx.device) < self.id_dropout
+            drop = (torch.rand(idx.shape, device=idx.device) < self.id_dropout) & text
             item_ids = torch.where(drop, torch.full_like(idx, -1), idx)
             drop = torch.rand(user_ids.shape, device=idx.device) < self.user_id_dropout
             user_ids = torch.where(drop, torch.full_like(user_ids, -1), user_ids)
@@ -202,7 +204,8 @@ class TwoTower(nn.Module):
             logits = u @ v_unseen.T / self.temperature
             if self.age is not None:
                 logits = logits + self.age(batch["query_day"], idx, torch.ones_like(logits, dtype=torch.bool))
-            loss = loss + self.text_aux * self._infonce(logits, idx)
+            if bool(text.any()):  # over the items with text: without, they are one vector here
+                loss = loss + self.text_aux * self._infonce(logits[text][:, text], idx[text])
         return loss
 
     def _infonce(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
