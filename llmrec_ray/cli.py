@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_counts(summary: dict) -> None:
+    if summary.get("created_repo"):
+        say(f"  feature repo  {summary['created_repo']} (new: the project's Feast declarations)")
     for table, c in summary["data"].items():
         say(f"  {table:<13} in {c['in']:>8}  accepted {c['accepted']:>8}  rejected {c['rejected']:>6}")
     if summary.get("random_split"):

@@ -237,6 +237,31 @@ class FeatureRepo(ViewFiles):
         return self.retrieval(entity_rows, features).to_arrow()
 
 
+DECLARATIONS = ("feature_store.yaml", "features.py")
+PROJECT_REPO = Path(__file__).resolve().parents[1] / "feature_repo"  # the declarations everyone shares
+
+
+def create_repo(repo_path: str | Path) -> Path | None:
+    """Make `repo_path` a Feast repository of its own when it does not exist yet (or is an empty
+    directory): a copy of the project's declarations (feature_repo/feature_store.yaml and
+    features.py), so a run can keep its features apart from every other run's. Returns the path
+    created, or None when there was nothing to do."""
+    path = Path(repo_path).resolve()
+    if (path / "feature_store.yaml").exists() or (path.exists() and any(path.iterdir())):
+        return None
+    if not all((PROJECT_REPO / name).exists() for name in DECLARATIONS):
+        raise FileNotFoundError(f"featurestore.repo_path: {path} does not exist, and the project's "
+                                f"declarations ({PROJECT_REPO}) to create it from are not here; copy "
+                                "feature_repo/feature_store.yaml and features.py there")
+    import shutil
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name in DECLARATIONS:
+        shutil.copy(PROJECT_REPO / name, path / name)
+    logger.info("featurestore.repo_path %s created with the project's declarations", path)
+    return path
+
+
 def open_repo(fs_cfg) -> FeatureRepo:
     """The FeatureRepo a `FeatureStoreConfig` describes (Redis connection from the environment)."""
     redis = os.environ.get(fs_cfg.redis_connection_env) if fs_cfg.online_store == "redis" else None

@@ -109,10 +109,15 @@ def _write_summary(cfg, stage: str, summary: dict) -> None:
 
 
 def build_stage(cfg, overwrite: bool = False) -> dict:
+    from llmrec_ray.featurestore import create_repo
+
+    created = create_repo(cfg.featurestore.repo_path)
     check_overwrite(cfg, overwrite)  # before Ray starts: a refusal costs nothing
     init_ray(cfg.ray)
     start = time.perf_counter()
     summary = build_features(cfg, overwrite)
+    if created:
+        summary["created_repo"] = str(created)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     _write_summary(cfg, "build_features", summary)
     return summary

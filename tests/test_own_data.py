@@ -133,3 +133,16 @@ def test_a_build_refuses_to_replace_another_runs_features(example_run) -> None:
     # the example run can still be evaluated on its features
     manifest = json.loads((example_run["repo"] / "data" / "manifest.json").read_text())
     assert manifest["run"] == "example"
+
+
+def test_a_missing_repo_path_becomes_a_repository_with_the_shared_declarations(tmp_path) -> None:
+    from llmrec_ray.featurestore import PROJECT_REPO, create_repo
+
+    path = tmp_path / "runs" / "mine" / "feature_repo"
+    assert create_repo(path) == path.resolve()
+    for name in ("feature_store.yaml", "features.py"):
+        assert (path / name).read_text() == (PROJECT_REPO / name).read_text()
+    assert create_repo(path) is None  # an existing repository is left as it is
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a repo")
+    assert create_repo(tmp_path / "other") is None  # nor is a directory holding anything
