@@ -3,14 +3,18 @@ generator at several sizes, each stage's wall seconds and peak RSS, in one run.
 
     python benchmarks/pipeline_scale.py --interactions 100000,1000000 --out pipeline-scale.json
     python benchmarks/pipeline_scale.py --interactions 100000,1000000 --shape lognormal --out ...
+    python benchmarks/pipeline_scale.py --interactions 1000000 --shape lognormal --encoder minilm \
+        --user-vectors items_mean --out benchmarks/results/pipeline-scale-minilm.json
 
 Per size: users = interactions / 30 (30 interactions per user on average, `--shape poisson` or
-heavy-tailed `lognormal`), items = users * 0.6 (ML-1M's ratio), one training epoch, a tiny random
-BERT (2 layers, 32 wide, the MiniLM tokenizer) so that the data path is what is measured, and
-Feast's SQLite online store. Each stage is its own `llmrec <stage>` process; its peak RSS is that
-process's plus every Ray worker's, sampled every 0.2 s.
+heavy-tailed `lognormal`), items = users * 0.6 (ML-1M's ratio), one training epoch, Feast's
+SQLite online store, and `--encoder tiny` (default: a random BERT of 2 layers, 32 wide, with the
+MiniLM tokenizer, so that the data path is what is measured) or `minilm` (the real encoder);
+`--user-vectors` text (default) or items_mean. Each stage is its own `llmrec <stage>` process;
+its peak memory is that process's plus every Ray worker's, sampled every 0.5 s, as RSS and as
+PSS (shared pages counted once, divided among the processes that share them).
 
-JSON: {"sizes": {n: {"stages": {stage: {"wall_s", "peak_rss_mb", "s_per_1k_interactions"}}}},
+JSON: {"sizes": {n: {"stages": {stage: {"wall_s", "peak_rss_mb", "peak_pss_mb", "s_per_1k_interactions"}}}},
 "ratios": {stage: cost per interaction at the largest size / at the smallest}}.
 Targets: every ratio <= 1.5 (no worse than linear), peak RSS at 1M under 6 GB.
 """
@@ -51,7 +55,7 @@ def run_stage(cmd: list[str], log: Path) -> dict:
     start = time.perf_counter()
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-        root, peak = psutil.Process(proc.pid), 0
+        root, peak, peak_pss = psutil.Process(proc.pid), 0, 0
         while proc.poll() is None:
             total = 0
             try:
@@ -61,18 +65,22 @@ def run_stage(cmd: list[str], log: Path) -> dict:
             seen = {p.pid for p in family}
             family += [p for p in psutil.process_iter(["name"])
                        if (p.info["name"] or "").startswith("ray::") and p.pid not in seen]
+            pss = 0
             for p in family:
                 try:
-                    total += p.memory_info().rss
+                    info = p.memory_full_info()
+                    total += info.rss
+                    pss += info.pss
                 except psutil.Error:
                     pass
             peak = max(peak, total)
-            time.sleep(0.2)
+            peak_pss = max(peak_pss, pss)
+            time.sleep(0.5)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (rc {proc.returncode}); log: {log}\n"
                          + log.read_text()[-3000:])
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20}
+    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "peak_pss_mb": peak_pss / 2**20}
 
 
 def main() -> None:
@@ -81,13 +89,16 @@ def main() -> None:
     p.add_argument("--shape", default="poisson", choices=["poisson", "lognormal"])
     p.add_argument("--out", required=True)
     p.add_argument("--keep", help="keep run directories here (default: a temp dir)")
+    p.add_argument("--encoder", default="tiny", choices=["tiny", "minilm"])
+    p.add_argument("--user-vectors", default="text", choices=["text", "items_mean"])
     args = p.parse_args()
     sizes = [int(s) for s in args.interactions.split(",")]
-    results = {"shape": args.shape, "sizes": {}, "machine": {"cpus": os.cpu_count()}}
+    results = {"shape": args.shape, "encoder": args.encoder, "user_vectors": args.user_vectors,
+               "sizes": {}, "machine": {"cpus": os.cpu_count()}}
     llmrec = str(Path(sys.executable).with_name("llmrec"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
-        model = tiny_encoder(work / "tiny-bert")
+        model = tiny_encoder(work / "tiny-bert") if args.encoder == "tiny" else "minilm"
         for n in sizes:
             users = max(10, n // 30)
             items = max(20, int(users * 0.6))
@@ -100,6 +111,7 @@ def main() -> None:
                 f"data.synthetic.n_users={users}", f"data.synthetic.n_items={items}",
                 "data.synthetic.interactions_per_user=30", f"data.synthetic.history_shape={args.shape}",
                 f"encode.model={model}", "encode.dtype=float32", "encode.max_length=128",
+                f"serialize.user_vectors={args.user_vectors}",
                 f"featurestore.repo_path={repo}", f"output_dir={run / 'runs'}", "train.epochs=1",
                 "train.model=hybrid", "train.export=false"]
             cmd_tail = ["--config", str(ROOT / "configs" / "synthetic.yaml")] + [

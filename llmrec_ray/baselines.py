@@ -265,15 +265,19 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def tune(name: str, grid: dict[str, list], data: FitData, score_fn) -> tuple[Recommender, list[dict]]:
+def tune(name: str, grid: dict[str, list], data: FitData, score_fn,
+         on_point=None) -> tuple[Recommender, list[dict]]:
     """Fit `name` at every point of `grid` on `data`; keep the point with the best
     `score_fn(recommender)` (the validation metric; ties go to the earlier point). Returns the
     fitted best and the trials [{params..., "value": v}], the chosen one marked `"chosen": True`.
-    Without a validation score (`score_fn` None) the first point is used."""
+    Without a validation score (`score_fn` None) the first point is used. `on_point(i, n)` is
+    called before each point is fitted (progress)."""
     cls = BASELINES[name]
     points = grid_points(grid)
     best, best_value, trials, chosen = None, -np.inf, [], 0
-    for point in points:  # EASE and kNN share their O(I^2) statistics through `data.cached`
+    for i, point in enumerate(points):  # EASE and kNN share their O(I^2) statistics (`data.cached`)
+        if on_point is not None:
+            on_point(i, len(points))
         rec = cls(**point).fit(data)
         value = score_fn(rec) if score_fn is not None and len(points) > 1 else None
         trials.append({**point, "value": value})

@@ -204,7 +204,8 @@ def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[st
     for name in names:
         start = time.perf_counter()
         score_fn = (lambda rec: metric_on(rec, valid, metric)) if valid is not None else None
-        rec, trials = base.tune(name, grids.get(name, {}), fit, score_fn)
+        rec, trials = base.tune(name, grids.get(name, {}), fit, score_fn,
+                                lambda i, n, name=name: bar.update(0, f"{name}: grid point {i + 1}/{n}"))
         ranked[name] = rec.top_k(test, mask, k_max)
         tuning[name] = {"chosen": rec.params, "trials": trials, "metric": f"valid {metric}"}
         if rec.uses_text and name != "zero_shot_cosine":
@@ -285,7 +286,11 @@ def format_tuning(tuning: dict) -> str:
         best = next((x["value"] for x in t["trials"] if x.get("chosen")), None)
         lines.append(f"- {name}: {chosen or 'no hyperparameters'}" + (
             f" (of {tried} tried on {t['metric']}: {best:.4f})" if tried > 1 and best is not None else ""))
-    out = "Hyperparameters (chosen on the validation queries):\n" + "\n".join(lines)
+    validated = any(x.get("value") is not None for name, t in tuning.items() if name != "served"
+                    for x in t["trials"])
+    head = ("Hyperparameters (chosen on the validation queries):" if validated else
+            "Hyperparameters (no validation queries: each grid's first point, not tuned; no blend):")
+    out = head + "\n" + "\n".join(lines)
     return out + ("\n" + format_guard(tuning["served"]) if "served" in tuning else "")
 
 

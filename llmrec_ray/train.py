@@ -19,6 +19,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,9 @@ def _validate(model, valid, metric: str, ctx) -> float:
     return float(value[0])
 
 
+BOARD_EVERY_S = 2.0  # rank 0 posts its batches so far this often (the bar shows them)
+
+
 class EpochBoard:
     """Rank 0's latest epoch metrics, read by the driver for its progress bar (a Ray actor with
     no CPU: it works wherever the workers run)."""
@@ -216,7 +220,7 @@ class EpochBoard:
         self.metrics: dict = {}
 
     def put(self, metrics: dict) -> None:
-        self.metrics = metrics
+        self.metrics = {**self.metrics, **metrics} if "step" in metrics else metrics
 
     def get(self) -> dict:
         return self.metrics
@@ -231,7 +235,12 @@ def _watch(board, bar, key: str, stop) -> None:
             m = ray.get(board.get.remote(), timeout=10)
         except Exception:  # the board is gone or slow: the bar waits, training goes on
             continue
-        if m:
+        if m.get("step"):  # within an epoch: its batches so far, or its validation
+            total = f"/{m['of']:,}" if m.get("of") else ""
+            now = (f"epoch {m['epoch_now']}: validating" if m["step"] == "validating" else
+                   f"epoch {m['epoch_now']}: {m['batch']:,}{total} batches")
+            bar.set(int(m.get("epoch", 0)), now + (f", last epoch's loss {m['loss']:.4f}" if "loss" in m else ""))
+        elif m:
             value = m.get(key)
             bar.set(int(m["epoch"]), f"loss {m['loss']:.4f}" + (
                 f", {key} {value:.4f} (best epoch {m.get('best_epoch')})" if value is not None else ""))
@@ -267,9 +276,10 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(metrics)
         return
+    board = config.get("board") if ctx.get_world_rank() == 0 else None
     for epoch in range(start, config["epochs"]):
         model.train()
-        total, batches = 0.0, 0
+        total, batches, shown = 0.0, 0, time.monotonic()
         for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
                                               local_shuffle_buffer_size=4 * config["batch_size"],
                                               local_shuffle_seed=config["seed"] + epoch):
@@ -281,9 +291,15 @@ def train_loop_per_worker(config: dict) -> None:
             opt.step()
             total += float(loss.detach())
             batches += 1
+            if board is not None and time.monotonic() - shown >= BOARD_EVERY_S:  # the batches so far
+                shown = time.monotonic()
+                board.put.remote({"step": "batches", "epoch_now": epoch + 1, "batch": batches,
+                                  "of": config.get("batches_per_epoch")})
         metrics = {"epoch": epoch + 1, "loss": total / max(batches, 1), "batches": batches,
                    "resumed_from": start}
         if valid is not None:
+            if board is not None:
+                board.put.remote({"step": "validating", "epoch_now": epoch + 1})
             value = _validate(inner, valid, metric, ctx)
             if state["best"] is None or value > state["best"] + 1e-9:
                 state.update(best=value, best_epoch=epoch + 1, bad=0)
@@ -418,6 +434,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
             "weight_decay": t.weight_decay, "fingerprint": fingerprint,
             "model": model_kwargs, "valid": None if valid is None else ray.put(valid),
             "tables": tables, "board": board,
+            "batches_per_epoch": int(train_interactions.num_rows) // (batch_size * t.num_workers),
             "metric": t.early_stopping_metric, "patience": patience,
         },
         datasets={"train": ds},
