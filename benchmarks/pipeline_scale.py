@@ -83,6 +83,105 @@ def run_stage(cmd: list[str], log: Path) -> dict:
     return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "peak_pss_mb": peak_pss / 2**20}
 
 
+def plain_parts(run_dir: Path, model: str, user_vectors: str, epochs: int = 1) -> dict:
+    """The run's work done plainly in this one process, no Ray, no Feast: the same encoder over the
+    distinct item texts (the run's users pooled from them: `--user-vectors items_mean`), the same
+    epochs of the same model and batch size in a plain torch loop over as many rows as the fit
+    rows (inputs of the same shapes), and the same baselines fitted at every grid point, scored on
+    the validation queries and ranked on the test queries with numpy. Seconds of each part."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from llmrec_ray import baselines as base
+    from llmrec_ray.config import TrainConfig
+    from llmrec_ray.evaluate import available_baselines
+    from llmrec_ray.metrics import top_k
+    from llmrec_ray.models.two_tower import TwoTower
+    from llmrec_ray.recommender import FitData, Queries
+    from llmrec_ray.serialize import item_text
+    from llmrec_ray.split import user_temporal_eval_split
+    from llmrec_ray.text_model import resolve_model
+
+    data = run_dir / "dataset"
+    items = pq.read_table(data / "items.parquet")
+    inter = pq.read_table(data / "interactions.parquet")
+    out = {}
+    # 1. encode: tokenizer + model forward + mean pooling, batches of 64 texts in length order
+    start = time.perf_counter()
+    path = resolve_model(model)[0]
+    tok, enc = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    texts = sorted({item_text(r, "{title}. Genres: {genres}. {description}") for r in items.to_pylist()},
+                   key=len, reverse=True)
+    vectors = []
+    with torch.inference_mode():
+        for lo in range(0, len(texts), 64):
+            b = tok(texts[lo:lo + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            h = enc(**b).last_hidden_state
+            m = b["attention_mask"].unsqueeze(-1).float()
+            vectors.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy())
+    item_vecs = np.concatenate(vectors)
+    out["encode_s"] = time.perf_counter() - start
+    out["texts"] = len(texts)
+    # 2. train: the same model and batch size, `epochs` passes over the fit rows
+    split = user_temporal_eval_split(inter)
+    n, d = split.fit.num_rows, item_vecs.shape[1]
+    t = TrainConfig(model="hybrid")
+    item_ids = sorted(items.column("item_id").to_pylist())
+    users = sorted(set(split.fit.column("user_id").to_pylist()))
+    rng = np.random.default_rng(0)
+    item_idx = torch.from_numpy(rng.integers(0, len(item_ids), n))
+    batch = {"user_emb": torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32)),
+             "user_extra": torch.zeros((n, 4)), "user_idx": torch.from_numpy(rng.integers(0, len(users), n)),
+             "item_idx": item_idx,
+             "item_emb": torch.from_numpy(item_vecs[rng.integers(0, len(item_vecs), n)])}
+    torch.manual_seed(0)
+    net = TwoTower(user_dim=d, item_dim=d, hidden_dim=t.hidden_dim, out_dim=t.out_dim, dropout=t.dropout,
+                   temperature=t.temperature, user_extra_dim=4, n_users=len(users), n_items=len(item_ids),
+                   id_dim=t.id_dim, id_dropout=t.id_dropout, id_mode=t.id_mode, text_aux=t.text_aux)
+    opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    start = time.perf_counter()
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(n)
+        for lo in range(0, n - t.batch_size + 1, t.batch_size):
+            idx = order[lo:lo + t.batch_size]
+            loss = net({k: v[idx] for k, v in batch.items()})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    out["train_s"] = time.perf_counter() - start
+    out["fit_rows"] = n
+    # 3. baselines: every grid point fitted and scored on validation, the best ranked on test
+    start = time.perf_counter()
+    matrix = base.interaction_matrix(split.fit, users, item_ids)
+    fit = FitData(matrix, users, item_ids, 0, item_text=np.resize(item_vecs, (len(item_ids), d)))
+    row = {u: k for k, u in enumerate(users)}
+    seen = matrix.toarray().astype(bool)
+
+    def queries(frame):
+        rows = np.array([row.get(u, -1) for u in frame["user_id"]])
+        rows = rows[rows >= 0]
+        return Queries(matrix[rows], rows), seen[rows]
+    valid, valid_mask = queries(split.valid_queries)
+    test, test_mask = queries(split.test_queries)
+    for name in available_baselines(None):
+        if name == "zero_shot_cosine":
+            continue
+        best, best_value = None, -1.0
+        for point in base.grid_points(base.DEFAULT_GRIDS.get(name, {})):
+            rec = base.BASELINES[name](**point).fit(fit)
+            top = rec.top_k(valid, valid_mask, 20)
+            value = float((top >= 0).mean())  # the scoring and ranking are the cost measured
+            if value > best_value:
+                best, best_value = rec, value
+        best.top_k(test, test_mask, 20)
+    out["baselines_s"] = time.perf_counter() - start
+    out["total_s"] = out["encode_s"] + out["train_s"] + out["baselines_s"]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--interactions", default="100000,1000000", help="comma-separated sizes")
@@ -90,8 +189,19 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--keep", help="keep run directories here (default: a temp dir)")
     p.add_argument("--encoder", default="tiny", choices=["tiny", "minilm"])
+    p.add_argument("--encoder-path", help=argparse.SUPPRESS)
     p.add_argument("--user-vectors", default="text", choices=["text", "items_mean"])
+    p.add_argument("--plain", action="store_true", help="also do the largest run's parts plainly "
+                   "in one process (`plain_parts`) and report the whole run's ratio to them")
+    p.add_argument("--per-user", type=int, default=30, help="mean interactions per user")
+    p.add_argument("--plain-child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.plain and args.user_vectors != "items_mean":
+        p.error("--plain compares runs whose users are pooled from item vectors: add --user-vectors items_mean")
+    if args.plain_child:  # child process: the plain parts of one kept run
+        result = plain_parts(Path(args.plain_child), args.encoder_path, args.user_vectors)
+        print(json.dumps(result))
+        return
     sizes = [int(s) for s in args.interactions.split(",")]
     results = {"shape": args.shape, "encoder": args.encoder, "user_vectors": args.user_vectors,
                "sizes": {}, "machine": {"cpus": os.cpu_count()}}
@@ -100,7 +210,7 @@ def main() -> None:
         work = Path(args.keep or tmp)
         model = tiny_encoder(work / "tiny-bert") if args.encoder == "tiny" else "minilm"
         for n in sizes:
-            users = max(10, n // 30)
+            users = max(10, n // args.per_user)
             items = max(20, int(users * 0.6))
             run = work / f"run-{n}"
             repo = run / "feature_repo"
@@ -109,7 +219,8 @@ def main() -> None:
                 (repo / name).write_bytes((ROOT / "feature_repo" / name).read_bytes())
             overrides = [
                 f"data.synthetic.n_users={users}", f"data.synthetic.n_items={items}",
-                "data.synthetic.interactions_per_user=30", f"data.synthetic.history_shape={args.shape}",
+                f"data.synthetic.interactions_per_user={args.per_user}",
+                f"data.synthetic.history_shape={args.shape}",
                 f"encode.model={model}", "encode.dtype=float32", "encode.max_length=128",
                 f"serialize.user_vectors={args.user_vectors}",
                 f"featurestore.repo_path={repo}", f"output_dir={run / 'runs'}", "train.epochs=1",
@@ -126,10 +237,24 @@ def main() -> None:
                       file=sys.stderr, flush=True)
             results["sizes"][str(n)] = {"users": users, "items": items, "stages": stages}
             Path(args.out).write_text(json.dumps(results, indent=2))
+            if args.plain and n == max(sizes):
+                print(f"[{n:,}] the same parts done plainly ...", file=sys.stderr, flush=True)
+                cmd = [sys.executable, __file__, "--plain-child", str(run / "runs" / "synthetic"),
+                       "--encoder-path", model, "--user-vectors", args.user_vectors, "--out", "-"]
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode != 0:
+                    raise SystemExit(f"plain parts failed:\n{proc.stderr[-3000:]}")
+                plain = json.loads(proc.stdout.strip().splitlines()[-1])
+                whole = sum(s["wall_s"] for s in stages.values())
+                results["plain"] = plain
+                results.setdefault("ratios", {})["whole_over_plain_parts"] = whole / plain["total_s"]
+                print(f"[{n:,}] plain parts {plain['total_s']:.0f}s; whole run {whole:.0f}s",
+                      file=sys.stderr, flush=True)
     lo, hi = str(min(sizes)), str(max(sizes))
     if lo != hi:
-        results["ratios"] = {s: results["sizes"][hi]["stages"][s]["s_per_1k_interactions"]
-                             / results["sizes"][lo]["stages"][s]["s_per_1k_interactions"] for s in STAGES}
+        results.setdefault("ratios", {}).update({
+            s: results["sizes"][hi]["stages"][s]["s_per_1k_interactions"]
+            / results["sizes"][lo]["stages"][s]["s_per_1k_interactions"] for s in STAGES})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results.get("ratios", {}), indent=2))
