@@ -83,6 +83,13 @@ def run_stage(cmd: list[str], log: Path) -> dict:
     return {"wall_s": wall, "peak_rss_mb": peak / 2**20, "peak_pss_mb": peak_pss / 2**20}
 
 
+def accepted(run_dir: Path) -> int:
+    """The interactions the run accepted (the generator caps each user's history, so a size is
+    approximate): from the run's summary.json."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["build_features"]["data"]["interactions"]["accepted"]
+
+
 def plain_parts(run_dir: Path, model: str, user_vectors: str, epochs: int = 1) -> dict:
     """The run's work done plainly in this one process, no Ray, no Feast: the same encoder over the
     distinct item texts (the run's users pooled from them: `--user-vectors items_mean`), the same
@@ -204,6 +211,7 @@ def main() -> None:
         return
     sizes = [int(s) for s in args.interactions.split(",")]
     results = {"shape": args.shape, "encoder": args.encoder, "user_vectors": args.user_vectors,
+               "per_user": args.per_user,
                "sizes": {}, "machine": {"cpus": os.cpu_count()}}
     llmrec = str(Path(sys.executable).with_name("llmrec"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,7 +243,8 @@ def main() -> None:
                 stages[stage] = out
                 print(f"[{n:,}] {stage}: {out['wall_s']:.1f}s, {out['peak_rss_mb']:.0f} MB",
                       file=sys.stderr, flush=True)
-            results["sizes"][str(n)] = {"users": users, "items": items, "stages": stages}
+            results["sizes"][str(n)] = {"users": users, "items": items, "stages": stages,
+                                        "interactions": accepted(run / "runs" / "synthetic")}
             Path(args.out).write_text(json.dumps(results, indent=2))
             if args.plain and n == max(sizes):
                 print(f"[{n:,}] the same parts done plainly ...", file=sys.stderr, flush=True)

@@ -190,8 +190,9 @@ def _duration(s: float) -> str:
 class Progress:
     """`done` of `total` `unit`: a tqdm bar on a terminal, periodic lines otherwise."""
 
-    def __init__(self, desc: str, total: int | None = None, unit: str = "rows"):
-        self.desc, self.total, self.unit = desc, total, unit
+    def __init__(self, desc: str, total: int | None = None, unit: str = "rows", brief: bool = False):
+        self.desc, self.total, self.unit, self.brief = desc, total, unit, brief
+        self.printed = False
         self.done, self.start, self.last = 0, time.perf_counter(), time.perf_counter()
         self.postfix = ""
         self.bar = None
@@ -240,6 +241,10 @@ class Progress:
         if self.postfix:
             parts.append(self.postfix)
         text = f"  {self.desc}: " + ", ".join(p for p in parts if p)
+        if final and self.brief and not self.printed:  # a short step: the log file only
+            logger.info(text.strip())
+            return
+        self.printed = True
         if _state["stream"] is not None and not _state["verbose"]:
             print(text, file=_state["stream"], flush=True)
         logger.info(text.strip())  # verbose: the terminal shows it as a log line, once
@@ -256,5 +261,7 @@ class Progress:
             self._line(time.perf_counter(), final=True)
 
 
-def progress(desc: str, total: int | None = None, unit: str = "rows") -> Progress:
-    return Progress(desc, total, unit)
+def progress(desc: str, total: int | None = None, unit: str = "rows", brief: bool = False) -> Progress:
+    """A progress report (`Progress`). `brief`: a step that ends before its first periodic line
+    leaves no line on the terminal (only in the log), so short runs stay short."""
+    return Progress(desc, total, unit, brief)

@@ -139,10 +139,17 @@ class FeatureRepo(ViewFiles):
 
     def materialize(self, start: datetime, end: datetime, views: list[str] | None = None) -> dict:
         """Materialize [start, end], then check that every entity with a row by `end` is online."""
+        from llmrec_ray.console import progress
+
         views = views or self.present_views()
-        with quiet():  # Feast prints its own lines and bars: to the log file
-            self.store.materialize(start_date=start, end_date=end, feature_views=views)
-        return {v: self.verify_online(v, end) for v in views}
+        counts = {}
+        with progress("materialize", len(views), "views", brief=True) as bar:
+            for view in views:  # one at a time: the progress names each, and each is verified
+                with quiet():  # Feast prints its own lines and bars: to the log file
+                    self.store.materialize(start_date=start, end_date=end, feature_views=[view])
+                counts[view] = self.verify_online(view, end)
+                bar.update(1, view)
+        return counts
 
     def materialize_incremental(self, end: datetime, views: list[str] | None = None) -> dict:
         """Materialize what is new since each view's last materialization up to `end`, then check.

@@ -373,6 +373,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
     user_index = {u: k for k, u in enumerate(users)}
     trained = sorted(set(train_interactions.column("item_id").to_pylist()))
     vocab = {"users": users, "items": list(item_ids), "trained_items": trained}
+    prepare = progress(f"train {t.model}: prepare", 2, "steps", brief=True)
     ds, tables = training_dataset(repo, train_interactions, item_index, user_index)
     resources = ray.cluster_resources()
     keep = keep_rows(t.materialize, train_interactions.num_rows, resources.get("object_store_memory", 0))
@@ -385,7 +386,10 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
         keep = True
     if keep:  # the join runs once; every epoch reads the rows from the object store
         ds = ds.materialize()
+    prepare.update(1, "the training rows retrieved from Feast")
     valid = validation_data(repo, split, items, item_ids, vocab)
+    prepare.update(1, "the validation queries' features")
+    prepare.close()
     manifest = repo.read_manifest()
     dim = manifest["dim"]
     graph = None

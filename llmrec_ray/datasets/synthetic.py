@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
+from llmrec_ray.console import progress
 from llmrec_ray.datasets.base import Dataset
 from llmrec_ray.datasets.validate import validate
 from llmrec_ray.schemas import TIMESTAMP, Rejects
@@ -104,7 +105,9 @@ def make_interactions(rng: np.random.Generator, cfg, topic, second, popularity, 
     n_items, n_topics = len(topic), cfg.n_topics
     users, items, days, ratings = [], [], [], []
     sizes = lognormal_sizes(cfg, n_items) if cfg.history_shape == "lognormal" else None
+    bar = progress("generate synthetic interactions", cfg.n_users, "users", brief=True)
     for u in range(cfg.n_users):
+        bar.update(1)
         taste = rng.dirichlet(np.full(n_topics, 0.25))
         affinity = taste[topic] + 0.5 * np.where(second >= 0, taste[np.maximum(second, 0)], 0.0)
         n = int(np.clip(rng.poisson(cfg.interactions_per_user), 5, n_items // 2)) if sizes is None \
@@ -132,6 +135,7 @@ def make_interactions(rng: np.random.Generator, cfg, topic, second, popularity, 
             items.append(i)
             days.append(t)
             ratings.append(rating)
+    bar.close()
     return np.array(users), np.array(items), np.array(days), np.array(ratings, dtype=np.float32)
 
 
