@@ -54,20 +54,24 @@ class DataConfig(Strict):
         "synthetic", description="Loader to use.")
     path: str | None = Field(None, description="Dataset directory (MovieLens) or unused (synthetic).")
     interactions: str | None = Field(None, description="generic: parquet/CSV file of interactions "
-                                     "(with valid_interactions / test_interactions: the training rows).")
+                                     "(with valid_interactions / test_interactions: the training rows); "
+                                     "user_id and item_id required, event_timestamp too unless "
+                                     "evaluate.protocol is given or random.")
     valid_interactions: str | None = Field(None, description=(
         "generic, evaluate.protocol given: optional file of the validation interactions (same "
         "columns as data.interactions); the split then comes from the files, not a split column."))
     test_interactions: str | None = Field(None, description=(
         "generic, evaluate.protocol given: file of the test interactions (same columns as "
         "data.interactions)."))
-    items: str | None = Field(None, description="generic: parquet/CSV file of items.")
+    items: str | None = Field(None, description="generic: parquet/CSV file of items: item_id "
+                              "required; title, genres, description optional (an item may have "
+                              "no text at all).")
     users: str | None = Field(None, description="generic: optional parquet/CSV file of users.")
     columns: dict[str, str] = Field(default_factory=dict, description=(
         "generic: canonical column -> column in the files, e.g. {user_id: uid, event_timestamp: ts}; "
         "under evaluate.protocol given also `split` (values train, valid / validation / val, test)."))
     untimed_order: Literal["shuffle", "file"] = Field("shuffle", description=(
-        "generic, evaluate.protocol given, interactions without timestamps: shuffle = their "
+        "generic, evaluate.protocol given or random, interactions without timestamps: shuffle = their "
         "order carries no time (a published random split lists a user's items in any order, "
         "often by id), so synthetic times follow a fixed random permutation of each file's rows "
         "and a user's history is an unordered set; file = the file order is time order."))

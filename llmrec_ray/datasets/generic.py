@@ -42,7 +42,11 @@ order. With `untimed_order: file` each user's rows keep their file order (histor
 keeps the last rows in file order). Repeated (user, item) rows stay distinct either way. In a
 file that does have timestamps, a row without one is still rejected. Synthetic times start in
 2000: leave `available_from` unmapped for such data (an interaction before it is rejected).
-Without `given_split` a `split` column is an ordinary extra column (dropped).
+Without `given_split` a `split` column is an ordinary extra column (dropped). `unsplit`
+(evaluate.protocol random) reads the interactions as under the given split with every row `train`
+(timestamps optional; a split column ignored); the build then carves test and validation rows.
+Items need only `item_id`: title, genres and description are optional, and an item with none of
+them is kept (it gets no text vector at build time).
 
 Long because one loader reads three file formats (parquet, CSV, TSV) with a column mapping and
 row-level rejects, for interactions, items, users and split files.
