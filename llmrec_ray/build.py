@@ -198,8 +198,8 @@ def check_overwrite(cfg, overwrite: bool = False) -> None:
         f"{manifest.get('dataset')!r}, built {manifest.get('built_at', '?')[:19]}); building run "
         f"{cfg.name!r} there replaces them, and run {manifest.get('run')!r} could no longer be "
         "trained, evaluated or served. Pass --overwrite to replace them, or give this run a "
-        "repository of its own: featurestore.repo_path=DIR, a copy of feature_repo/'s "
-        "feature_store.yaml and features.py")
+        "repository of its own: featurestore.repo_path=DIR (a directory that does not exist yet "
+        "is created with the project's Feast declarations)")
 
 
 def build_features(cfg, overwrite: bool = False) -> dict:

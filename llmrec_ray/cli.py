@@ -70,7 +70,7 @@ def _print_counts(summary: dict) -> None:
         say(f"  split         random (seeded): {r['test']} test rows, {r['valid']} validation rows "
             "(evaluate.test_fraction, valid_fraction of each user's)")
     if summary.get("history_order") == "set":
-        say("  history       the given split is random in time: each user's train rows are a set "
+        say("  history       the split is random in time: each user's train rows are a set "
             "(evaluate.given_history)")
     if summary.get("carved_validation"):
         say(f"  validation    the given split has none: {summary['carved_validation']} train rows "
