@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Sampler:
-    """Calls `self._tick()` every 0.2 s in a thread between __enter__ and __exit__."""
+    """Calls `self._tick()` every `interval` seconds in a thread between __enter__ and __exit__."""
+
+    interval = 0.2
 
     def __enter__(self):
         def loop():
@@ -42,7 +44,7 @@ class _Sampler:
             while not self._stop:
                 self._tick(tick)
                 tick += 1
-                time.sleep(0.2)
+                time.sleep(self.interval)
 
         self._stop = False
         self._thread = threading.Thread(target=loop, daemon=True)
@@ -86,10 +88,15 @@ class PeakRSS(_Sampler):
 
 class PeakMemory(_Sampler):
     """Peak memory of this process and all its descendants (with a local Ray: the GCS, the
-    raylet holding the object store, and every worker), sampled every 0.2 s in a thread, two ways:
+    raylet holding the object store, and every worker), sampled every second in a thread (reading
+    every process's page map takes tens of milliseconds with a local Ray's dozen processes: at
+    five samples a second the sampler itself would take a share of a core from the Ray variants
+    only), two ways:
     `rss_mb`, the sum of resident sizes (shared pages, e.g. object-store blocks every worker
     maps, counted once per process), and `pss_mb`, the sum of proportional set sizes (each shared
     page split among the processes that map it: what the machine actually holds)."""
+
+    interval = 1.0
 
     def __init__(self):
         import psutil

@@ -80,12 +80,18 @@ def run_ray_train(repo: Path, args, by_position: bool = True) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from llmrec_ray.train import train_loop_per_worker
+    from llmrec_ray.train import ROW_BYTES, keep_rows, torch_threads, train_loop_per_worker
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as storage:
         ds, loop = setup(repo, args, by_position)
         start = time.perf_counter()
+        # as `llmrec train` does (train.materialize auto): rows kept when they fit, then threads
+        kept = keep_rows("auto", args.rows, ray.cluster_resources().get("object_store_memory", 0),
+                         ROW_BYTES if by_position else ROW_BYTES + 4 * 2 * args.dim)
+        if kept:
+            ds = ds.materialize()
+        loop["torch_threads"] = torch_threads(kept, False, 1)
         trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop, datasets={"train": ds},
                                scaling_config=ScalingConfig(num_workers=1, use_gpu=False,
                                                             resources_per_worker={"CPU": 1}),
@@ -96,7 +102,8 @@ def run_ray_train(repo: Path, args, by_position: bool = True) -> dict:
     if result.error:
         raise result.error
     batches = int(result.metrics["batches"])
-    return {"wall_s": wall, "rows": args.rows, "batches": batches, "loss": float(result.metrics["loss"])}
+    return {"wall_s": wall, "rows": args.rows, "batches": batches, "loss": float(result.metrics["loss"]),
+            "materialized": kept, "torch_threads": loop["torch_threads"]}
 
 
 def run_plain(repo: Path, args) -> dict:

@@ -246,6 +246,31 @@ def _watch(board, bar, key: str, stop) -> None:
                 f", {key} {value:.4f} (best epoch {m.get('best_epoch')})" if value is not None else ""))
 
 
+FETCH_BATCHES = 64  # model batches per Ray Data batch (its per-batch cost spread over them)
+
+
+def model_batches(shard, batch_size: int, seed: int):
+    """The worker's shard in shuffled batches of `batch_size` rows (the last partial one dropped).
+    Ray Data hands over FETCH_BATCHES batches at a time (from a local shuffle buffer of four such
+    fetches), which are shuffled again and cut here: its per-batch cost (collating Arrow into
+    tensors) is paid once per fetch, not once per model batch."""
+    fetch = batch_size * FETCH_BATCHES
+    g = torch.Generator().manual_seed(seed)
+    carry: dict[str, torch.Tensor] | None = None
+    for chunk in shard.iter_torch_batches(batch_size=fetch, local_shuffle_buffer_size=4 * fetch,
+                                          local_shuffle_seed=seed):
+        if carry is not None:  # the previous fetch's remainder goes first
+            chunk = {k: torch.cat([carry[k], v]) for k, v in chunk.items()}
+        n = len(next(iter(chunk.values())))
+        order = torch.randperm(n, generator=g)
+        full = n - n % batch_size
+        for lo in range(0, full, batch_size):
+            idx = order[lo:lo + batch_size]
+            yield {k: v[idx] for k, v in chunk.items()}
+        rest = order[full:]
+        carry = {k: v[rest] for k, v in chunk.items()} if len(rest) else None
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker: resumes from this run's latest checkpoint (a restarted
     worker group after a crash, or the same run started again), then one checkpoint per epoch,
@@ -255,6 +280,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     ctx = ray.train.get_context()
+    if config.get("torch_threads"):
+        torch.set_num_threads(int(config["torch_threads"]))
     torch.manual_seed(config["seed"] + ctx.get_world_rank())
     graph = ray.get(config["graph"]) if config.get("graph") is not None else None
     model = build_model(config["kind"], config["model"], graph)
@@ -280,9 +307,7 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start, config["epochs"]):
         model.train()
         total, batches, shown = 0.0, 0, time.monotonic()
-        for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
-                                              local_shuffle_buffer_size=4 * config["batch_size"],
-                                              local_shuffle_seed=config["seed"] + epoch):
+        for batch in model_batches(shard, config["batch_size"], config["seed"] + epoch):
             for name, table in held.items():  # rows retrieved by position: (B,) -> (B, D)
                 batch[name] = table[batch.pop(f"{name}_pos")]
             loss = model(batch)
@@ -320,6 +345,18 @@ def train_loop_per_worker(config: dict) -> None:
                 logger.info("early stop after epoch %d: %s best %.4f at epoch %d", epoch + 1, key,
                             state["best"], state["best_epoch"])
             break
+
+
+def torch_threads(kept: bool, use_gpu: bool, workers: int) -> int | None:
+    """torch threads of each training worker. Ray gives a worker as many as the CPUs it reserved;
+    on a one-node CPU cluster whose training rows were computed before training (`keep_rows`),
+    nothing else runs while the workers train, so they share all the node's CPUs instead of
+    leaving the ones reserved for the data tasks idle. None = Ray's choice."""
+    import ray
+
+    if not kept or use_gpu or len([n for n in ray.nodes() if n.get("Alive")]) != 1:
+        return None
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
 
 
 def storage_path(cfg) -> str:
@@ -439,6 +476,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
             "model": model_kwargs, "valid": None if valid is None else ray.put(valid),
             "tables": tables, "board": board,
             "batches_per_epoch": int(train_interactions.num_rows) // (batch_size * t.num_workers),
+            "torch_threads": torch_threads(keep, use_gpu, t.num_workers),
             "metric": t.early_stopping_metric, "patience": patience,
         },
         datasets={"train": ds},
