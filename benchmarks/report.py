@@ -154,6 +154,15 @@ def document() -> str:
         ("retrieval-1m.json", "Point-in-time retrieval",
          "python benchmarks/retrieval.py --rows 1000000 --out benchmarks/results/retrieval-1m.json",
          "rows_per_s"),
+        ("retrieval-1m-warm.json", "Point-in-time retrieval, a second retrieval in the same session",
+         "python benchmarks/retrieval.py --rows 1000000 --out benchmarks/results/retrieval-1m-warm.json",
+         "rows_per_s"),
+        ("retrieval-1m-lognormal.json", "Point-in-time retrieval, heavy-tailed histories",
+         "python benchmarks/retrieval.py --rows 1000000 --shape lognormal --out "
+         "benchmarks/results/retrieval-1m-lognormal.json", "rows_per_s"),
+        ("retrieval-10m.json", "Point-in-time retrieval at 10M rows",
+         "python benchmarks/retrieval.py --rows 10000000 --variants project --out "
+         "benchmarks/results/retrieval-10m.json", "rows_per_s"),
         ("featurestore-cpu.json", "Feature store (Feast's own paths)",
          "python benchmarks/featurestore.py --out benchmarks/results/featurestore-cpu.json", "rows_per_s"),
         ("encode-cpu.json", "Encoding", "python benchmarks/encode.py --out benchmarks/results/encode-cpu.json",
