@@ -202,3 +202,32 @@ def test_training_on_features_of_another_encoder_fails_before_fitting(trained_ru
         pipeline.train_stage(other)
     with pytest.raises(ValueError, match="built by run 'tiny'"):
         pipeline.train_stage(cfg.model_copy(update={"name": "another"}))
+
+
+def test_model_batches_cut_every_fetch_into_full_shuffled_batches() -> None:
+    """Ray Data hands over FETCH_BATCHES batches at a time; the worker cuts them into model
+    batches: every row once (but the last partial batch), remainders carried across fetches,
+    batches not in the shard's order."""
+    import torch
+
+    from llmrec_ray.train import FETCH_BATCHES, model_batches
+
+    class Shard:
+        def __init__(self, n: int):
+            self.rows = torch.arange(n)
+
+        def iter_torch_batches(self, batch_size, local_shuffle_buffer_size, local_shuffle_seed):
+            assert batch_size == 4 * FETCH_BATCHES and local_shuffle_buffer_size == 4 * batch_size
+            for lo in range(0, len(self.rows), batch_size - 3):  # fetches that do not divide
+                yield {"item_idx": self.rows[lo:lo + batch_size - 3],
+                       "other": 10 * self.rows[lo:lo + batch_size - 3]}
+
+    n = 10 * 4 * FETCH_BATCHES + 7
+    batches = list(model_batches(Shard(n), 4, seed=0))
+    assert all(len(b["item_idx"]) == 4 for b in batches)
+    seen = torch.cat([b["item_idx"] for b in batches])
+    assert len(seen) == n - n % 4 and len(set(seen.tolist())) == len(seen)  # each row at most once
+    assert all(torch.equal(b["other"], 10 * b["item_idx"]) for b in batches)  # columns stay aligned
+    assert not torch.equal(seen, torch.sort(seen).values)  # shuffled
+    again = torch.cat([b["item_idx"] for b in model_batches(Shard(n), 4, seed=0)])
+    assert torch.equal(seen, again)  # seeded
