@@ -52,7 +52,7 @@ def load_saved_dataset(run_dir: Path) -> dict[str, pa.Table]:
     return {name: pq.read_table(folder / f"{name}.parquet") for name in TABLES}
 
 
-def has_text(texts) -> pa.Array:
+def nonblank(texts) -> pa.Array:
     """(rows,) bool: the rendered text holds a character other than whitespace."""
     return pc.invert(pc.fill_null(pc.match_substring_regex(texts, r"^\s*$"), True))
 
@@ -64,7 +64,7 @@ def _vectors_for(rows: pa.Table, vectors: pa.Table) -> pa.Table:
     vector shared by every such item (the text models read a zero row as no text)."""
     idx = pc.index_in(rows.column("text_hash"), value_set=vectors.column("text_hash"))
     missing = pc.is_null(idx)
-    if pc.any(pc.and_(missing, has_text(rows.column("text")))).as_py():
+    if pc.any(pc.and_(missing, nonblank(rows.column("text")))).as_py():
         raise RuntimeError(f"{pc.sum(missing).as_py()} text rows have no vector")
     if idx.null_count:  # row len(vectors): the zero vector, n_tokens 0
         dim = len(vectors.column("embedding")[0].as_py())
@@ -102,7 +102,7 @@ def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
         text_rows = pa.concat_tables([items.select(common), users.select(common)])
     else:
         text_rows = items.select(common)
-    text_rows = text_rows.filter(has_text(text_rows.column("text")))  # no text: no vector
+    text_rows = text_rows.filter(nonblank(text_rows.column("text")))  # no text: no vector
     if text_rows.num_rows == 0:
         raise ValueError(f"none of the {items.num_rows} items has any text (title, genres and "
                          "description are blank, or serialize.item_template names none of the "
@@ -116,7 +116,7 @@ def feature_tables(ds: Dataset, cfg) -> tuple[dict[str, pa.Table], dict]:
         cache = EmbeddingCache(cfg.encode.cache_dir or str(Path(cfg.output_dir) / "embedding_cache"))
     vectors, stats = encode_texts(text_rows, cfg.encode, cache=cache)
     stats.update(item_texts=items.num_rows, user_snapshots=users.num_rows,
-                 items_without_text=items.num_rows - pc.sum(has_text(items.column("text"))).as_py(),
+                 items_without_text=items.num_rows - pc.sum(nonblank(items.column("text"))).as_py(),
                  user_texts=users.num_rows if user_text else 0, user_vectors=cfg.serialize.user_vectors)
 
     items = _vectors_for(items, vectors)
