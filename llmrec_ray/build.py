@@ -183,18 +183,22 @@ def check_overwrite(cfg, overwrite: bool = False) -> None:
     """Refuse, before any work, to build over the features of another run: one repository holds
     one run's views and online rows, and the run they belong to could no longer be trained,
     evaluated or served. `overwrite` (`--overwrite`) goes on; the same run rebuilds freely."""
-    repo = open_repo(cfg.featurestore)
-    try:
-        manifest = repo.read_manifest()
-    except FileNotFoundError:
+    import json
+
+    from llmrec_ray.views import MANIFEST
+
+    repo_path = Path(cfg.featurestore.repo_path).resolve()
+    path = repo_path / "data" / MANIFEST  # (read directly: the repository may not exist yet)
+    if not path.exists():
         return
+    manifest = json.loads(path.read_text())
     if manifest.get("run") == cfg.name or overwrite:
         if manifest.get("run") != cfg.name:
             logger.warning("replacing the features of run %r in %s (--overwrite)", manifest.get("run"),
-                           repo.path)
+                           repo_path)
         return
     raise ValueError(
-        f"{repo.path} holds the features of run {manifest.get('run')!r} (dataset "
+        f"{repo_path} holds the features of run {manifest.get('run')!r} (dataset "
         f"{manifest.get('dataset')!r}, built {manifest.get('built_at', '?')[:19]}); building run "
         f"{cfg.name!r} there replaces them, and run {manifest.get('run')!r} could no longer be "
         "trained, evaluated or served. Pass --overwrite to replace them, or give this run a "

@@ -62,7 +62,8 @@ def config(tmp_path: Path, *overrides: str, interactions: str | bytes | pa.Table
     names = names or {}
     tables = {"interactions": interactions, "items": items, "users": users}
     args = ["data.source=generic", "data.timestamp_unit=iso", "data.max_reject_fraction=1.0",
-            f"output_dir={tmp_path / 'runs'}", "name=bad"]
+            f"output_dir={tmp_path / 'runs'}", "name=bad",
+            f"featurestore.repo_path={tmp_path / 'feature_repo'}"]
     for table, content in tables.items():
         if content is None:
             continue
