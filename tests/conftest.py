@@ -1,15 +1,48 @@
 """Shared fixtures: one local Ray per session (capped), a Feast repo copied to a temp dir, the
-reference build that the cluster and fault tests compare with."""
+reference build that the cluster and fault tests compare with; and the helpers that test modules
+import (`from conftest import T0, utc, ledger, check_invariant`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# ---- helpers for literal data and the rejects ledger ---------------------------------------------
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)  # a fixed instant for literal tables
+T0_SECONDS = 1_700_000_000  # a fixed instant in Unix seconds, for literal CSV files
+LEDGER = ("table", "row", "column", "reason")  # the fields `ledger` gives by default
+
+
+def utc(*args: int) -> datetime:
+    """A UTC datetime: `utc(2024, 1, 2)` (or more fields) from its fields, `utc(seconds)` from Unix
+    seconds."""
+    if len(args) == 1:
+        return datetime.fromtimestamp(args[0], tz=timezone.utc)
+    return datetime(*args, tzinfo=timezone.utc)
+
+
+def ledger(rejects, fields: tuple[str, ...] = LEDGER, sort: bool = True) -> list[tuple]:
+    """The rejects of a `Dataset`, a `Rejects` ledger or a list of its rows (a saved ledger) as
+    tuples of `fields`, sorted (in ledger order with `sort=False`). Field `file` is the name of
+    the row's source file."""
+    rows = getattr(getattr(rejects, "rejects", rejects), "rows", rejects)
+    out = [tuple(Path(r["source"]).name if f == "file" else r[f] for f in fields) for r in rows]
+    return sorted(out) if sort else out
+
+
+def check_invariant(dataset) -> None:
+    """For every table: rows in = accepted + rejected, and `rows_in` holds those rows in."""
+    for table, counts in dataset.summary().items():
+        assert counts["in"] == counts["accepted"] + counts["rejected"], (table, counts)
+        assert dataset.rows_in[table] == counts["in"], (table, dataset.rows_in)
+
 
 
 @pytest.fixture(scope="session")

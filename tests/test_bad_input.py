@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import check_invariant, ledger, utc
 
 from llmrec_ray.build import build_features, save_dataset
 from llmrec_ray.config import Config, load_config
@@ -38,10 +39,7 @@ HEADERS = {"interactions": "user_id,item_id,event_timestamp,rating\n",
            "items": "item_id,title,genres,description\n", "users": "user_id\n"}
 GOOD = {"interactions": INTER, "items": ITEMS, "users": USERS}
 UNKNOWN_ITEM = "unknown item_id (not in the accepted items)"
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+FIELDS = ("table", "file", "row", "column", "reason")  # the ledger's fields compared here
 
 
 def write(path: Path, content: str | bytes | pa.Table) -> Path:
@@ -77,17 +75,6 @@ def load(tmp_path: Path, *overrides: str, **tables) -> Dataset:
     ds = load_dataset(config(tmp_path, *overrides, **tables).data)
     check_invariant(ds)
     return ds
-
-
-def ledger(ds: Dataset) -> list[tuple]:
-    """(table, file name, row, column, reason) of every reject, sorted."""
-    return sorted((r["table"], Path(r["source"]).name, r["row"], r["column"], r["reason"])
-                  for r in ds.rejects.rows)
-
-
-def check_invariant(ds: Dataset) -> None:
-    for table, c in ds.summary().items():
-        assert c["in"] == c["accepted"] + c["rejected"], (table, c)
 
 
 def ids(table: pa.Table, column: str) -> list[str]:
@@ -143,7 +130,7 @@ def test_blank_ids_in_csv_are_rejected(tmp_path: Path) -> None:
                                    'u1,"\t",2024-02-04T00:00:00Z,4\n',  # row 7: a tab
               items=ITEMS + ",Delta,,\n" + '"  ",Epsilon,,\n',
               users=USERS + '""\n"  "\n')
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", "interactions.csv", 4, "user_id", "null or empty user_id"),
         ("interactions", "interactions.csv", 5, "user_id", "null or empty user_id"),
         ("interactions", "interactions.csv", 6, "item_id", "null or empty item_id"),
@@ -166,7 +153,7 @@ def test_null_ids_in_parquet_are_rejected(tmp_path: Path) -> None:
                                      "event_timestamp": pa.array(t, pa.timestamp("s", "UTC"))}),
               items=pa.table({"item_id": ["i1", None], "title": ["Alpha", "Nobody"]}),
               users=pa.table({"user_id": pa.array(["u1", "u2", None], pa.string())}))
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", "interactions.parquet", 1, "user_id", "null or empty user_id"),
         ("interactions", "interactions.parquet", 2, "item_id", "null or empty item_id"),
         ("items", "items.parquet", 1, "item_id", "null or empty item_id"),
@@ -183,7 +170,7 @@ def test_duplicate_items_with_different_text(tmp_path: Path) -> None:
                                       "i2,Beta,Comedy,Now with text\n"  # row 4: other description
                                       "i3,Gamma,,Space\n"              # row 5: identical
                                       "i2,Beta,Horror,\n")             # row 6: other genres
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("items", "items.csv", 3, "title", "duplicate item_id with different title"),
         ("items", "items.csv", 4, "description", "duplicate item_id with different description"),
         ("items", "items.csv", 5, "item_id", "duplicate item_id"),
@@ -210,7 +197,7 @@ def test_items_without_text_are_kept_with_their_interactions(tmp_path: Path) -> 
                                    "u2,i5,2024-02-01T00:00:00Z,4\n"   # row 5
                                    "u3,i6,2024-02-01T00:00:00Z,4\n"   # row 6
                                    "u3,i7,2024-02-02T00:00:00Z,4\n")  # row 7
-    assert ledger(ds) == []
+    assert ledger(ds, FIELDS) == []
     assert sorted(ids(ds.items, "item_id")) == ["i1", "i2", "i3", "i4", "i5", "i6", "i7"]
     assert ds.summary() == {"interactions": {"in": 8, "accepted": 8, "rejected": 0},
                             "items": {"in": 7, "accepted": 7, "rejected": 0},
@@ -226,7 +213,7 @@ def test_invalid_utf8_in_csv_rejects_the_row(tmp_path: Path) -> None:
     inter = (INTER + "u\xff,i1,2024-02-01T00:00:00Z,4\n"   # row 4: in the user_id
                      "u1,i4,2024-02-01T00:00:00Z,4\n").encode("latin-1")  # row 5: item i4
     ds = load(tmp_path, items=items, interactions=inter)
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", "interactions.csv", 4, "user_id", "invalid UTF-8 in user_id"),
         ("interactions", "interactions.csv", 5, "item_id", UNKNOWN_ITEM),
         ("items", "items.csv", 3, "title", "invalid UTF-8 in title"),
@@ -245,7 +232,7 @@ def test_invalid_utf8_in_gzipped_csv_and_binary_parquet(tmp_path: Path) -> None:
                       "title": pa.array([b"Alpha", b"Beta", b"Gamma", b"D\xffelta"], pa.binary())})
     ds = load(tmp_path, interactions=inter, items=items,
               names={"interactions": "interactions.csv.gz"})
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", "interactions.csv.gz", 4, "rating", "invalid UTF-8 in rating"),
         ("items", "items.parquet", 3, "title", "invalid UTF-8 in title"),
     ]
@@ -274,7 +261,7 @@ def test_unparseable_iso_timestamps(tmp_path: Path) -> None:
               items="item_id,title,available_from\ni1,Alpha,2023-01-01\ni2,Beta,\n"
                     "i3,Gamma,soon\n")                           # row 2
     bad = "unparseable ISO-8601 event_timestamp"
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", "interactions.csv", 2, "item_id", UNKNOWN_ITEM),  # i3 was rejected
         ("interactions", "interactions.csv", 4, "event_timestamp", bad),
         ("interactions", "interactions.csv", 5, "event_timestamp", bad),
@@ -290,7 +277,7 @@ def test_unparseable_integer_timestamps(tmp_path: Path) -> None:
              "u1,i1,1704067200\nu2,i2,yesterday\nu3,i3,1.5e9\n")
     ds = load(tmp_path, "data.timestamp_unit=s", interactions=inter)
     reason = "event_timestamp is not an integer of unit s or is out of range"
-    assert ledger(ds) == [("interactions", "interactions.csv", 1, "event_timestamp", reason),
+    assert ledger(ds, FIELDS) == [("interactions", "interactions.csv", 1, "event_timestamp", reason),
                           ("interactions", "interactions.csv", 2, "event_timestamp", reason)]
     assert ids(ds.interactions, "event_timestamp") == [utc(2024, 1, 1)]
 
@@ -323,14 +310,14 @@ def test_future_timestamps_are_rejected(tmp_path: Path) -> None:
                                              "u1,i1,2100-01-01T00:00:00Z,4\n"  # row 5
                                              "u1,i1,9999-12-31T00:00:00,4\n")  # row 6
     future = "event_timestamp in the future"
-    assert ledger(ds) == [("interactions", "interactions.csv", row, "event_timestamp", future)
+    assert ledger(ds, FIELDS) == [("interactions", "interactions.csv", row, "event_timestamp", future)
                           for row in (4, 5, 6)]
     value = next(r["value"] for r in ds.rejects.rows if r["row"] == 6)
     assert value.startswith("9999-12-31 00:00:00")
     assert ds.interactions.num_rows == 4
     in_seconds = "user_id,item_id,event_timestamp\nu1,i1,1704067200\nu2,i2,4102444800\n"
     ds = load(tmp_path, "data.timestamp_unit=s", interactions=in_seconds)
-    assert ledger(ds) == [("interactions", "interactions.csv", 1, "event_timestamp", future)]
+    assert ledger(ds, FIELDS) == [("interactions", "interactions.csv", 1, "event_timestamp", future)]
 
 
 # 10. Ratings outside data.rating_range (or not numbers) are rejected; a blank rating is missing.
@@ -340,7 +327,7 @@ def test_ratings_out_of_range(tmp_path: Path) -> None:
                                              "u1,i1,2024-02-03T00:00:00Z,-1\n"   # row 6
                                              "u1,i1,2024-02-04T00:00:00Z,five\n")  # row 7
     outside = "rating outside [0.5, 5]"
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", "interactions.csv", 4, "rating", outside),
         ("interactions", "interactions.csv", 5, "rating", outside),
         ("interactions", "interactions.csv", 6, "rating", outside),
@@ -349,7 +336,7 @@ def test_ratings_out_of_range(tmp_path: Path) -> None:
     assert ids(ds.interactions, "rating") == [4.0, 3.5, 5.0, None]
     ds = load(tmp_path, "data.rating_range=[1, 10]",
               interactions=INTER.replace(",3.5\n", ",0.5\n").replace(",5\n", ",10\n"))
-    assert ledger(ds) == [("interactions", "interactions.csv", 1, "rating",
+    assert ledger(ds, FIELDS) == [("interactions", "interactions.csv", 1, "rating",
                            "rating outside [1, 10]")]
     assert ids(ds.interactions, "rating") == [4.0, 10.0, None]
 
@@ -359,7 +346,7 @@ def test_unknown_users_and_items(tmp_path: Path) -> None:
     ds = load(tmp_path, interactions=INTER + "u9,i1,2024-02-01T00:00:00Z,4\n"  # row 4
                                              "u1,i9,2024-02-01T00:00:00Z,4\n"  # row 5
                                              "u9,i9,2024-02-02T00:00:00Z,4\n")  # row 6
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", "interactions.csv", 4, "user_id",
          "unknown user_id (not in the accepted users)"),
         ("interactions", "interactions.csv", 5, "item_id", UNKNOWN_ITEM),
@@ -408,7 +395,7 @@ def test_lines_with_a_wrong_field_count_are_rejected(tmp_path: Path) -> None:
               items=ITEMS + "i4,Delta,Drama,A film,extra\n"             # row 3
                             "i5,Epsilon\n",                              # row 4
               users=USERS + "u4,FR\n")                                   # row 3
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", "interactions.csv", 4, None, "expected 4 comma-separated fields, got 5"),
         ("interactions", "interactions.csv", 5, None, "expected 4 comma-separated fields, got 3"),
         ("items", "items.csv", 3, None, "expected 4 comma-separated fields, got 5"),
@@ -493,8 +480,7 @@ def test_whole_corpus_at_once(tmp_path: Path) -> None:
     save_dataset(ds, cfg.run_dir)
     saved = pq.read_table(cfg.run_dir / "dataset" / "rejects.parquet")
     assert saved.num_rows == 18
-    assert sorted((r["table"], Path(r["source"]).name, r["row"], r["column"], r["reason"])
-                  for r in saved.to_pylist()) == [
+    assert ledger(saved.to_pylist(), FIELDS) == [
         ("interactions", "interactions.csv", 4, "user_id", "null or empty user_id"),
         ("interactions", "interactions.csv", 6, "item_id", UNKNOWN_ITEM),
         ("interactions", "interactions.csv", 8, "user_id", "invalid UTF-8 in user_id"),

@@ -8,24 +8,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import LEDGER, check_invariant, ledger, utc
 
 from llmrec_ray.config import DataConfig, load_config
 from llmrec_ray.datasets import load_dataset
 from llmrec_ray.datasets.generic import load_generic
 
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
-
-
-def ledger(dataset) -> list[tuple]:
-    return sorted((r["table"], r["row"], r["column"], r["reason"], r["value"])
-                  for r in dataset.rejects.rows)
-
-
-def check_invariant(dataset) -> None:
-    for table, counts in dataset.summary().items():
-        assert counts["in"] == counts["accepted"] + counts["rejected"], table
+FIELDS = LEDGER + ("value",)  # the ledger's fields compared here
 
 
 def test_parquet_with_column_mapping(tmp_path: Path, monkeypatch) -> None:
@@ -104,7 +93,7 @@ def test_csv_iso_timestamps_and_rejects(tmp_path: Path) -> None:
         {"user_id": "u3", "item_id": "008", "event_timestamp": utc(2024, 1, 3), "rating": 5.0},
     ]
     src = str(tmp_path / "inter.csv")
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", 2, "rating", "non-numeric rating", "abc"),
         ("interactions", 3, "event_timestamp", "unparseable ISO-8601 event_timestamp",
          "yesterday"),
@@ -133,7 +122,7 @@ def test_integer_strings_and_zoned_timestamps(tmp_path: Path) -> None:
     ds = load_generic(cfg)
     assert ds.interactions.column("event_timestamp").to_pylist() == [
         utc(2023, 11, 14, 22, 13, 20), utc(2023, 11, 14, 22, 13, 21)]
-    assert ledger(ds) == [("interactions", 2, "event_timestamp",
+    assert ledger(ds, FIELDS) == [("interactions", 2, "event_timestamp",
                            "event_timestamp is not an integer of unit s or is out of range",
                            "17e8")]
     assert ds.items.column("available_from").to_pylist() == [utc(2020, 1, 1)]
@@ -219,7 +208,7 @@ def test_csv_lines_with_a_wrong_field_count_are_rejected(tmp_path: Path) -> None
     cfg = DataConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
                      items=str(tmp_path / "items.csv"), max_reject_fraction=0.5)
     ds = load_generic(cfg)
-    assert ledger(ds) == [
+    assert ledger(ds, FIELDS) == [
         ("interactions", 1, None, "expected 4 comma-separated fields, got 5",
          "u1,b,1700000100,4,oops"),
         ("interactions", 2, None, "expected 4 comma-separated fields, got 3", "u2,a,1700000200"),
@@ -239,16 +228,16 @@ def test_csv_lines_with_a_wrong_field_count_are_rejected(tmp_path: Path) -> None
     # a later reject of the same file keeps the file's data rows: row 4 is still row 4
     (tmp_path / "inter.csv").write_text((tmp_path / "inter.csv").read_text() + "u4,z,1700000500,1\n")
     ds = load_generic(cfg)
-    assert ledger(ds)[2] == ("interactions", 5, "item_id",
+    assert ledger(ds, FIELDS)[2] == ("interactions", 5, "item_id",
                              "unknown item_id (not in the accepted items)", "z")
 
 
 def test_wrong_field_counts_in_tsv_and_over_many_blocks(tmp_path: Path, monkeypatch) -> None:
     """Row numbers stay exact when pyarrow reads the file in many blocks (read again without
     threads: with threads pyarrow has no row number to give); TSV names its separator."""
-    import llmrec_ray.datasets.generic as generic
+    import llmrec_ray.datasets.reader as reader
 
-    monkeypatch.setattr(generic, "CSV_BLOCK", 256)
+    monkeypatch.setattr(reader, "CSV_BLOCK", 256)
     lines = ["user_id\titem_id\tevent_timestamp"]
     bad = {7, 300, 301, 998}
     for i in range(1000):
@@ -257,7 +246,7 @@ def test_wrong_field_counts_in_tsv_and_over_many_blocks(tmp_path: Path, monkeypa
     (tmp_path / "items.tsv").write_text("item_id\ttitle\na\tAlpha\n")
     ds = load_generic(DataConfig(source="generic", interactions=str(tmp_path / "inter.tsv"),
                                  items=str(tmp_path / "items.tsv")))
-    assert ledger(ds) == [("interactions", i, None, "expected 3 tab-separated fields, got 2",
+    assert ledger(ds, FIELDS) == [("interactions", i, None, "expected 3 tab-separated fields, got 2",
                            f"u{i}\ta") for i in sorted(bad)]
     assert ds.summary()["interactions"] == {"in": 1000, "accepted": 996, "rejected": 4}
 

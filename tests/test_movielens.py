@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import check_invariant, ledger, utc
 
 from llmrec_ray.config import DataConfig
 from llmrec_ray.datasets import load_dataset
 from llmrec_ray.datasets.movielens import load_movielens
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
 
 
 def write(directory: Path, files: dict[str, str | bytes]) -> Path:
@@ -26,16 +22,6 @@ def write(directory: Path, files: dict[str, str | bytes]) -> Path:
         data = text if isinstance(text, bytes) else text.encode("latin-1")
         (directory / name).write_bytes(data)
     return directory
-
-
-def ledger(dataset) -> list[tuple]:
-    return sorted((r["table"], r["row"], r["column"], r["reason"]) for r in dataset.rejects.rows)
-
-
-def check_invariant(dataset) -> None:
-    for table, counts in dataset.summary().items():
-        assert counts["in"] == counts["accepted"] + counts["rejected"], table
-        assert dataset.rows_in[table] == counts["in"]
 
 
 def cfg(source: str, path: Path, **kw) -> DataConfig:
@@ -235,7 +221,7 @@ def test_line_by_line_fallback_matches_pyarrow(tmp_path: Path, monkeypatch, sour
     def refuse(*args, **kwargs):
         raise pa.ArrowInvalid("refused")
 
-    monkeypatch.setattr(movielens, "_pyarrow_read", refuse)
+    monkeypatch.setattr(movielens, "read_delimited", refuse)
     slow = load_movielens(cfg(source, root))
     assert ledger(slow) == ledger(fast)
     assert slow.interactions.equals(fast.interactions)
@@ -264,6 +250,22 @@ def test_fast_path_without_bad_lines(tmp_path: Path) -> None:
     assert ds.interactions.column("item_id").to_pylist() == ["1", "2"]
     assert ds.rows_in["interactions"] == 2 and len(ds.rejects) == 0
     assert ds.items.column("genres").to_pylist() == ["Drama", "Comedy, Drama"]
+
+
+def test_timestamps_past_year_9999_are_out_of_range(tmp_path: Path) -> None:
+    """Clean integers all (one cast), some beyond 9999-12-31 either way, the smallest int64
+    included (whose absolute value overflows): rejected, never wrapped to another time."""
+    root = write(tmp_path / "ml-1m", {
+        "movies.dat": "1::A (2000)::Drama\n2::B (2001)::Comedy\n",
+        "users.dat": "1::F::1::10::48067\n",
+        "ratings.dat": ("1::1::5::-9223372036854775808\n1::2::3::253402300800\n"
+                        "1::1::4::-253402300800\n1::2::4::978300760\n"),
+    })
+    ds = load_movielens(cfg("movielens-1m", root))
+    assert ledger(ds) == [("interactions", n, "event_timestamp", "event_timestamp out of range")
+                          for n in (1, 2, 3)]
+    assert ds.interactions.column("event_timestamp").to_pylist() == [utc(978300760)]
+    check_invariant(ds)
 
 
 def test_missing_directory_and_file(tmp_path: Path) -> None:

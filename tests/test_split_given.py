@@ -8,13 +8,14 @@ the masks and recall computed by hand.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from conftest import T0_SECONDS as T0, utc
 
 from llmrec_ray import serialize
 from llmrec_ray.build import feature_dataset
@@ -25,7 +26,6 @@ from llmrec_ray.metrics import ranking_metrics, top_k
 from llmrec_ray.split import given_eval_split
 from llmrec_ray.stats import item_stats, user_stats
 
-T0 = 1_700_000_000
 ITEMS = "item_id,title\na,Alpha\nb,Bravo\nc,Charlie\nd,Delta\ne,Echo\nf,Foxtrot\n"
 # u1's test rows are older than its train rows: under given, test timestamps must not matter.
 INTER = (
@@ -44,10 +44,6 @@ INTER = (
     f"u3,b,{T0 + 140},1,holdout\n"  # row 11: not a split value
     f"u3,d,{T0 + 150},5, val \n"
 )
-
-
-def utc(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 def column_split(tmp_path: Path):

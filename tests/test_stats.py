@@ -3,16 +3,16 @@ groupby on local Ray and in the calling process (small inputs); the two agree.""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import T0
 
 from llmrec_ray.schemas import TIMESTAMP
 from llmrec_ray.stats import DAY_US, item_snapshot_times, item_stats, stats_at, user_stats
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 T0_US = int(T0.timestamp() * 1_000_000)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import T0_SECONDS as T0
 
 from llmrec_ray import serialize
 from llmrec_ray.config import SerializeConfig, load_config
@@ -158,7 +159,6 @@ def test_keys_and_tags_tell_the_modes_apart() -> None:
         SerializeConfig(user_pool_length=0)
 
 
-T0 = 1_700_000_000
 ITEMS_CSV = "item_id,title\na,Alpha\nb,Bravo\nc,Charlie\nd,Delta\n"
 INTER_CSV = ("user_id,item_id,event_timestamp,rating\n"
              f"u1,a,{T0 + 100},4\nu1,b,{T0 + 200},5\nu1,c,{T0 + 300},3\nu2,b,{T0 + 100},5\nu2,d,{T0 + 150},2\n")

@@ -7,13 +7,14 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import T0, ledger
 
 from llmrec_ray.datasets.validate import _duplicates, check_reject_fraction, validate
 from llmrec_ray.schemas import INTERACTIONS, TIMESTAMP, Rejects
 
 SOURCES = {"interactions": "inter.txt", "items": "items.txt", "users": "users.txt"}
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 T1 = datetime(2024, 1, 2, tzinfo=timezone.utc)
+FIELDS = ("table", "source", "row", "column", "reason", "value")  # the ledger's fields compared here
 
 
 def items(ids, titles, rows=None) -> pa.Table:
@@ -33,11 +34,6 @@ def interactions(rows: list[tuple]) -> pa.Table:
                      "_row": pa.array(lines, pa.int64())})
 
 
-def ledger(rejects: Rejects) -> list[tuple]:
-    return [(r["table"], r["source"], r["row"], r["column"], r["reason"], r["value"])
-            for r in rejects.rows]
-
-
 def test_duplicate_blank_and_missing_items() -> None:
     rejects = Rejects()
     table = items(["a", "b", "a", "", None, "c", "d"], ["A", "B", "A again", "E", "N", "  ", None],
@@ -55,7 +51,7 @@ def test_duplicate_blank_and_missing_items() -> None:
         {"item_id": "d", "title": None, "genres": None, "description": None, "available_from": None,
          "released": None},
     ]
-    assert ledger(rejects) == [
+    assert ledger(rejects, FIELDS, sort=False) == [
         ("items", "items.txt", 4, "item_id", "null or empty item_id", ""),
         ("items", "items.txt", 5, "item_id", "null or empty item_id", None),
         ("items", "items.txt", 3, "item_id", "duplicate item_id", "a"),
@@ -70,7 +66,7 @@ def test_unknown_user_and_item_and_duplicate_user() -> None:
     out, _, users_out = validate(inter, items(["a"], ["A"]), users, rejects, SOURCES, (0.5, 5.0))
     assert out.column("user_id").to_pylist() == ["u1", "u2"]
     assert users_out.to_pylist() == [{"user_id": "u1"}, {"user_id": "u2"}]
-    assert ledger(rejects) == [
+    assert ledger(rejects, FIELDS, sort=False) == [
         ("users", "users.txt", 3, "user_id", "duplicate user_id", "u1"),
         ("interactions", "inter.txt", 12, "item_id",
          "unknown item_id (not in the accepted items)", "nope"),
@@ -116,7 +112,7 @@ def test_null_timestamp_is_rejected() -> None:
     inter = interactions([("u", "a", None, 4.0, 7), ("u", "a", T0, 4.0, 8)])
     out, _, _ = validate(inter, items(["a"], ["A"]), None, rejects, SOURCES, (0.5, 5.0))
     assert out.num_rows == 1
-    assert ledger(rejects) == [("interactions", "inter.txt", 7, "event_timestamp",
+    assert ledger(rejects, FIELDS, sort=False) == [("interactions", "inter.txt", 7, "event_timestamp",
                                 "null or unparseable event_timestamp", None)]
 
 

@@ -2,6 +2,12 @@
 
 `load_dataset(config.data)` picks the loader; each returns a `Dataset` whose rejects ledger
 accounts for every input row that was not accepted.
+
+One loader core serves every file-based source: `reader` (the one delimited-file reader and its
+bad-row handler), `columns` (typed fields and the rejects of those that fail) and `validate`
+(the rules every dataset satisfies, `finish_dataset`). `generic` maps a user's columns onto it;
+`movielens` declares each release as its files, a ratings column mapping and its quirks, with
+the releases' side files in `movielens_files`. `synthetic` needs no files.
 """
 
 from __future__ import annotations

@@ -48,8 +48,9 @@ Without `given_split` a `split` column is an ordinary extra column (dropped). `u
 Items need only `item_id`: title, genres and description are optional, and an item with none of
 them is kept (it gets no text vector at build time).
 
-Long because one loader reads three file formats (parquet, CSV, TSV) with a column mapping and
-row-level rejects, for interactions, items, users and split files.
+CSV and TSV files go through the loaders' one reader (`datasets.reader`), their fields through
+the shared column parsers (`datasets.columns`); this module holds the column mapping, the split
+and the untimed order.
 """
 
 from __future__ import annotations
@@ -59,15 +60,16 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from llmrec_ray.config import DataConfig
 from llmrec_ray.datasets.base import Dataset
+from llmrec_ray.datasets.columns import (blank, is_binary, is_string, parse_numbers, reject_rows,
+                                         text, timestamps, utf8)
+from llmrec_ray.datasets.reader import CsvFormat, field_count_reason, read_delimited, row_numbers
 from llmrec_ray.datasets.validate import finish_dataset
 from llmrec_ray.schemas import TIMESTAMP, Rejects
 from llmrec_ray.storage import Location, locate
@@ -82,13 +84,6 @@ CANONICAL = {
 REQUIRED = {"interactions": ("user_id", "item_id", "event_timestamp"),
             "items": ("item_id",), "users": ("user_id",)}
 TIMESTAMP_COLUMNS = ("event_timestamp", "available_from", "released")
-UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000}
-MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
-CSV_BLOCK = 1 << 20  # pyarrow's default; grown (to CSV_MAX_BLOCK) while a row straddles two blocks
-CSV_MAX_BLOCK = 1 << 30
-SEPARATOR_NAMES = {",": "comma", "\t": "tab"}  # in the reason of a row with a wrong field count
-INTEGER = r"^\s*[+-]?[0-9]{1,18}\s*$"
-NUMBER = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$"
 SPLIT_VALUES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid",
                 "test": "test"}
 SYNTHETIC_START = datetime(2000, 1, 1, tzinfo=timezone.utc)  # given split without timestamps
@@ -126,8 +121,8 @@ def load_generic(cfg: DataConfig, given_split: bool = False, unsplit: bool = Fal
         tables[kind] = _canonical(raw, kind, path, cfg, rejects, rows=rows)
     sources = {kind: str(p) for kind, p in paths.items()}
     sources.setdefault("users", sources["interactions"])
-    dataset = _finish(cfg, tables["interactions"], tables["items"], tables.get("users"), rejects,
-                      sources, rows_in)
+    dataset = finish_dataset(cfg, tables["interactions"], tables["items"], tables.get("users"),
+                             rejects, sources, rows_in)
     log.info("generic data from %s in %.1fs: %s", sources["interactions"],
              time.perf_counter() - start, dataset.summary())
     return dataset
@@ -146,8 +141,7 @@ def _read_rows(path: Location, kind: str, cfg: DataConfig,
     if raw.num_rows == 0 and not invalid:
         raise ValueError(f"{path}: {kind} file has no rows (columns: {raw.column_names})")
     n_in = raw.num_rows + len(invalid)
-    bad = np.array([number - 2 for number, _, _ in invalid], dtype=np.int64)  # header = row 1
-    rows = np.setdiff1d(np.arange(n_in, dtype=np.int64), bad)
+    rows = row_numbers(0, n_in, [number - 2 for number, _, _ in invalid])  # header = row 1
     if len(rows) != raw.num_rows:
         raise RuntimeError(f"{path}: the row numbers pyarrow gave the {len(invalid)} rows it "
                            f"skipped do not fit the {raw.num_rows} rows it read")
@@ -204,12 +198,12 @@ def _no_values(col: pa.ChunkedArray) -> bool:
     """True when every value of a column is null or blank (a timestamp column left empty)."""
     if col.null_count == len(col):
         return True
-    if _is_binary(col.type):
+    if is_binary(col.type):
         try:
             col = col.cast(pa.string())
         except pa.ArrowInvalid:
             return False
-    return (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) and bool(_blank(col).all())
+    return is_string(col.type) and bool(blank(col).all())
 
 
 def _split_labels(t: pa.Table, label: str | None, path: Location, rejects: Rejects, src: str,
@@ -233,8 +227,8 @@ def _split_labels(t: pa.Table, label: str | None, path: Location, rejects: Rejec
         pc.index_in(key, value_set=pa.array(list(SPLIT_VALUES))))
     bad = np.asarray(pc.is_null(values))
     rows = np.asarray(t.column("_row").to_numpy(), dtype=np.int64)
-    _reject_rows(rejects, "interactions", path, rows, np.ones(t.num_rows, dtype=bool), bad, col,
-                 "split", "split value not one of train, valid (validation, val), test")
+    reject_rows(rejects, "interactions", str(path), rows, bad, col, "split",
+                "split value not one of train, valid (validation, val), test")
     t = t.set_column(t.column_names.index("split"), "split", values)
     return t.filter(pa.array(~bad))
 
@@ -256,7 +250,8 @@ def _source_name(cfg: DataConfig, canonical: str) -> str:
 def _read(path: Location, kind: str,
           cfg: DataConfig) -> tuple[pa.Table, list[tuple[int, str, str]]]:
     """Read parquet or CSV (by extension); a file that cannot be read is a ValueError naming it.
-    Returns (table, CSV rows skipped for their number of fields: `_read_csv`).
+    Returns (table, CSV rows skipped for their number of fields: (pyarrow's row number, header =
+    row 1; reason; text)).
 
     CSV ids (and ISO timestamps) are read as bytes, so `007` stays `007` and invalid UTF-8 rejects
     a row in `_canonical` instead of failing the whole read."""
@@ -271,53 +266,13 @@ def _read(path: Location, kind: str,
                 as_text = [c for c in CANONICAL[kind] if c.endswith("_id")
                            or (c in TIMESTAMP_COLUMNS and cfg.timestamp_unit == "iso")]
                 types = {_source_name(cfg, c): pa.binary() for c in as_text}
-                return _read_csv(path, delimiter, types)
+                table, bad = read_delimited(path, CsvFormat(delimiter=delimiter, types=types))
+                return table, [(b.number, field_count_reason(b.expected, b.actual, delimiter),
+                                b.text) for b in bad]
     except (pa.ArrowException, OSError) as e:
         raise ValueError(f"{path}: cannot read the {kind} file: {e}") from e
     raise ValueError(f"{path}: unsupported file type; use .parquet, .pq, .csv or .tsv "
                      "(optionally .gz/.bz2 compressed)")
-
-
-def _read_csv(path: Location, delimiter: str,
-              types: dict[str, pa.DataType]) -> tuple[pa.Table, list[tuple[int, str, str]]]:
-    """pyarrow's CSV reader (quoted newlines allowed anywhere), with a larger block while a row
-    (a long text) straddles two.
-
-    A row with the wrong number of fields is skipped and returned as (pyarrow's row number: the
-    header is row 1, reason, text). pyarrow gives those numbers only without threads (with
-    threads they are None), so a file with such rows is read again serially; so is one that fails
-    to parse, for then pyarrow's message names the row."""
-    block, threads = CSV_BLOCK, True
-    name = SEPARATOR_NAMES[delimiter]
-    while True:
-        invalid: list[tuple[int, str, str]] = []
-
-        def skip(row) -> str:
-            invalid.append((row.number, f"expected {row.expected_columns} {name}-separated "
-                            f"fields, got {row.actual_columns}", row.text))
-            return "skip"
-
-        try:
-            with path.open() as stream:
-                table = pcsv.read_csv(
-                    stream, read_options=pcsv.ReadOptions(block_size=block, use_threads=threads),
-                    # quoted fields may hold newlines (RFC 4180), anywhere in the file: pyarrow's
-                    # default chunker splits blocks at any newline and then misreads them
-                    parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip,
-                                                    newlines_in_values=True),
-                    convert_options=pcsv.ConvertOptions(column_types=types))
-        except pa.ArrowInvalid as e:
-            if "straddl" in str(e) and block < CSV_MAX_BLOCK:
-                block *= 4
-            elif threads and "CSV parse error" in str(e):
-                threads = False
-            else:
-                raise
-            continue
-        if invalid and threads:
-            threads = False
-            continue
-        return table, invalid
 
 
 def _canonical(raw: pa.Table, kind: str, path: Location, cfg: DataConfig,
@@ -339,22 +294,22 @@ def _canonical(raw: pa.Table, kind: str, path: Location, cfg: DataConfig,
         if src not in raw.column_names:
             continue
         col = raw.column(src)
-        if _is_binary(col.type):
-            col, bad = _utf8(col)
+        if is_binary(col.type):
+            col, bad = utf8(col)
             if bad is not None:
-                _reject_rows(rejects, kind, path, rows, ok, bad, raw.column(src), c,
-                             f"invalid UTF-8 in {c}")
+                reject_rows(rejects, kind, str(path), rows, bad & ok, raw.column(src), c,
+                            f"invalid UTF-8 in {c}")
                 ok &= ~bad
         if c.endswith("_id"):
             values, bad, reason = col.cast(pa.string()), None, ""
         elif c in TIMESTAMP_COLUMNS:
-            values, bad, reason = _timestamps(col, cfg.timestamp_unit, f"{path}: column {src!r}")
+            values, bad, reason = timestamps(col, cfg.timestamp_unit, f"{path}: column {src!r}")
         elif c == "rating":
             values, bad, reason = _ratings(col)
         else:
-            values, bad, reason = _text(col), None, ""
+            values, bad, reason = text(col), None, ""
         if bad is not None and bad.any():
-            _reject_rows(rejects, kind, path, rows, ok, bad, col, c, reason.format(c=c))
+            reject_rows(rejects, kind, str(path), rows, bad & ok, col, c, reason.format(c=c))
             ok &= ~bad
         columns[c] = values
     used = {_source_name(cfg, c) for c in columns}
@@ -370,127 +325,11 @@ def _canonical(raw: pa.Table, kind: str, path: Location, cfg: DataConfig,
     return pa.table(columns).filter(pa.array(ok))
 
 
-def _reject_rows(rejects: Rejects, kind: str, path: Location, rows: np.ndarray, ok: np.ndarray,
-                 bad: np.ndarray, col: pa.ChunkedArray, column: str, reason: str) -> None:
-    """Add the rows where `bad` (and not already rejected) to the ledger, with their values."""
-    idx = np.flatnonzero(bad & ok)
-    for i, value in zip(idx, col.take(pa.array(idx)).to_pylist()):
-        rejects.add(kind, str(path), int(rows[i]), column, reason, value)
-
-
-def _is_binary(t: pa.DataType) -> bool:
-    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
-
-
-def _utf8(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray | None]:
-    """Bytes -> strings; (strings with invalid UTF-8 as null, mask of invalid values or None).
-    The per-value decode runs only when the vectorised cast finds invalid UTF-8."""
-    try:
-        return col.cast(pa.string()), None
-    except pa.ArrowInvalid:
-        pass
-    values, bad = [], []
-    for v in col.to_pylist():
-        try:
-            values.append(None if v is None else v.decode("utf-8"))
-            bad.append(False)
-        except UnicodeDecodeError:
-            values.append(None)
-            bad.append(True)
-    return pa.chunked_array([pa.array(values, pa.string())]), np.array(bad, dtype=bool)
-
-
-def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A text field as strings; a list of strings (e.g. genres) is joined with ", "."""
-    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        return pc.binary_join(col.cast(pa.list_(pa.string())), ", ")
-    return col.cast(pa.string())
-
 
 def _ratings(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray | None, str]:
     """(float32 ratings, mask of unparseable values, reason template). Blank strings are missing
     ratings."""
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+    if not is_string(col.type):
         return col.cast(pa.float32()), None, ""
-    present = ~_blank(col)
-    valid = np.asarray(pc.fill_null(pc.match_substring_regex(col, NUMBER), False))
-    text = pc.utf8_trim_whitespace(pc.if_else(pa.array(valid), col, None))
-    return text.cast(pa.float32()), present & ~valid, "non-numeric {c}"
-
-
-def _blank(col: pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True), dtype=bool)
-
-
-def _timestamps(col: pa.ChunkedArray, unit: str,
-                where: str) -> tuple[pa.ChunkedArray, np.ndarray | None, str]:
-    """(timestamp[us, UTC] values, mask of unparseable values, reason template with `{c}`);
-    nulls stay null."""
-    t = col.type
-    if pa.types.is_timestamp(t):
-        if t.tz is None:
-            col = pc.assume_timezone(col, "UTC")
-        return col.cast(TIMESTAMP, safe=False), None, ""
-    if pa.types.is_date(t):
-        return col.cast(pa.timestamp("us")).cast(TIMESTAMP), None, ""
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        if unit == "iso":
-            return _iso(col)
-        valid = np.asarray(pc.fill_null(pc.match_substring_regex(col, INTEGER), False))
-        text = pc.utf8_trim_whitespace(pc.if_else(pa.array(valid), col, None))
-        values, bad, _ = _from_numbers(text.cast(pa.int64()), unit)
-        return (values, bad | (~valid & ~_blank(col)),
-                f"{{c}} is not an integer of unit {unit} or is out of range")
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        if unit == "iso":
-            raise ValueError(f"{where} holds numbers but data.timestamp_unit is iso; "
-                             "set it to s, ms or us")
-        return _from_numbers(col, unit)
-    raise ValueError(f"{where} has type {t}; expected a timestamp, a date, integers or strings")
-
-
-def _from_numbers(col: pa.ChunkedArray, unit: str) -> tuple[pa.ChunkedArray, np.ndarray, str]:
-    """Numbers of `unit` since the epoch -> timestamps; values beyond year 9999 are rejected."""
-    per_second = UNIT_PER_SECOND[unit]
-    null = np.asarray(pc.is_null(col, nan_is_null=True))
-    as_float = pc.fill_null(col, 0).to_numpy().astype(np.float64)
-    bad = ~null & ~(np.abs(np.nan_to_num(as_float, nan=0.0)) <= MAX_SECONDS * per_second)
-    skip = null | bad
-    if pa.types.is_integer(col.type):  # exact integer arithmetic
-        exact = pc.fill_null(col, 0).to_numpy().astype(np.int64)
-        micros = np.where(skip, 0, exact) * (1_000_000 // per_second)
-    else:
-        micros = np.round(np.where(skip, 0.0, as_float) * (1_000_000 / per_second))
-    array = pa.array(micros.astype(np.int64), type=pa.int64(), mask=skip).cast(TIMESTAMP)
-    return pa.chunked_array([array]), bad, "{c} out of range"
-
-
-def _iso(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray, str]:
-    """ISO-8601 strings -> UTC; naive strings are taken as UTC. Dates beyond pandas' nanosecond
-    range (years before 1677 or after 2262, e.g. 9999-12-31) are parsed one by one."""
-    series = col.to_pandas()
-    parsed = pd.to_datetime(series, format="ISO8601", utc=True, errors="coerce")
-    bad = parsed.isna().to_numpy() & ~_blank(col)
-    array = pa.array(parsed, type=pa.timestamp("ns", tz="UTC")).cast(TIMESTAMP, safe=False)
-    if bad.any():
-        late = {}
-        for i in np.flatnonzero(bad):
-            try:
-                t = datetime.fromisoformat(series.iloc[i].strip())
-            except ValueError:
-                continue
-            if not pd.Timestamp.min.year < t.year < pd.Timestamp.max.year:
-                late[i] = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-        if late:
-            mask = np.zeros(len(bad), dtype=bool)
-            mask[list(late)] = True
-            array = pc.replace_with_mask(array, pa.array(mask),
-                                         pa.array(list(late.values()), TIMESTAMP))
-            bad &= ~mask
-    return pa.chunked_array([array]), bad, "unparseable ISO-8601 {c}"
-
-
-def _finish(cfg: DataConfig, inter: pa.Table, items: pa.Table, users: pa.Table | None,
-            rejects: Rejects, sources: dict[str, str], rows_in: dict[str, int]) -> Dataset:
-    return finish_dataset(cfg.source, inter, items, users, rejects, sources, rows_in,
-                          cfg.rating_range, cfg.max_reject_fraction)
+    values, valid = parse_numbers(col, pa.float32())
+    return values, ~blank(col) & ~valid, "non-numeric {c}"

@@ -8,19 +8,19 @@ failing row to the ledger with its reason. Nothing is dropped silently.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llmrec_ray.datasets.base import Dataset
+from llmrec_ray.datasets.columns import blank
 from llmrec_ray.schemas import (INTERACTIONS, ITEM_TEXT_FIELDS, ITEMS, TIMESTAMP, USERS, Rejects,
                                 conform)
 
-
-def _blank(col: pa.ChunkedArray) -> np.ndarray:
-    """True where a string column is null, empty or whitespace only."""
-    stripped = pc.utf8_trim_whitespace(col)
-    return np.asarray(pc.fill_null(pc.equal(stripped, ""), True), dtype=bool)
+if TYPE_CHECKING:
+    from llmrec_ray.config import DataConfig
 
 
 def _row_index(table: pa.Table) -> np.ndarray:
@@ -78,7 +78,7 @@ def reject_conflicting_items(items: pa.Table, rejects: Rejects, source: str) -> 
         return items
     ids = items.column("item_id").cast(pa.string())
     first = _first_of_key(pa.table({"item_id": ids}), "item_id")
-    later = (first != np.arange(items.num_rows)) & ~_blank(ids)
+    later = (first != np.arange(items.num_rows)) & ~blank(ids)
     if not later.any():
         return items
     field = np.full(items.num_rows, -1)  # index in `fields` of the first differing field
@@ -103,27 +103,36 @@ def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, re
     given) is kept after the schema's columns.
     When `users` is None the users are the distinct user ids of the accepted interactions.
     """
-    items = conform(items, ITEMS, sources["items"])
-    src = sources["items"]
-    items = _reject(items, _blank(items.column("item_id")), rejects, "items", src, "item_id",
-                    "null or empty item_id")
-    items = _reject(items, _duplicates(items, ["item_id"]), rejects, "items", src,
-                    "item_id", "duplicate item_id")
+    items = _valid_entities(conform(items, ITEMS, sources["items"]), "items", "item_id", rejects,
+                            sources["items"])
     # No text field is required: an item whose title, genres and description are all blank is
     # kept with its interactions (it gets no text vector, build.feature_tables), and counted.
-
     if users is not None:
-        users = conform(users, USERS, sources["users"])
-        src = sources["users"]
-        users = _reject(users, _blank(users.column("user_id")), rejects, "users", src, "user_id",
-                        "null or empty user_id")
-        users = _reject(users, _duplicates(users, ["user_id"]), rejects, "users",
-                        src, "user_id", "duplicate user_id")
-
-    inter = conform(interactions, INTERACTIONS, sources["interactions"])
+        users = _valid_entities(conform(users, USERS, sources["users"]), "users", "user_id",
+                                rejects, sources["users"])
     src = sources["interactions"]
+    inter = _valid_events(conform(interactions, INTERACTIONS, src), rejects, src, rating_range)
+    inter = _known_keys(inter, items, users, rejects, src)
+    inter = _reject(inter, _duplicates(inter, ["user_id", "item_id", "event_timestamp"]), rejects,
+                    "interactions", src, None, "duplicate (user_id, item_id, event_timestamp)")
+    if users is None:
+        users = pa.table({"user_id": pc.unique(inter.column("user_id").combine_chunks())})
+        users = conform(users, USERS, "users")
+    return _without_bookkeeping(inter, items, users, src)
+
+
+def _valid_entities(table: pa.Table, name: str, key: str, rejects: Rejects, src: str) -> pa.Table:
+    """Items or users: reject a blank key, then a key repeating an earlier row's."""
+    table = _reject(table, blank(table.column(key)), rejects, name, src, key,
+                    f"null or empty {key}")
+    return _reject(table, _duplicates(table, [key]), rejects, name, src, key, f"duplicate {key}")
+
+
+def _valid_events(inter: pa.Table, rejects: Rejects, src: str,
+                  rating_range: tuple[float, float]) -> pa.Table:
+    """Interactions on their own: ids present, a timestamp not in the future, a rating in range."""
     for col in ("user_id", "item_id"):
-        inter = _reject(inter, _blank(inter.column(col)), rejects, "interactions", src, col,
+        inter = _reject(inter, blank(inter.column(col)), rejects, "interactions", src, col,
                         f"null or empty {col}")
     inter = _reject(inter, np.asarray(pc.is_null(inter.column("event_timestamp"))), rejects,
                     "interactions", src, "event_timestamp", "null or unparseable event_timestamp")
@@ -136,16 +145,22 @@ def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, re
     lo, hi = rating_range
     out_of_range = pc.fill_null(pc.or_(pc.less(rating, lo), pc.greater(rating, hi)), False)
     out_of_range = pc.or_(out_of_range, pc.fill_null(pc.is_nan(rating), False))
-    inter = _reject(inter, np.asarray(out_of_range), rejects, "interactions", src, "rating",
-                    f"rating outside [{lo:g}, {hi:g}]")
-    known_items = items.column("item_id")
-    unknown = ~np.asarray(pc.is_in(inter.column("item_id"), value_set=known_items.combine_chunks()))
+    return _reject(inter, np.asarray(out_of_range), rejects, "interactions", src, "rating",
+                   f"rating outside [{lo:g}, {hi:g}]")
+
+
+def _known_keys(inter: pa.Table, items: pa.Table, users: pa.Table | None, rejects: Rejects,
+                src: str) -> pa.Table:
+    """Interactions against the accepted items (and users): a known item, available by then, a
+    known user."""
+    known_items = items.column("item_id").combine_chunks()
+    unknown = ~np.asarray(pc.is_in(inter.column("item_id"), value_set=known_items))
     inter = _reject(inter, unknown, rejects, "interactions", src, "item_id",
                     "unknown item_id (not in the accepted items)")
     # An item's text features start at its available_from: an interaction before it cannot be joined.
     avail = items.column("available_from")
     if avail.null_count < len(avail):
-        lookup = pc.index_in(inter.column("item_id"), value_set=known_items.combine_chunks())
+        lookup = pc.index_in(inter.column("item_id"), value_set=known_items)
         item_avail = avail.combine_chunks().take(lookup)
         early = pc.fill_null(pc.less(inter.column("event_timestamp"), item_avail), False)
         inter = _reject(inter, np.asarray(early), rejects, "interactions", src, "event_timestamp",
@@ -155,13 +170,12 @@ def validate(interactions: pa.Table, items: pa.Table, users: pa.Table | None, re
                                        value_set=users.column("user_id").combine_chunks()))
         inter = _reject(inter, unknown, rejects, "interactions", src, "user_id",
                         "unknown user_id (not in the accepted users)")
-    keys = ["user_id", "item_id", "event_timestamp"]
-    inter = _reject(inter, _duplicates(inter, keys), rejects, "interactions", src, None,
-                    "duplicate (user_id, item_id, event_timestamp)")
+    return inter
 
-    if users is None:
-        users = pa.table({"user_id": pc.unique(inter.column("user_id").combine_chunks())})
-        users = conform(users, USERS, "users")
+
+def _without_bookkeeping(inter: pa.Table, items: pa.Table, users: pa.Table,
+                         src: str) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Drop `_row` and `_source`; the interactions in the schema's columns (then `split`)."""
     drop = [c for c in ("_row", "_source") if c in inter.column_names]
     keep = INTERACTIONS.names + (["split"] if "split" in inter.column_names else [])
     inter = conform(inter.drop_columns(drop), INTERACTIONS, src).select(keep)
@@ -183,27 +197,26 @@ def check_reject_fraction(counts: dict[str, dict[str, int]], rejects: Rejects, m
                 f"row {example['row']}, column {example['column']}: {example['reason']}")
 
 
-def finish_dataset(name: str, inter: pa.Table, items: pa.Table, users: pa.Table | None,
-                   rejects: Rejects, sources: dict[str, str], rows_in: dict[str, int],
-                   rating_range: tuple[float, float], max_reject_fraction: float):
-    """Validate, check the reject fraction and the rows in = accepted + rejected invariant.
+def finish_dataset(cfg: DataConfig, inter: pa.Table, items: pa.Table, users: pa.Table | None,
+                   rejects: Rejects, sources: dict[str, str], rows_in: dict[str, int]) -> Dataset:
+    """Every loader's last step: validate, check the reject fraction (`cfg.max_reject_fraction`)
+    and the rows in = accepted + rejected invariant; the dataset is named `cfg.source`.
 
     `rows_in` counts each table's input rows; an extra "tags" entry (side table of tags) counts
     toward the reject fraction only. When `users` is None the users come from the interactions.
     Items repeating an item_id with different text are rejected first (`reject_conflicting_items`);
     no accepted interaction at all is a ValueError (there is nothing to build features from).
     """
-    from llmrec_ray.datasets.base import Dataset
-
     items = reject_conflicting_items(items, rejects, sources["items"])
-    inter, items, users_out = validate(inter, items, users, rejects, sources, tuple(rating_range))
+    inter, items, users_out = validate(inter, items, users, rejects, sources,
+                                       tuple(cfg.rating_range))
     accepted = {"interactions": inter.num_rows, "items": items.num_rows, "users": users_out.num_rows}
     if users is None:
         rows_in["users"] = users_out.num_rows
     counts = {t: {"in": rows_in[t], "rejected": rejects.count(t)} for t in accepted}
     if "tags" in rows_in:
         counts["tags"] = {"in": rows_in.pop("tags"), "rejected": rejects.count("tags")}
-    check_reject_fraction(counts, rejects, max_reject_fraction, sources)
+    check_reject_fraction(counts, rejects, cfg.max_reject_fraction, sources)
     if inter.num_rows == 0:
         top = ", ".join(f"{r} ({n})" for r, n in rejects.reasons("interactions").most_common(3))
         raise ValueError(f"{sources['interactions']}: no interactions accepted out of "
@@ -212,5 +225,5 @@ def finish_dataset(name: str, inter: pa.Table, items: pa.Table, users: pa.Table 
         if rows_in[table] != n + rejects.count(table):
             raise RuntimeError(f"{sources.get(table, table)}: {rows_in[table]} {table} rows in but "
                                f"{n} accepted + {rejects.count(table)} rejected")
-    return Dataset(name=name, interactions=inter, items=items, users=users_out, rejects=rejects,
+    return Dataset(name=cfg.source, interactions=inter, items=items, users=users_out, rejects=rejects,
                    rows_in=rows_in)
