@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pyarrow as pa
 import torch
 
 from llmrec_ray.featurestore import FeatureRepo
+from llmrec_ray.storage import atomic_file
 from llmrec_ray.views import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW
 from llmrec_ray.model_inputs import user_extra_features
 from llmrec_ray.models.graph import LLMGraph
@@ -46,10 +46,10 @@ def save_model(state: dict, kind: str, vocab: dict, run_dir: Path) -> Path:
     """The served model: a training checkpoint's weights, hyperparameters and training state,
     without the optimizer, plus the model kind and ID vocabulary."""
     out = Path(run_dir) / "model"
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in state.items() if k != "optimizer"}
-    torch.save({**state, "kind": kind, "vocab": vocab}, out / MODEL_FILE)
-    (out / BLEND_FILE).unlink(missing_ok=True)  # tuned with the previous model: evaluate again
+    with atomic_file(out / MODEL_FILE) as tmp:
+        torch.save({**state, "kind": kind, "vocab": vocab}, tmp)
+    (out / BLEND_FILE).unlink(missing_ok=True)  # a blend is tuned with one checkpoint: evaluate again
     return out / MODEL_FILE
 
 
@@ -80,11 +80,10 @@ def save_blend(run_dir: Path, blend, item_ids: list[str]) -> Path | None:
             "weight": None if alone else blend.weight,
             "cold_boost": 0.0 if alone else blend.cold_boost, "model_sha256": _model_digest(run_dir)}
     b_items = None if alone else blend.b_items
-    tmp = path.with_name(f".{BLEND_FILE}.tmp.npz")
-    np.savez(tmp, meta=np.array(json.dumps(meta)), item_ids=np.array(item_ids, dtype=str),
-             b_items=b_items if b_items is not None else np.ones(len(item_ids), bool),
-             **{f"peer_{k}": v for k, v in peer.state().items()})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        np.savez(tmp, meta=np.array(json.dumps(meta)), item_ids=np.array(item_ids, dtype=str),
+                 b_items=b_items if b_items is not None else np.ones(len(item_ids), bool),
+                 **{f"peer_{k}": v for k, v in peer.state().items()})
     return path
 
 
@@ -122,8 +121,8 @@ def load_model(run_dir: Path):
         raise FileNotFoundError(f"{path}: no trained model; run `llmrec train` first")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "vocab" not in state:
-        raise ValueError(f"{path}: a checkpoint without its vocabulary (made before the vocabulary "
-                         "travelled inside it); run `llmrec train` again")
+        raise ValueError(f"{path}: a checkpoint without its vocabulary (users, items, "
+                         "trained_items); run `llmrec train` again")
     model = build_model(state.get("kind", "two_tower"), state["hparams"])
     model.load_state_dict(state["state_dict"])
     model.vocab = state["vocab"]

@@ -3,14 +3,13 @@
 `text_hash` covers the text and everything that changes its vector (model, pooling, layers,
 max_length, normalisation, EOS, dtype, prompt: `text_model.encoder_key`), so one cache directory serves
 every encoder safely. A re-run
-on the same data encodes nothing; new texts are encoded and appended as a new part (written to a
-temp file, then renamed, so a crash never leaves a half-written part).
+on the same data encodes nothing; new texts are encoded and appended as a new part
+(`storage.atomic_file`: written beside, then renamed, so a crash never leaves a half-written part).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from llmrec_ray.schemas import VECTOR_ROWS
+from llmrec_ray.storage import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,11 @@ class EmbeddingCache:
         """Append vector rows as a new part."""
         if vectors.num_rows == 0:
             return None
-        self.path.mkdir(parents=True, exist_ok=True)
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        tmp = self.path / f".{name}.tmp"
-        pq.write_table(vectors.select(VECTOR_ROWS.names).cast(VECTOR_ROWS), tmp)
-        os.replace(tmp, self.path / name)
+        part = self.path / f"part-{uuid.uuid4().hex}.parquet"
+        with atomic_file(part) as tmp:
+            pq.write_table(vectors.select(VECTOR_ROWS.names).cast(VECTOR_ROWS), tmp)
         logger.info("cache: %d vectors added to %s", vectors.num_rows, self.path)
-        return self.path / name
+        return part
 
     def __len__(self) -> int:
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts())

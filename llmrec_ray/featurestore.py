@@ -1,7 +1,7 @@
 """The Feast repository: registry, materialization, online reads, retrieval.
 
 `FeatureRepo` wraps one Feast repo directory (feature_store.yaml + declarations in features.py;
-the views' parquet files under data/, written atomically by `views.ViewFiles`, its base class).
+the views' parquet files under data/, written atomically by the `views.ViewFiles` it holds).
 Every materialization is followed by a count check against the online store, because Feast has
 been seen to swallow write errors. Historical retrieval goes through the project's offline store
 (`offline_store.py`, `retrieval.py`), which keeps one output row per entity row by construction.
@@ -25,8 +25,9 @@ from llmrec_ray.views import BUILT_VIEWS, TEXT_VIEWS, VIEW_KEYS, VIEWS, ViewFile
 logger = logging.getLogger(__name__)
 
 
-class FeatureRepo(ViewFiles):
-    """One Feast repository directory: its view files (`ViewFiles`) and its Feast store."""
+class FeatureRepo:
+    """One Feast repository directory: its view files (`files`, a `views.ViewFiles`) and its
+    Feast store. The view-file methods the pipeline uses are forwarded to `files`."""
 
     def __init__(self, repo_path: str | Path, offline_store: str | None = None,
                  online_store: str | None = None, redis_connection: str | None = None):
@@ -37,10 +38,35 @@ class FeatureRepo(ViewFiles):
             raise ValueError("featurestore.online_store=redis needs a connection string "
                              "(host:port[,password=...]) in the environment variable named by "
                              "featurestore.redis_connection_env")
-        super().__init__(repo_path)
+        self.files = ViewFiles(repo_path)
+        self.path = self.files.path
         self.offline_store, self.online_store = offline_store, online_store
         self._redis = redis_connection
         self._store = None
+
+    # ---- view files (views.ViewFiles) ----------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.files.data_dir
+
+    def sources(self) -> dict:
+        return self.files.sources()
+
+    def source_path(self, view: str) -> Path:
+        return self.files.source_path(view)
+
+    def read_view(self, view: str, columns: list[str] | None = None) -> pa.Table:
+        return self.files.read_view(view, columns)
+
+    def write_view(self, view: str, table: pa.Table, encoder_key: str | None = None,
+                   tags: dict | None = None) -> Path:
+        return self.files.write_view(view, table, encoder_key, tags)
+
+    def write_manifest(self, manifest: dict) -> None:
+        self.files.write_manifest(manifest)
+
+    def read_manifest(self) -> dict:
+        return self.files.read_manifest()
 
     @property
     def store(self):
@@ -68,7 +94,6 @@ class FeatureRepo(ViewFiles):
                 self._store = FeatureStore(config=RepoConfig(repo_path=self.path, **data),
                                            repo_path=str(self.path))
         return self._store
-
 
     # ---- registry ------------------------------------------------------------------------------
     def declarations(self) -> list:
@@ -101,7 +126,7 @@ class FeatureRepo(ViewFiles):
         objects = self.declarations()
         views = [o for o in objects if isinstance(o, FeatureView)]
         self.check_sources(views)
-        stale = [v for v in views if v.name in self._drop_online]
+        stale = [v for v in views if v.name in self.files.encoder_changed]
         if stale:
             try:
                 registered = [self.store.get_feature_view(v.name) for v in stale]
@@ -114,7 +139,7 @@ class FeatureRepo(ViewFiles):
                 logger.info("encoder changed: online rows of %s dropped", [v.name for v in registered])
         with quiet():
             self.store.apply(objects)
-        self._drop_online.clear()
+        self.files.encoder_changed.clear()
         names = sorted(o.name for o in objects)
         logger.info("feast apply: %s", ", ".join(names))
         return names
@@ -234,11 +259,6 @@ class FeatureRepo(ViewFiles):
         return self.store.get_historical_features(entity_df=entity_rows, features=features,
                                                   full_feature_names=True)
 
-    def historical(self, entity_rows, features):
-        """Point-in-time join -> a lazy Ray Dataset, one row per entity row (see `retrieval`);
-        vectors as fixed-size float32 lists."""
-        return self.retrieval(entity_rows, features).to_ray_dataset()
-
     def historical_table(self, entity_rows, features) -> pa.Table:
         """Point-in-time join -> an Arrow table in this process (small entity sets: queries)."""
         return self.retrieval(entity_rows, features).to_arrow()
@@ -275,7 +295,7 @@ def open_repo(fs_cfg) -> FeatureRepo:
     if fs_cfg.online_store == "redis" and not redis:
         raise ValueError(f"featurestore.online_store=redis: set the environment variable "
                          f"{fs_cfg.redis_connection_env} to host:port[,password=...]")
-    return FeatureRepo(fs_cfg.repo_path, fs_cfg.offline_store, fs_cfg.online_store, redis)
+    return FeatureRepo(fs_cfg.repo_path, online_store=fs_cfg.online_store, redis_connection=redis)
 
 
 def _same(a, b) -> bool:

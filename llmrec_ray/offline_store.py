@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from datetime import timedelta
 from typing import Literal
 
@@ -40,8 +41,8 @@ from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreCo
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from pydantic import Field
 
-from llmrec_ray.retrieval import (ViewPlan, _blocks, _build_index, _feature_table, _join_block,
-                                  _LocalIndex, entity_timestamp_column, gather, plan_rows, positions)
+from llmrec_ray.retrieval import (LocalIndex, ViewPlan, blocks, build_index, entity_timestamp_column,
+                                  feature_table, gather, join_block, plan_rows, positions)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ def plan_views(config, feature_views, feature_refs, full_feature_names: bool) ->
         uri = FileSource.get_uri_for_file_path(config.repo_path, source.file_options.uri)
         filesystem, path = FileSource.create_filesystem_and_path(
             str(uri), source.file_options.s3_endpoint_override)
+        if filesystem is None and "://" not in path:
+            # a local view's current version (storage.atomic_dir), resolved once: a rewrite of the
+            # view meanwhile cannot mix the files of two versions
+            path = os.path.realpath(path)
         ds = pads.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
         files = tuple(sorted(ds.files))
         inverse = {v: k for k, v in (source.field_mapping or {}).items()}
@@ -157,7 +162,7 @@ class LlmrecRetrievalJob(RetrievalJob):
         ts_col = self._ts_col()
         out = []
         for plan in self._plans:
-            pos = positions(plan, _LocalIndex(plan), table, ts_col)
+            pos = positions(plan, LocalIndex(plan), table, ts_col)
             logger.info("point-in-time join %s: %d entity rows, %d with a feature row", plan.name,
                         table.num_rows, int((pos >= 0).sum()))
             out.append(pos)
@@ -205,17 +210,17 @@ class LlmrecRetrievalJob(RetrievalJob):
             table = self._entity_table()
             for k, pos in enumerate(self._local_positions(table)):
                 table = table.append_column(f"__pos_{k}", pa.array(pos, pa.int64()))
-            ds = ray.data.from_arrow(_blocks(table, self._config.block_rows))
+            ds = ray.data.from_arrow(blocks(table, self._config.block_rows))
             index_refs, precomputed = [], True
         else:
             ds = self._entity_dataset()
-            build = ray.remote(_build_index)
+            build = ray.remote(build_index)
             index_refs = []
             for plan in self._plans:
                 buckets = max(1, math.ceil(plan_rows(plan) / self._config.bucket_rows))
                 index_refs.append([build.remote(plan, b, buckets) for b in range(buckets)])
             precomputed = False
-        return ds.map_batches(_join_block, batch_format="pyarrow", batch_size=None,
+        return ds.map_batches(join_block, batch_format="pyarrow", batch_size=None,
                               zero_copy_batch=True,
                               fn_kwargs={"plans": self._plans, "index_refs": index_refs,
                                          "feature_refs": feature_refs, "ts_col": ts_col,
@@ -228,7 +233,7 @@ class LlmrecRetrievalJob(RetrievalJob):
         import ray
 
         if self._feature_refs is None:
-            task = ray.remote(_feature_table)
+            task = ray.remote(feature_table)
             self._feature_refs = {plan.name: task.remote(plan) for plan in self._plans}
         return self._feature_refs
 
@@ -240,11 +245,9 @@ class LlmrecRetrievalJob(RetrievalJob):
             return self._entity
         if isinstance(self._entity, str):
             return ray.data.read_parquet(self._entity)
-        return ray.data.from_arrow(_blocks(self._entity, self._config.block_rows))
+        return ray.data.from_arrow(blocks(self._entity, self._config.block_rows))
 
     def persist(self, storage, allow_overwrite: bool = False, timeout: int | None = None):
-        import os
-
         from feast.errors import SavedDatasetLocationAlreadyExists
         from feast.infra.offline_stores.file_source import FileSource
 

@@ -1,11 +1,19 @@
 """The Ray side of point-in-time retrieval: what a Ray task needs, without importing Feast.
 
-A `ViewPlan` names one feature view's parquet files, keys, timestamps and requested features (it
-is shipped to tasks); `_join_block` is the map_batches function that turns one block of entity
-rows into the same rows with their features: positions from the view's `pit.FeatureIndex`
-(in-process, or per hash bucket from the object store), values gathered by position. Kept apart
-from `offline_store.py` so that Ray workers import pyarrow and numpy only (Feast takes seconds to
-import, in every worker).
+Kept apart from `offline_store.py` so that Ray workers import pyarrow and numpy only (Feast takes
+seconds to import, in every worker). Its interface, used by the offline store:
+
+- `ViewPlan`: one feature view's parquet files, keys, timestamps and requested features (small,
+  shipped to tasks); `plan_rows(plan)`: its source's row count.
+- `positions(plan, index_of, block, ts_col)`: each entity row's feature row position, from the
+  view's `pit.FeatureIndex` (`LocalIndex(plan)` builds it in this process); `gather` then takes
+  the feature values at those positions.
+- Ray task functions: `build_index(plan, bucket, buckets)` (one hash bucket's FeatureIndex) and
+  `feature_table(plan)` (the requested feature columns, in position order).
+- `join_block`: the map_batches function that turns one block of entity rows into the same rows
+  with their features (or with their positions, `position_column`).
+- `entity_timestamp_column(schema)`, `blocks(table, rows)`: the entity rows' time column, and
+  an in-memory table cut into Ray Data blocks.
 """
 
 from __future__ import annotations
@@ -126,8 +134,8 @@ def positions(plan: ViewPlan, index_of, block: pa.Table, ts_col: str) -> np.ndar
     return out
 
 
-class _LocalIndex:
-    """index_of for the in-process path: one bucket, built here."""
+class LocalIndex:
+    """`index_of` for `positions` in this process: one bucket, the view's whole index, built here."""
 
     buckets = 1
 
@@ -157,10 +165,15 @@ def position_column(view: str) -> str:
     return f"{view}__position"
 
 
-def _join_block(block: pa.Table, plans: list, index_refs: list, feature_refs: list,
-                ts_col: str, precomputed: bool, by_position: tuple = ()) -> pa.Table:
+def join_block(block: pa.Table, plans: list, index_refs: list, feature_refs: list,
+               ts_col: str, precomputed: bool, by_position: tuple = ()) -> pa.Table:
     """Ray Data map_batches function: one entity block -> the same rows with their features, or,
-    for the views in `by_position`, with the position of their feature row (-1: none)."""
+    for the views in `by_position`, with the position of their feature row (-1: none).
+
+    Per plan k: `index_refs[k]` the ObjectRefs of its buckets' FeatureIndex (`build_index`),
+    `feature_refs[k]` the ObjectRef of its feature columns (`feature_table`); `precomputed`: the
+    positions are already in the block's `__pos_<k>` columns (computed in the driver), which are
+    dropped."""
     import ray
 
     out = block
@@ -180,11 +193,13 @@ def _join_block(block: pa.Table, plans: list, index_refs: list, feature_refs: li
     return out
 
 
-def _build_index(plan: ViewPlan, bucket: int, buckets: int) -> FeatureIndex:
+def build_index(plan: ViewPlan, bucket: int, buckets: int) -> FeatureIndex:
+    """Ray task: the FeatureIndex of one of `buckets` hash buckets of the view's keys."""
     return plan.index(bucket, buckets)
 
 
-def _feature_table(plan: ViewPlan) -> pa.Table:
+def feature_table(plan: ViewPlan) -> pa.Table:
+    """Ray task: the view's requested feature columns, in position order (`ViewPlan.feature_table`)."""
     return plan.feature_table()
 
 
@@ -193,5 +208,6 @@ def plan_rows(plan: ViewPlan) -> int:
     return sum(pq.ParquetFile(f, filesystem=plan.filesystem).metadata.num_rows for f in plan.files)
 
 
-def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
+def blocks(table: pa.Table, rows: int) -> list[pa.Table]:
+    """`table` cut into slices of `rows` rows (at least one slice, empty for an empty table)."""
     return [table.slice(i, rows) for i in range(0, max(table.num_rows, 1), rows)]

@@ -1,10 +1,11 @@
 """The feature views' files: names, schemas, and atomic parquet writes.
 
 Each view's source is a month-partitioned parquet directory under `<repo>/data/`, replaced whole
-and atomically by `ViewFiles.write_view` (temp directory, then rename; a crash mid-swap is
-repaired on the next open); `sources.json` records each view's current directory and tags (the
-repo's features.py reads it) and `manifest.json` the build. The Feast side (registry,
-materialization, online store, retrieval) is `featurestore.FeatureRepo`, built on this class.
+and atomically by `ViewFiles.write_view` (`storage.atomic_dir`: a new directory, then one rename
+of the symlink that names it; what a killed write leaves is cleared on the next open);
+`sources.json` records each view's current directory and tags (the repo's features.py reads it)
+and `manifest.json` the build. The Feast side (registry, materialization, online store,
+retrieval) is `featurestore.FeatureRepo`, which holds one of these.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from llmrec_ray.schemas import EMBEDDING, TIMESTAMP
+from llmrec_ray.storage import atomic_dir, sweep, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +135,19 @@ def validate_view(view: str, table: pa.Table) -> pa.Table:
 
 
 class ViewFiles:
-    """The view files of one Feast repository directory (`<path>/data/`)."""
+    """The view files of one Feast repository directory (`<path>/data/`).
+
+    `encoder_changed`: the views written with another encoder than their previous rows; their
+    online rows are stale (the owner of the Feast store drops them and clears the set).
+    """
 
     def __init__(self, repo_path: str | Path):
         self.path = Path(repo_path).resolve()
         self.data_dir = self.path / "data"
-        self._drop_online: set[str] = set()  # views whose encoder changed: online rows to drop
-        self._recover()
+        self.encoder_changed: set[str] = set()
+        if self.data_dir.exists():
+            sweep(self.data_dir)  # what a killed write left (storage.atomic_dir)
 
-    # ---- writing -------------------------------------------------------------------------------
     def sources(self) -> dict:
         path = self.data_dir / SOURCES
         return json.loads(path.read_text()) if path.exists() else {}
@@ -160,7 +163,8 @@ class ViewFiles:
         if not path.exists():
             raise FileNotFoundError(f"feature view {view!r}: its source {path} does not exist; "
                                     "run `llmrec build-features` first")
-        ds = pads.dataset(str(path), format="parquet", partitioning="hive")
+        # resolved once: the files listed and the files read are of one version of the view
+        ds = pads.dataset(str(path.resolve()), format="parquet", partitioning="hive")
         names = [c for c in ds.schema.names if c != PARTITION] if columns is None else columns
         return ds.to_table(columns=names)
 
@@ -169,11 +173,12 @@ class ViewFiles:
         """Validate, then replace the view's source with `table`, partitioned by month.
 
         Idempotent: the same table written twice leaves the same rows (a build replaces its views,
-        it never appends). Atomic: the partitions go to a temp directory that then takes the
-        place of the old one, so a reader sees the old rows or the new ones, never a mix. An
-        embedding view lives under a directory of its encoder (`enc-<hash>`), with the encoder
-        in its tags: a build with another model writes beside, never into, the old vectors, and
-        the online rows of the old model are dropped on the next `apply`.
+        it never appends). Atomic (`storage.atomic_dir`): the partitions go to a new directory
+        that takes the old one's place in one rename, so a reader sees the old rows or the new
+        ones, never a mix and never none. An embedding view lives under a directory of its
+        encoder (`enc-<hash>`), with the encoder in its tags: a build with another model writes
+        beside, never into, the old vectors, and the online rows of the old model are dropped on
+        the next `apply`.
         """
         table = validate_view(view, table)
         spec = VIEWS[view]
@@ -183,63 +188,20 @@ class ViewFiles:
             dest = dest / encoder_id(encoder_key)
             dim = len(table.column("embedding")[0]) if table.num_rows else 0
             tags.update(encoder_key=encoder_key or "unspecified", dim=str(dim))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-        month = pc.strftime(table.column("event_timestamp"), format="%Y-%m")
-        try:
-            if table.num_rows:
-                pads.write_dataset(table.append_column(PARTITION, month), tmp, format="parquet",
-                                   partitioning=[PARTITION], partitioning_flavor="hive",
-                                   basename_template="part-{i}.parquet")
-            else:  # an empty view is still a view: one empty file carries its schema
-                tmp.mkdir()
-                pq.write_table(table, tmp / "part-0.parquet")
-            if dest.exists():
-                old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+        with atomic_dir(dest) as tmp:
+            _write_partitions(table, tmp)
         sources = self.sources()
         previous = sources.get(view, {}).get("tags", {}).get("encoder_key")
         if spec.embedding and previous not in (None, tags["encoder_key"]):
-            self._drop_online.add(view)
+            self.encoder_changed.add(view)
         sources[view] = {"path": str(dest.relative_to(self.path)), "rows": table.num_rows,
                          "tags": {k: str(v) for k, v in tags.items()}}
         self._write_json(SOURCES, sources)
         logger.info("wrote %s: %d rows -> %s", view, table.num_rows, dest)
         return dest
 
-    def _recover(self) -> None:
-        """Finish a swap a crash interrupted: an `.X.old-*` directory without `X` goes back."""
-        if not self.data_dir.exists():
-            return
-        import time
-
-        # only leftovers older than a minute: a swap in flight in another process is not touched
-        cutoff = time.time() - 60
-        for old in self.data_dir.glob("**/.*.old-*"):
-            dest = old.parent / old.name[1:].split(".old-")[0]
-            if old.stat().st_mtime > cutoff:
-                continue
-            if dest.exists():
-                shutil.rmtree(old)
-            else:
-                os.replace(old, dest)
-                logger.warning("restored %s from an interrupted write", dest)
-        for tmp in self.data_dir.glob("**/.*.tmp-*"):
-            if tmp.stat().st_mtime < cutoff:
-                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-
     def _write_json(self, name: str, data: dict) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.data_dir / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, self.data_dir / name)
+        write_atomic(self.data_dir / name, json.dumps(data, indent=2, default=str))
 
     def write_manifest(self, manifest: dict) -> None:
         self._write_json(MANIFEST, manifest)
@@ -249,6 +211,18 @@ class ViewFiles:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no features built yet; run `llmrec build-features` first")
         return json.loads(path.read_text())
+
+
+def _write_partitions(table: pa.Table, directory: Path) -> None:
+    """`table` as hive partitions by month (`month=YYYY-MM/part-0.parquet`) into the empty
+    `directory`; an empty table as one empty file that carries the schema."""
+    if not table.num_rows:
+        pq.write_table(table, directory / "part-0.parquet")
+        return
+    month = pc.strftime(table.column("event_timestamp"), format="%Y-%m")
+    pads.write_dataset(table.append_column(PARTITION, month), directory, format="parquet",
+                       partitioning=[PARTITION], partitioning_flavor="hive",
+                       basename_template="part-{i}.parquet")
 
 
 def embedding_matrix(column) -> np.ndarray:

@@ -9,19 +9,19 @@ against the same reference.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import T0
 
 from llmrec_ray.offline_store import STORE_TYPE, LlmrecRetrievalJob
 from llmrec_ray.retrieval import ViewPlan, positions
 from llmrec_ray.pit import FeatureIndex, asof_reference, bucket_of
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 US = 1_000_000
 
 
@@ -259,7 +259,7 @@ def test_by_position_points_at_the_gathered_values(store, ray_session, ray_min_r
 
 def test_training_batch_names_the_row_without_a_feature():
     from llmrec_ray.retrieval import position_column
-    from llmrec_ray.train import to_training_batch
+    from llmrec_ray.train_data import to_training_batch
 
     batch = pa.table({"row_id": [7, 8], "item_idx": [0, 1],
                       position_column("user_history_embedding"): [3, -1],
