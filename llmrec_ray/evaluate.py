@@ -4,14 +4,14 @@ Each query (a user at a moment: the user-temporal split time, or in the global-t
 the snapshot serving the user's next interactions) is scored with the user's features as of the
 query time (fetched from Feast, point in time) against every item; the items the user saw before
 it and the items not yet available are masked. Metrics at each K, per slice, for every model.
+This module computes; `report` formats and writes what it returns.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,7 @@ from llmrec_ray.console import progress
 from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.metrics import ranking_metrics
 from llmrec_ray.model_inputs import query_data
-from llmrec_ray.recommender import Blend, Recommender, TrainedModel, metric_on
+from llmrec_ray.recommender import Blend, FitData, Recommender, TrainedModel, metric_on
 
 logger = logging.getLogger(__name__)
 
@@ -69,24 +69,37 @@ def slices(truth: list[set[int]], fit: pa.Table, users: list[str], item_ids: lis
     return out
 
 
+@dataclass
+class Tuned:
+    """A scorer tuned on validation: `rec` at the point its tuning chose, the `trials` (each
+    point's parameters and validation value, the chosen one marked `"chosen": True`), and `value`,
+    its validation value as the guard compares it, recorded by the tuning: the chosen trial's (a
+    blend's at its best weight, before the new-item boost), None when none was measured."""
+
+    rec: Recommender
+    trials: list[dict]
+    value: float | None = None
+
+
 def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict, metric: str,
                weights: list[float], peer_items: np.ndarray | None = None,
-               cold_boosts: list[float] = (), tolerance: float = 0.0) -> tuple[Blend, list[dict]]:
+               cold_boosts: list[float] = (), tolerance: float = 0.0) -> Tuned:
     """The blend of `trained` with the peer best on the validation queries, at the weight best on
     them (ties to the earlier weight); items outside `peer_items` (items without training
     interactions) keep the trained model's score (`Blend`). Then the new-item boost: of
     `cold_boosts` (and 0), the largest whose validation value is within `tolerance` (a fraction)
     of the best of them: the most exposure cold items can get for that accuracy budget
-    (tolerance 0: the boost best on validation, ties to the smaller). Returns (blend, trials:
-    the peers', weights' and boosts' values)."""
+    (tolerance 0: the boost best on validation, ties to the smaller). Returns the blend, the
+    trials (the peers', weights' and boosts' values) and its value at the best weight."""
     peer_values = {name: metric_on(rec, valid, metric) for name, rec in peers.items()}
     peer = max(peer_values, key=lambda n: peer_values[n])  # first of equals: dicts keep order
     trials: list[dict] = [{"peer": n, "value": v} for n, v in peer_values.items()]
-    best, best_value, best_trial = None, -np.inf, None
+    best, best_value, best_trial, top_weight = None, -np.inf, None, -np.inf
     for w in weights:
         blend = Blend(trained, peers[peer], w, peer_items)
         value = metric_on(blend, valid, metric)
         trials.append({"weight": w, "value": value})
+        top_weight = max(top_weight, value)
         if value > best_value + 1e-12:
             best, best_value, best_trial = blend, value, trials[-1]
     if peer_items is not None and not np.all(peer_items) and any(b > 0 for b in cold_boosts):
@@ -102,41 +115,36 @@ def tune_blend(trained: Recommender, peers: dict[str, Recommender], valid: dict,
             best_trial, _, best = [b for b in boosted if b[1] >= floor][-1 if tolerance else 0]
     best_trial["chosen"] = True
     logger.info("blend %s tuned on validation: %s", best.name, trials)
-    return best, trials
+    return Tuned(best, trials, top_weight)
 
 
-def validation_values(trained: Recommender, peers: dict[str, Recommender], blend, tuning: dict,
-                      valid: dict, metric: str) -> dict[str, float]:
-    """Each scorer's validation value: the trained model's measured here, a tuned scorer's from
-    the trial its tuning chose (a single-point grid measured here), the blend's at its best
-    weight (the new-item boost is a product choice within `evaluate.cold_boost_tolerance`, not
-    a loss of skill)."""
+def validation_values(trained: Recommender, tuned: dict[str, Tuned], valid: dict,
+                      metric: str) -> dict[str, float]:
+    """Each scorer's validation value: the trained model's measured here, a tuned scorer's as
+    its tuning recorded it (`Tuned.value`; a single-point grid, not measured there, measured
+    here). A blend's is at its best weight: the new-item boost is a product choice within
+    `evaluate.cold_boost_tolerance`, not a loss of skill."""
     values = {trained.name: metric_on(trained, valid, metric)}
-    for name, rec in peers.items():
-        chosen = [t["value"] for t in tuning[name]["trials"] if t.get("chosen") and t["value"] is not None]
-        values[name] = chosen[0] if chosen else metric_on(rec, valid, metric)
-    if blend is not None:  # its best weight, before the new-item boost spends its accuracy budget
-        values[blend.name] = max(t["value"] for t in tuning[blend.name]["trials"]
-                                 if "weight" in t and "cold_boost" not in t)
+    for name, t in tuned.items():
+        values[name] = t.value if t.value is not None else metric_on(t.rec, valid, metric)
     return values
 
 
-def choose_served(trained: Recommender, peers: dict[str, Recommender], blend, tuning: dict,
-                  valid: dict | None, metric: str) -> tuple[Recommender | None, dict]:
+def choose_served(trained: Recommender, scorers: dict[str, Recommender], blend: Blend | None,
+                  values: dict[str, float] | None, metric: str) -> tuple[Recommender | None, dict]:
     """The guard against a model that learned nothing, and what `recommend` serves.
 
     Every LLM-feature scorer (the trained model, its blend, the closed-form text models) is
-    compared with popularity on the validation queries; one at or below it is flagged. The
-    served scorer is the LLM-feature scorer best on validation that is above popularity (the
-    trained model alone, its blend, or a closed-form model); when none is, the scorer best on
-    validation of all. Returns (the served scorer, None = the trained model alone; the record:
-    values, flagged, served, reason)."""
-    if valid is None:
-        served = blend
-        return served, {"served": (served or trained).name, "values": {}, "flagged": [],
-                        "reason": "no validation queries: the blend as tuned, or the model alone"}
-    values = validation_values(trained, peers, blend, tuning, valid, metric)
-    scorers = {trained.name: trained, **peers, **({blend.name: blend} if blend is not None else {})}
+    compared with popularity on the validation queries (`values`: `validation_values`, None
+    without validation queries). The served scorer is the LLM-feature scorer best on validation
+    that is above popularity (the trained model alone, its blend, or a closed-form model); when
+    none is, the scorer best on validation of all. `scorers`: the tuned scorers by name (the
+    baselines, then the blend). Returns (the served scorer, None = the trained model alone; the
+    record: values, flagged, served, reason)."""
+    if values is None:
+        return blend, {"served": (blend or trained).name, "values": {}, "flagged": [],
+                       "reason": "no validation queries: the blend as tuned, or the model alone"}
+    scorers = {trained.name: trained, **scorers}
     llm = [n for n, r in scorers.items() if r.uses_text or n == getattr(blend, "name", None)]
     llm = [n for n in llm if n != "zero_shot_cosine"]  # a reference point, not a served model
     floor = values.get("popularity")
@@ -162,189 +170,117 @@ def choose_served(trained: Recommender, peers: dict[str, Recommender], blend, tu
     return (None if best == trained.name else scorers[best]), record
 
 
+def fit_data(trained: TrainedModel, split, test, item_ids: list[str], vocab: dict,
+             seed: int) -> tuple[FitData, np.ndarray | None]:
+    """The baselines' `FitData` on `split.fit`, and the trained model's learned projection of the
+    item text (None without one): the closed-form text models read the item text through it when
+    the model has one (its text-only path), else the raw LLM vectors."""
+    from llmrec_ray import baselines as base
+
+    item_emb = test.features.get("item_emb")
+    learned = trained.text_vectors(item_emb) if item_emb is not None else None
+    fit = FitData(base.interaction_matrix(split.fit, vocab["users"], item_ids), vocab["users"],
+                  item_ids, seed, item_text=item_emb if learned is None else learned)
+    return fit, learned
+
+
+def tune_baseline(name: str, grid: dict, fit: FitData, valid: dict | None, metric: str, bar) -> Tuned:
+    """Baseline `name` fitted on `fit` at each point of its `grid`, the point best on validation
+    kept (`baselines.tune`)."""
+    from llmrec_ray import baselines as base
+
+    score_fn = (lambda rec: metric_on(rec, valid, metric)) if valid is not None else None
+    rec, trials = base.tune(name, grid, fit, score_fn,
+                            lambda i, n: bar.update(0, f"{name}: grid point {i + 1}/{n}"))
+    chosen = next(t for t in trials if t.get("chosen"))  # the point `tune` marked
+    return Tuned(rec, trials, chosen["value"])
+
+
+def run_baselines(names: list[str], grids: dict, fit: FitData, valid: dict | None, metric: str,
+                  rank, bar, reads: str) -> tuple[dict[str, Tuned], dict[str, dict], dict[str, np.ndarray]]:
+    """Each baseline in turn tuned (`tune_baseline`) and ranked (`rank`: its top-K lists of the
+    test queries) -> ({name: `Tuned`}, {name: `tuning_record`}, {name: top-K lists}); `reads`:
+    the text vectors the closed-form text models read, for their records."""
+    tuned: dict[str, Tuned] = {}
+    tuning: dict[str, dict] = {}
+    ranked: dict[str, np.ndarray] = {}
+    for name in names:
+        start = time.perf_counter()
+        tuned[name] = tune_baseline(name, grids.get(name, {}), fit, valid, metric, bar)
+        rec = tuned[name].rec
+        ranked[name] = rank(rec)
+        text = reads if rec.uses_text and name != "zero_shot_cosine" else None
+        tuning[name] = tuning_record(tuned[name], metric, text)
+        logger.info("baseline %s %s fitted, tuned, scored and ranked in %.1fs", name, rec.params,
+                    time.perf_counter() - start)
+        bar.update(1, name)
+    return tuned, tuning, ranked
+
+
+def tuning_record(tuned: Tuned, metric: str, text_vectors: str | None = None) -> dict:
+    """What the tuning of one scorer reports: the chosen hyperparameters, the trials, the metric
+    (and, for a closed-form text model, which text vectors it read)."""
+    record = {"chosen": tuned.rec.params, "trials": tuned.trials, "metric": f"valid {metric}"}
+    return record if text_vectors is None else {**record, "text_vectors": text_vectors}
+
+
+def rank_slices(ranked: dict[str, np.ndarray], groups: dict[str, list[set[int]]],
+                ks: list[int]) -> dict[str, dict[str, dict[str, float]]]:
+    """{slice: {model: metrics}} of each model's top-K lists against each slice's test items."""
+    results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in groups}
+    for name, top in ranked.items():
+        for slice_name, slice_truth in groups.items():
+            results[slice_name][name] = ranking_metrics(top, slice_truth, ks)
+    return results
+
+
 def evaluate(repo: FeatureRepo, model, split, items: pa.Table, item_ids: list[str], ecfg,
              seed: int = 0, metric: str = "ndcg@20", valid: dict | None = None,
              ) -> tuple[dict[str, dict[str, dict[str, float]]], dict, Recommender | None]:
     """({slice: {model: metrics}}, {scorer: tuning, "served": the guard's record}, the scorer to
     serve (`choose_served`: the blend, a closed-form model, or None = the trained model)) over
-    `split.test_queries` for the trained model and the baselines (`ecfg`: the `EvalConfig`), all fitted on `split.fit`, each query
-    ranked over every item available at its time, the items the user saw before it masked. Each
-    baseline's hyperparameters are chosen from its grid (`ecfg.grids` over
-    `baselines.DEFAULT_GRIDS`) by `metric` on the validation queries (`valid`, as
-    `model_inputs.validation_data` prepares them). With `ecfg.blend_weights` and validation
+    `split.test_queries` for the trained model and the baselines (`ecfg`: the `EvalConfig`), all
+    fitted on `split.fit`, each query ranked over every item available at its time, the items the
+    user saw before it masked. Each baseline's hyperparameters are chosen from its grid
+    (`ecfg.grids` over `baselines.DEFAULT_GRIDS`) by `metric` on the validation queries (`valid`,
+    as `model_inputs.validation_data` prepares them). With `ecfg.blend_weights` and validation
     queries, the trained model is also blended with the peer best on validation (`Blend`), its
     weight chosen on validation too."""
-    from llmrec_ray import baselines as base
-
-    ks, baselines, light_user_max, blend_weights = ecfg.ks, ecfg.baselines, ecfg.light_user_max, ecfg.blend_weights
-    grids = {**base.DEFAULT_GRIDS, **(ecfg.grids or {})}
+    from llmrec_ray.baselines import DEFAULT_GRIDS
 
     queries = split.test_queries
     if queries.empty:
         raise ValueError(f"{split.protocol}: no test queries (too few interactions for this split)")
-    vocab = model.vocab
-    data = query_data(repo, queries, items, item_ids, vocab)
-    test, mask, truth = data["queries"], data["mask"], data["truth"]
-    k_max = max(ks)
+    data = query_data(repo, queries, items, item_ids, model.vocab)
+    k_max, grids = max(ecfg.ks), {**DEFAULT_GRIDS, **(ecfg.grids or {})}
+
+    def rank(rec: Recommender) -> np.ndarray:  # each model's scores ranked block by block, one at a time
+        return rec.top_k(data["queries"], data["mask"], k_max)
 
     trained = TrainedModel(model)
-    names = available_baselines(baselines)
-    blending = bool(blend_weights) and valid is not None and bool(names)
+    names = available_baselines(ecfg.baselines)
+    blending = bool(ecfg.blend_weights) and valid is not None and bool(names)
     bar = progress("evaluate", 1 + len(names) + blending, "models")
-    # each model's (Q, I) scores are ranked block by block as soon as they exist: one at a time
-    ranked: dict[str, np.ndarray] = {trained.name: trained.top_k(test, mask, k_max)}
+    ranked: dict[str, np.ndarray] = {trained.name: rank(trained)}
     bar.update(1, trained.name)
-    # the closed-form text models read the item text through the trained model's learned
-    # projection of it when the model has one (its text-only path), else the raw LLM vectors
-    item_emb = test.features.get("item_emb")
-    learned = trained.text_vectors(item_emb) if item_emb is not None else None
-    fit = base.FitData(base.interaction_matrix(split.fit, vocab["users"], item_ids), vocab["users"],
-                       item_ids, seed, item_text=item_emb if learned is None else learned)
-    tuning, peers = {}, {}
-    for name in names:
-        start = time.perf_counter()
-        score_fn = (lambda rec: metric_on(rec, valid, metric)) if valid is not None else None
-        rec, trials = base.tune(name, grids.get(name, {}), fit, score_fn,
-                                lambda i, n, name=name: bar.update(0, f"{name}: grid point {i + 1}/{n}"))
-        ranked[name] = rec.top_k(test, mask, k_max)
-        tuning[name] = {"chosen": rec.params, "trials": trials, "metric": f"valid {metric}"}
-        if rec.uses_text and name != "zero_shot_cosine":
-            tuning[name]["text_vectors"] = "raw LLM" if learned is None else f"{trained.name}'s learned projection"
-        peers[name] = rec
-        logger.info("baseline %s %s fitted, tuned, scored and ranked in %.1fs", name, rec.params,
-                    time.perf_counter() - start)
-        bar.update(1, name)
+    fit, learned = fit_data(trained, split, data["queries"], item_ids, model.vocab, seed)
+    reads = "raw LLM" if learned is None else f"{trained.name}'s learned projection"
+    tuned, tuning, peer_ranks = run_baselines(names, grids, fit, valid, metric, rank, bar, reads)
+    ranked.update(peer_ranks)
     # the blend's partner: an interaction-only peer (the LLM-feature models are the other side)
-    cf_peers = {n: r for n, r in peers.items() if not r.uses_text}
-    blending = blending and bool(cf_peers)
+    cf_peers = {n: t.rec for n, t in tuned.items() if not t.rec.uses_text}
     blend = None
-    if blending:
-        blend, trials = tune_blend(trained, cf_peers, valid, metric, blend_weights, fit.trained_items,
-                                   ecfg.cold_boosts, ecfg.cold_boost_tolerance)
-        ranked[blend.name] = blend.top_k(test, mask, k_max)
-        tuning[blend.name] = {"chosen": blend.params, "trials": trials, "metric": f"valid {metric}"}
+    if blending and cf_peers:
+        blended = tune_blend(trained, cf_peers, valid, metric, ecfg.blend_weights, fit.trained_items,
+                             ecfg.cold_boosts, ecfg.cold_boost_tolerance)
+        blend = blended.rec
+        tuned[blend.name], ranked[blend.name] = blended, rank(blend)
+        tuning[blend.name] = tuning_record(blended, metric)
         bar.update(1, blend.name)
     bar.close()
-    served, guard = choose_served(trained, peers, blend, tuning, valid, metric)
-    tuning["served"] = guard
-    groups = slices(truth, split.fit, queries["user_id"].tolist(), item_ids, light_user_max,
-                    new_users=split.protocol == "global-temporal")
-    results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in groups}
-    for name, top in ranked.items():
-        for slice_name, slice_truth in groups.items():
-            results[slice_name][name] = ranking_metrics(top, slice_truth, ks)
-    return results, tuning, served
-
-
-def format_table(results: dict[str, dict[str, dict[str, float]]], ks: list[int]) -> str:
-    """Markdown: one table per slice, one row per model, Recall/NDCG/HR/Precision/F1/MRR at each K."""
-    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "hr", "precision", "f1", "mrr")]
-    out = []
-    for slice_name, models in results.items():
-        users = next(iter(models.values()))["users"] if models else 0
-        out.append(f"**{slice_name}** ({users} users)\n")
-        out.append("| model | " + " | ".join(cols) + " |")
-        out.append("|---|" + "---:|" * len(cols))
-        for name, m in models.items():
-            out.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
-        out.append("")
-    return "\n".join(out).rstrip()
-
-
-def format_summary(results: dict[str, dict[str, dict[str, float]]], k: int,
-                   flagged: list[str] = ()) -> str:
-    """The terminal's table: one row per model, Recall@k and NDCG@k of every slice (the markdown
-    file of `write_results` has every metric at every K); `flagged` models (at or below
-    popularity on validation) are marked."""
-    slices_ = [s for s, models in results.items() if models]
-    head = [f"{s} ({next(iter(results[s].values()))['users']} users)" for s in slices_]
-    label = {n: (f"{n} (!)" if n in flagged else n) for s in slices_ for n in results[s]}
-    width = max([len("model")] + [len(n) for n in label.values()])
-    cols = [f"{h} R@{k} / N@{k}" for h in head]
-    lines = [f"{'model':<{width}}  " + "  ".join(f"{c:>{max(len(c), 15)}}" for c in cols)]
-    for name in results[slices_[0]] if slices_ else []:
-        cells = []
-        for s, c in zip(slices_, cols):
-            m = results[s].get(name)
-            cell = "-" if m is None else f"{m[f'recall@{k}']:.4f} / {m[f'ndcg@{k}']:.4f}"
-            cells.append(f"{cell:>{max(len(c), 15)}}")
-        lines.append(f"{label[name]:<{width}}  " + "  ".join(cells))
-    if flagged:
-        lines.append("(!) not above popularity on the validation queries: learned nothing useful")
-    return "\n".join(lines)
-
-
-def format_tuning(tuning: dict) -> str:
-    """One line per tuned scorer: the hyperparameters chosen on validation, out of how many
-    tried; then the guard's verdict and what `recommend` serves (`tuning["served"]`)."""
-    lines = []
-    for name, t in tuning.items():
-        if name == "served":
-            continue
-        chosen = ", ".join(f"{k}={v}" for k, v in t["chosen"].items())
-        tried = len(t["trials"])
-        best = next((x["value"] for x in t["trials"] if x.get("chosen")), None)
-        lines.append(f"- {name}: {chosen or 'no hyperparameters'}" + (
-            f" (of {tried} tried on {t['metric']}: {best:.4f})" if tried > 1 and best is not None else ""))
-    validated = any(x.get("value") is not None for name, t in tuning.items() if name != "served"
-                    for x in t["trials"])
-    head = ("Hyperparameters (chosen on the validation queries):" if validated else
-            "Hyperparameters (no validation queries: each grid's first point, not tuned; no blend):")
-    out = head + "\n" + "\n".join(lines)
-    return out + ("\n" + format_guard(tuning["served"]) if "served" in tuning else "")
-
-
-def format_guard(record: dict) -> str:
-    """The guard's lines: every LLM-feature scorer at or below popularity on validation, in
-    plain words, and the scorer `recommend` serves."""
-    lines = []
-    for name in record.get("flagged", []):
-        lines.append(f"FAILED: {name} learned nothing useful: it is not above popularity on the "
-                     f"validation queries ({record['values'][name]:.4f} against "
-                     f"{record['popularity']:.4f} {record['metric']}).")
-    lines.append(f"recommend serves {record['served']} ({record['reason']}).")
-    return "\n".join(lines)
-
-
-def write_results(results: dict, path: Path, tuning: dict | None = None) -> list[Path]:
-    """The metrics as JSON at `path` (with the baselines' chosen hyperparameters under
-    "tuning" in <stem>-tuning.json), the tables as markdown beside it (.md) and one bar chart per
-    slice (<stem>-<slice>.png: Recall@20 and NDCG@20 of every model). Returns the files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    ks = sorted({int(k.split("@")[1]) for m in next(iter(results.values())).values() for k in m if "@" in k})
-    md = path.with_suffix(".md")
-    md.write_text(format_table(results, ks) + "\n" + (f"\n{format_tuning(tuning)}\n" if tuning else ""))
-    if tuning:
-        tuned = path.parent / f"{path.stem}-tuning.json"
-        tuned.write_text(json.dumps(tuning, indent=2, default=float))
-        return [path, md, tuned] + plot_results(results, path.parent / path.stem, k=max(ks))
-    return [path, md] + plot_results(results, path.parent / path.stem, k=max(ks))
-
-
-def plot_results(results: dict, prefix: Path, k: int = 20) -> list[Path]:
-    """One PNG per slice: Recall@k and NDCG@k of every model, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    for slice_name, models in results.items():
-        names = list(models)
-        x = np.arange(len(names))
-        fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
-        for offset, metric in ((-0.2, "recall"), (0.2, "ndcg")):
-            values = [models[n][f"{metric}@{k}"] for n in names]
-            bars = ax.bar(x + offset, values, width=0.4, label=f"{metric}@{k}")
-            ax.bar_label(bars, fmt="%.3f", fontsize=7)
-        users = models[names[0]]["users"] if names else 0
-        ax.set_xticks(x, names, rotation=20, ha="right")
-        ax.set_title(f"{slice_name} ({users} users)")
-        ax.legend()
-        fig.tight_layout()
-        out = Path(f"{prefix}-{slice_name}.png")
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        files.append(out)
-    return files
+    values = validation_values(trained, tuned, valid, metric) if valid is not None else None
+    served, tuning["served"] = choose_served(trained, {n: t.rec for n, t in tuned.items()}, blend,
+                                             values, metric)
+    groups = slices(data["truth"], split.fit, queries["user_id"].tolist(), item_ids,
+                    ecfg.light_user_max, new_users=split.protocol == "global-temporal")
+    return rank_slices(ranked, groups, ecfg.ks), tuning, served

@@ -1,23 +1,25 @@
 """Model inputs shared by training, evaluation and serving: the Feast columns they read, user
 statistics as features, the ID rows of users and items (-1, the unknown ID, for those training
-never saw), and ranking queries (`Queries`, masks, truth) built from Feast rows as of each query
-time. Training, evaluation and recommendation import this module, not each other.
+never saw), and ranking queries (`Queries`, `QueryMask`, truth) built from Feast rows as of each
+query time. Training, evaluation and recommendation import this module, not each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.views import ITEM_TEXT_VIEW, USER_HISTORY_VIEW, USER_STATS_VIEW, embedding_matrix
 from llmrec_ray.recommender import Queries
 from llmrec_ray.models.age import times_days
+from llmrec_ray.models.vocab import item_id_index, user_id_index
 
 USER_EXTRA_DIM = 4
 # the user_stats view's columns the models read (llmrec_ray.stats writes them)
@@ -45,21 +47,6 @@ def retrieved_user_extra(rows) -> np.ndarray:
 
     return user_extra_features({c: col(f"{USER_STATS_VIEW}__{c}") for c in STAT_COLUMNS},
                                col("event_timestamp"))
-
-
-def user_id_index(vocab: dict, users: list[str]) -> torch.Tensor:
-    """Hybrid ID rows of `users` in a checkpoint's vocabulary (`vocab["users"]`); -1 (the unknown
-    ID) for a user absent from the training rows."""
-    known = {u: k for k, u in enumerate(vocab["users"])}
-    return torch.tensor([known.get(u, -1) for u in users], dtype=torch.long)
-
-
-def item_id_index(vocab: dict, item_ids: list[str]) -> torch.Tensor:
-    """Hybrid ID rows of `item_ids` in a checkpoint's vocabulary (`vocab["items"]`); -1 (the
-    unknown ID) for an item without training interactions (`vocab["trained_items"]`)."""
-    position = {i: k for k, i in enumerate(vocab["items"])}
-    trained = set(vocab["trained_items"])
-    return torch.tensor([position.get(i, -1) if i in trained else -1 for i in item_ids], dtype=torch.long)
 
 
 def features_as_of(repo: FeatureRepo, key: str, ids: list[str], times: list, view: str) -> np.ndarray:
@@ -93,7 +80,7 @@ def query_inputs(repo: FeatureRepo, users: list[str], times: list, item_ids: lis
 
 def latest_item_vectors(repo: FeatureRepo, item_ids: list[str], as_of=None) -> np.ndarray:
     """(I, D) item text vectors as of `as_of` (the last query), or of the newest item row when
-    items arrive later (those are masked until they are available: `masks`)."""
+    items arrive later (those are masked until they are available: `query_mask`)."""
     newest_item = pc.max(repo.read_view(ITEM_TEXT_VIEW, columns=["event_timestamp"])
                          .column("event_timestamp")).as_py()
     end = pd.Timestamp(newest_item) if as_of is None else max(pd.Timestamp(as_of), pd.Timestamp(newest_item))
@@ -112,20 +99,69 @@ def ranking_queries(repo: FeatureRepo, queries: pd.DataFrame, item_ids: list[str
                    query_inputs(repo, users, queries["query_time"].tolist(), item_ids, vocab))
 
 
-def masks(item_ids: list[str], seen: list[list[str]], items: pa.Table, query_times: np.ndarray) -> np.ndarray:
-    """(Q, I) True where an item is excluded from query q's ranking: the user saw it before the
-    query (`seen[q]`), or it is not yet available at the query time (µs since the epoch)."""
+@dataclass(frozen=True, eq=False)
+class QueryMask:
+    """The items excluded from each query's ranking, (Q, I) in effect but never built whole:
+    `mask[rows]` builds the dense bool block of those rows only (`Recommender.top_k` ranks
+    `QUERY_CHUNK` rows at a time), so it pickles small to the Ray Train workers. An item is
+    excluded when the user saw it before the query (`indptr`/`indices`: the seen items, CSR by
+    query) or when it is not yet available at the query time (`available_from` (I,) µs since
+    the epoch, -inf for an item always available, None when every item is; `query_times` (Q,)
+    µs)."""
+
+    indptr: np.ndarray  # (Q + 1,) int64
+    indices: np.ndarray  # (seen,) int32 item indices
+    n_items: int
+    query_times: np.ndarray  # (Q,) float64
+    available_from: np.ndarray | None = None  # (I,) float64
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.query_times), self.n_items
+
+    def __len__(self) -> int:
+        return len(self.query_times)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """The dense block of `rows` (a slice, an index array or one index), True = excluded."""
+        if isinstance(rows, slice):
+            picked = np.arange(*rows.indices(len(self)))
+        else:
+            picked = np.arange(len(self))[rows]
+        q = np.atleast_1d(picked)  # (R,)
+        starts, lengths = self.indptr[q], self.indptr[q + 1] - self.indptr[q]  # (R,)
+        first = np.cumsum(lengths) - lengths  # (R,) each row's start among the gathered items
+        where = np.arange(lengths.sum()) - np.repeat(first - starts, lengths)  # positions in indices
+        block = np.zeros((len(q), self.n_items), dtype=bool)  # (R, I)
+        block[np.repeat(np.arange(len(q)), lengths), self.indices[where]] = True
+        if self.available_from is not None:
+            block |= self.available_from[None, :] > self.query_times[q][:, None]
+        return block[0] if picked.ndim == 0 else block
+
+
+def query_mask(item_ids: list[str], seen: list[list[str]], items: pa.Table,
+               query_times: np.ndarray) -> QueryMask:
+    """The `QueryMask` of queries that saw `seen[q]` before their time `query_times[q]` (µs since
+    the epoch), over `item_ids` (availability from `items.available_from`)."""
     index = {item: i for i, item in enumerate(item_ids)}
-    mask = np.zeros((len(seen), len(item_ids)), dtype=bool)
-    for q, items_seen in enumerate(seen):
-        mask[q, [index[i] for i in items_seen]] = True
+    lengths = np.fromiter(map(len, seen), dtype=np.int64, count=len(seen))
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = np.fromiter((index[i] for i in chain.from_iterable(seen)), dtype=np.int32,
+                          count=int(indptr[-1]))
+    times = np.asarray(query_times, dtype=np.float64)
     avail = items.column("available_from")
+    a = None
     if avail.null_count < items.num_rows:
         order = pc.index_in(pa.array(item_ids), value_set=items.column("item_id").combine_chunks())
         a = avail.combine_chunks().take(order).cast(pa.int64()).to_numpy(zero_copy_only=False)
         a = np.nan_to_num(np.asarray(a, dtype=np.float64), nan=-np.inf)
-        mask |= a[None, :] > np.asarray(query_times, dtype=np.float64)[:, None]
-    return mask
+    return QueryMask(indptr, indices, len(item_ids), times, a)
+
+
+def masks(item_ids: list[str], seen: list[list[str]], items: pa.Table, query_times: np.ndarray) -> np.ndarray:
+    """(Q, I) True where an item is excluded from query q's ranking: the whole dense block of
+    `query_mask`, for small cases; ranking takes the `QueryMask` itself, block by block."""
+    return query_mask(item_ids, seen, items, query_times)[:]
 
 
 def truth_sets(truth: list[list[str]], item_ids: list[str]) -> list[set[int]]:
@@ -142,9 +178,9 @@ def query_data(repo: FeatureRepo, q: pd.DataFrame, items: pa.Table, item_ids: li
                vocab: dict) -> dict:
     """A split's query frame as the models score it: {"queries": `Queries` as of each query time
     (Feast, point in time; ID rows from the training `vocab`), "mask": the seen / unavailable
-    items, "truth": the truth sets}."""
+    items (`QueryMask`: dense a block of rows at a time), "truth": the truth sets}."""
     return {"queries": ranking_queries(repo, q, item_ids, vocab),
-            "mask": masks(item_ids, q["seen"].tolist(), items, query_times_us(q)),
+            "mask": query_mask(item_ids, q["seen"].tolist(), items, query_times_us(q)),
             "truth": truth_sets(q["truth"].tolist(), item_ids)}
 
 

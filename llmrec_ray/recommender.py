@@ -94,8 +94,10 @@ class Recommender:
         no vectors (popularity, EASE, item-KNN score from the history directly)."""
         return {}
 
-    def top_k(self, queries: Queries, mask: np.ndarray, k: int) -> np.ndarray:
-        """(Q, k) best items of every query, masked items excluded, scored QUERY_CHUNK at a time."""
+    def top_k(self, queries: Queries, mask, k: int) -> np.ndarray:
+        """(Q, k) best items of every query, masked items excluded, scored QUERY_CHUNK at a time.
+        `mask[rows]` is the (rows, I) bool block (True = excluded) of a slice of queries: a dense
+        array, or `model_inputs.QueryMask`, which builds each block when asked."""
         from llmrec_ray.metrics import top_k
 
         out = np.full((len(queries), k), -1, dtype=np.int64)

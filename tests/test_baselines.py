@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import T0
 
 from llmrec_ray import baselines
 from llmrec_ray.evaluate import available_baselines, slices
 from llmrec_ray.recommender import FitData, Queries
 from llmrec_ray.schemas import TIMESTAMP
-
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def two_communities(n_users=40, n_items=20, seed=0):
@@ -221,14 +218,18 @@ def test_the_cold_boost_is_the_largest_within_the_accuracy_budget(monkeypatch, t
     monkeypatch.setattr(evaluate, "metric_on", metric_on)
     items = np.array([True, True, True, False])  # i3: no training interaction
     trained, peer = Fixed("hybrid", [0, 0, 0, 0]), Fixed("ease", [0, 0, 0, 0])
-    blend, trials = evaluate.tune_blend(trained, {"ease": peer}, {}, "ndcg@20", [0.25, 0.5], items,
-                                        [1.0, 0.25, 0.5], tolerance)
+    tuned = evaluate.tune_blend(trained, {"ease": peer}, {}, "ndcg@20", [0.25, 0.5], items,
+                                [1.0, 0.25, 0.5], tolerance)
+    blend, trials = tuned.rec, tuned.trials
     assert blend.weight == 0.5 and blend.cold_boost == chosen
+    # the tuning records its value for the guard: the best weight's, before the boost's cost
+    assert tuned.value == 0.50 and [t for t in trials if t.get("chosen")][0]["value"] == by_boost[chosen]
     assert [(t["cold_boost"], t["value"]) for t in trials if "cold_boost" in t] == [
         (0.25, 0.49), (0.5, 0.47), (1.0, 0.40)]
     # every item with training interactions: nothing to boost, no boost tried
-    blend, trials = evaluate.tune_blend(trained, {"ease": peer}, {}, "ndcg@20", [0.5],
-                                        np.ones(4, bool), [0.5], tolerance)
+    tuned = evaluate.tune_blend(trained, {"ease": peer}, {}, "ndcg@20", [0.5], np.ones(4, bool),
+                                [0.5], tolerance)
+    blend, trials = tuned.rec, tuned.trials
     assert blend.cold_boost == 0.0 and not [t for t in trials if "cold_boost" in t]
 
 
@@ -241,7 +242,8 @@ def test_tune_blend_takes_the_best_peer_on_validation_then_the_best_weight():
     trained = Fixed("hybrid", [0.0, 0.1, 1.0, 0.9])
     peers = {"weak": Fixed("weak", [1.0, 0.0, 0.0, 0.0]),       # misses i3
              "strong": Fixed("strong", [0.0, 0.0, 0.5, 1.0])}   # i3 first
-    blend, trials = tune_blend(trained, peers, valid, "recall@1", [0.0, 0.5, 1.0])
+    tuned = tune_blend(trained, peers, valid, "recall@1", [0.0, 0.5, 1.0])
+    blend, trials = tuned.rec, tuned.trials
     assert [t.get("peer") for t in trials[:2]] == ["weak", "strong"]
     assert trials[0]["value"] == 0.0 and trials[1]["value"] == 1.0
     assert blend.b is peers["strong"]

@@ -173,3 +173,117 @@ def test_no_evaluated_user_gives_zeros_and_zero_users():
     got = ranking_metrics(np.array([[0, 1], [1, 0]]), [set(), set()], [1, 2])
     assert got["users"] == 0
     assert all(got[f"{m}@{k}"] == 0.0 for m in METRICS for k in (1, 2))
+
+
+# --- the vectorized top-K and metrics equal the former per-row / per-user loops ----------------
+
+def top_k_reference(scores, mask, k):
+    """The former `top_k`: one row at a time (the reference)."""
+    s = np.asarray(scores).astype(np.float64, copy=True)
+    if mask is not None:
+        s[mask] = -np.inf
+    rows, n_items = s.shape
+    k_eff = min(k, n_items)
+    out = np.full((rows, k), -1, dtype=np.int64)
+    if k_eff == 0 or rows == 0:
+        return out
+    kth = -np.partition(-s, k_eff - 1, axis=1)[:, k_eff - 1]
+    for r in range(rows):
+        cand = np.flatnonzero(s[r] >= kth[r])
+        order = cand[np.argsort(-s[r, cand], kind="stable")][:k_eff]
+        order = order[~np.isneginf(s[r, order])]
+        out[r, :len(order)] = order
+    return out
+
+
+def ranking_metrics_reference(topk, truth, ks):
+    """The former `ranking_metrics`: one user at a time, summed in user order (the reference)."""
+    out = {}
+    evaluated = [u for u, t in enumerate(truth) if t]
+    for k in ks:
+        sums = dict.fromkeys(METRICS, 0.0)
+        discounts = 1.0 / np.log2(np.arange(2, k + 2))
+        for u in evaluated:
+            rel = np.array([i in truth[u] for i in topk[u, :k]], dtype=np.float64)
+            hits = rel.sum()
+            recall = hits / len(truth[u])
+            precision = hits / k
+            idcg = discounts[:min(k, len(truth[u]))].sum()
+            sums["recall"] += recall
+            sums["precision"] += precision
+            sums["hr"] += float(hits > 0)
+            sums["ndcg"] += float((rel * discounts).sum() / idcg)
+            sums["f1"] += 0.0 if hits == 0 else 2 * precision * recall / (precision + recall)
+            first = np.flatnonzero(rel)
+            sums["mrr"] += 0.0 if first.size == 0 else 1.0 / (first[0] + 1)
+        n = max(len(evaluated), 1)
+        for m in METRICS:
+            out[f"{m}@{k}"] = sums[m] / n
+    out["users"] = len(evaluated)
+    return out
+
+
+def random_case(rng, trial):
+    """Scores with many ties (small integers) or none (normals), NaN and -inf scores, masks
+    light to full (row 0 fully masked), k below and above the catalogue."""
+    n_rows, n_items, k = int(rng.integers(0, 40)), int(rng.integers(0, 70)), int(rng.integers(1, 90))
+    if trial % 2:
+        scores = rng.integers(0, 4, (n_rows, n_items)).astype(np.float64)
+    else:
+        scores = rng.normal(size=(n_rows, n_items)).astype(np.float32 if trial % 4 else np.float64)
+    if trial % 5 == 0:
+        scores = scores.astype(np.float64)
+        scores[rng.random(scores.shape) < 0.1] = np.nan
+    if trial % 7 == 0:
+        scores = scores.astype(np.float64)
+        scores[rng.random(scores.shape) < 0.1] = -np.inf
+    mask = None if trial % 3 == 0 else rng.random(scores.shape) < rng.random()
+    if mask is not None and n_rows:
+        mask[0] = True
+    return scores, mask, k
+
+
+def test_top_k_equals_the_per_row_reference_on_random_scores():
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        scores, mask, k = random_case(rng, trial)
+        np.testing.assert_array_equal(top_k(scores, mask, k), top_k_reference(scores, mask, k))
+
+
+def test_top_k_equals_the_reference_across_chunks(monkeypatch):
+    """Rows ranked in several chunks (a small CHUNK_CELLS), with tied rows among untied ones."""
+    from llmrec_ray import metrics
+
+    monkeypatch.setattr(metrics, "CHUNK_CELLS", 200)
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(120, 30))
+    scores[::5] = np.round(scores[::5])  # ties across the k-th place
+    mask = rng.random(scores.shape) < 0.3
+    mask[7] = True
+    np.testing.assert_array_equal(top_k(scores, mask, 8), top_k_reference(scores, mask, 8))
+
+
+def test_ranking_metrics_equal_the_per_user_reference_exactly():
+    """The same values to the last bit and of the same types (numpy or Python floats: the
+    tuning logs print their reprs), over ties, -1 padding, empty and duplicate-free truths."""
+    rng = np.random.default_rng(2)
+    for trial in range(300):
+        scores, mask, k = random_case(rng, trial)
+        n_rows, n_items = scores.shape
+        topk = top_k(scores, mask, k)
+        truth = [set(rng.choice(max(n_items, 1), int(rng.integers(1, 6))).tolist())
+                 if rng.random() < 0.8 else set() for _ in range(n_rows)]
+        ks = sorted(set(rng.integers(1, k + 1, 3).tolist()))
+        got, want = ranking_metrics(topk, truth, ks), ranking_metrics_reference(topk, truth, ks)
+        assert list(got) == list(want)
+        assert [(v, type(v)) for v in got.values()] == [(v, type(v)) for v in want.values()]
+
+
+def test_ranking_metrics_equal_the_reference_on_many_users():
+    """Thousands of users at K up to 100: the means summed in user order, as the loop did."""
+    rng = np.random.default_rng(3)
+    topk = np.stack([rng.permutation(500)[:100] for _ in range(3000)])
+    topk[::9, 60:] = -1
+    truth = [set(rng.choice(500, int(rng.integers(0, 40))).tolist()) for _ in range(3000)]
+    ks = [5, 10, 20, 50, 100]
+    assert ranking_metrics(topk, truth, ks) == ranking_metrics_reference(topk, truth, ks)
