@@ -17,6 +17,12 @@ from llmrec_ray import console
 from llmrec_ray.config import ConfigError, load_config
 from llmrec_ray.console import say
 
+# What a person fixes (a config key, a data file or row, a stage not run yet) is one line on
+# stderr: the project raises ConfigError / ValueError (naming the key, file or row) and
+# FileNotFoundError for these. Any other exception, a bare KeyError from a bug included, keeps
+# its traceback.
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmrec", description=__doc__.splitlines()[0])
@@ -144,7 +150,7 @@ def _run(args, cfg, log: Path) -> int:
                     print(f"scored by {recs[0]['model']}", file=sys.stderr)
                 for r in recs:
                     print(f"{r['rank']:>3}  {r['item_id']:<10} {r['score']:8.3f}  {r['title']}")
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

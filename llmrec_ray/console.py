@@ -21,6 +21,8 @@ import time
 import warnings
 from pathlib import Path
 
+from tqdm import tqdm
+
 logger = logging.getLogger(__name__)
 
 LINE_INTERVAL_S = 15.0
@@ -176,15 +178,13 @@ def quiet():
 
 
 def _rate(n: float, seconds: float, unit: str) -> str:
+    """The rate in tqdm's numbers (`1.23k rows/s`), or the seconds per item when under one a
+    second (`2.50 s per row`); empty before the first item."""
     if seconds <= 0 or n <= 0:
         return ""
-    per_s = n / seconds
-    return f"{per_s:,.0f} {unit}/s" if per_s >= 1 else f"{seconds / n:.1f} s per {unit.rstrip('s')}"
-
-
-def _duration(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+    if n >= seconds:
+        return f"{tqdm.format_sizeof(n / seconds)} {unit}/s"
+    return f"{tqdm.format_sizeof(seconds / n)} s per {unit.rstrip('s')}"
 
 
 class Progress:
@@ -198,8 +198,6 @@ class Progress:
         self.bar = None
         self.closed = False
         if _state["stream"] is not None and _state["tty"]:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=f"  {desc}", unit=f" {unit}", file=_state["stream"],
                             dynamic_ncols=True, leave=True, mininterval=0.5)
 
@@ -235,9 +233,9 @@ class Progress:
             share = f"{self.done:,} {self.unit}"
         parts = [share, _rate(self.done, elapsed, self.unit)]
         if final:
-            parts.append(f"in {_duration(elapsed)}")
+            parts.append(f"in {tqdm.format_interval(elapsed)}")
         elif self.total and self.done:
-            parts.append(f"ETA {_duration(elapsed * (self.total - self.done) / self.done)}")
+            parts.append(f"ETA {tqdm.format_interval(elapsed * (self.total - self.done) / self.done)}")
         if self.postfix:
             parts.append(self.postfix)
         text = f"  {self.desc}: " + ", ".join(p for p in parts if p)

@@ -19,7 +19,8 @@ from llmrec_ray.console import quiet
 from llmrec_ray.featurestore import FeatureRepo
 from llmrec_ray.views import (ITEM_METADATA_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW, USER_HISTORY_VIEW,
                               USER_STATS_VIEW, embedding_matrix)
-from llmrec_ray.model_inputs import STAT_COLUMNS, item_id_index, user_extra_features, user_id_index
+from llmrec_ray.model_inputs import STAT_COLUMNS, user_extra_features
+from llmrec_ray.models.vocab import item_id_index, user_id_index
 from llmrec_ray.recommender import Queries, TrainedModel
 
 
@@ -30,7 +31,7 @@ def recommend_for_user(repo: FeatureRepo, model, user_id: str, seen: set[str], k
     refs = [f"{USER_HISTORY_VIEW}:embedding"] + [f"{USER_STATS_VIEW}:{f}" for f in STAT_COLUMNS]
     got = repo.online(refs, [{"user_id": user_id}])
     if got["embedding"][0] is None:
-        raise KeyError(f"user {user_id!r} is not in the online store ({USER_HISTORY_VIEW}); known "
+        raise ValueError(f"user {user_id!r} is not in the online store ({USER_HISTORY_VIEW}); known "
                        "users are those with interactions in the built dataset")
     user_emb = np.asarray(got["embedding"][0], dtype=np.float32)[None, :]  # (1, H)
     now = pd.Timestamp.now(tz="UTC")
@@ -63,7 +64,8 @@ def recommend_for_text(repo: FeatureRepo, model, encode_cfg, text: str, k: int,
     The trained user tower is not used: it learned from history texts, not from requests."""
     import torch
 
-    from llmrec_ray.encode import Encoder, encoder_kwargs
+    from llmrec_ray.encode import encoder_kwargs
+    from llmrec_ray.encoder import Encoder
     from llmrec_ray.text_model import dtype_name, resolve_model
 
     if not text.strip():
@@ -90,7 +92,7 @@ def _online_items(repo: FeatureRepo, item_ids: list[str], extra: list[str] = ())
                         [{"item_id": i} for i in item_ids])
     missing = [i for i, v in zip(item_ids, items["embedding"]) if v is None]
     if missing:
-        raise KeyError(f"{len(missing)} items of the model are not in the online store "
+        raise ValueError(f"{len(missing)} items of the model are not in the online store "
                        f"({ITEM_TEXT_VIEW}; first: {missing[0]!r}): materialize the features again")
     return items
 

@@ -61,7 +61,7 @@ def render(template: str, values: dict, what: str) -> str:
     to single spaces. A field the values lack (not a column) is an error that names it."""
     missing = [f for f in template_fields(template) if f.split(".")[0].split("[")[0] not in values]
     if missing:
-        raise KeyError(f"{what}: template field {{{missing[0]}}} is not a column "
+        raise ValueError(f"{what}: template field {{{missing[0]}}} is not a column "
                        f"(available: {sorted(values)})")
     clean = {k: ("" if _blank(v) else v) for k, v in values.items()}
     kept = []
@@ -211,7 +211,7 @@ def check_item_template(template: str, items: pa.Table) -> None:
     """Fail before any work when the template names a field the items lack."""
     for f in template_fields(template):
         if f not in items.column_names:
-            raise KeyError(f"serialize.item_template: field {{{f}}} is not an item column "
+            raise ValueError(f"serialize.item_template: field {{{f}}} is not an item column "
                            f"(available: {items.column_names}; text fields: {list(ITEM_TEXT_FIELDS)})")
 
 

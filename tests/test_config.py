@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from llmrec_ray.config import Config, ConfigError, GraphConfig, expand_env, load_config, parse_override
+from llmrec_ray.config import (Config, ConfigError, GraphConfig, env_hints, expand_env, load_config,
+                               parse_override)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+ML100K_CONFIGS = [ROOT / "configs" / "ml-100k.yaml", ROOT / "configs" / "ml-100k-smollm2.yaml"]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -16,15 +21,44 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults():
-    cfg = load_config()
-    assert isinstance(cfg, Config)
-    assert cfg == Config()
-    assert cfg.data.source == "synthetic"
-    assert cfg.train.epochs == 20
-    assert cfg.evaluate.ks == [10, 20]
-    assert cfg.serialize.snapshot_every == "7d"
-    assert cfg.run_dir == Path("runs") / "synthetic"
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path, monkeypatch, tmp_path):
+    """The configs the project ships load with their data variables set (a key renamed or
+    removed in the models without the YAML following fails here)."""
+    monkeypatch.setenv("LLMREC_ML100K", str(tmp_path / "ml-100k"))
+    monkeypatch.setenv("LLMREC_LASTFM", str(tmp_path / "lastfm"))
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    if cfg.data.source == "movielens-100k":
+        assert cfg.data.path == str(tmp_path / "ml-100k")
+
+
+def test_no_shipped_config_reaches_into_the_developers_data():
+    """A user has no ../shared/: a path into it, as a default or a value, is a bug."""
+    for path in CONFIGS:
+        assert "shared/" not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("path", ML100K_CONFIGS, ids=lambda p: p.name)
+def test_ml100k_without_its_variable_says_how_to_get_the_data(path, monkeypatch):
+    monkeypatch.delenv("LLMREC_ML100K", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: data.path: environment variable LLMREC_ML100K is not set; ")
+    for words in ("MovieLens 100K", "https://grouplens.org/datasets/movielens/100k/", "unzip",
+                  "set LLMREC_ML100K to the unzipped folder"):
+        assert words in msg
+    # an override of the key needs no variable (the benchmarks pass the path this way)
+    assert load_config(path, ["data.path=/d"]).data.path == "/d"
+
+
+def test_removed_offline_store_key_is_refused_by_name(tmp_path):
+    """featurestore.offline_store is gone (the store is feature_store.yaml's): an old YAML that
+    sets it fails as any unknown key does, naming it."""
+    with pytest.raises(ConfigError, match=r"run\.yaml: featurestore\.offline_store: Extra inputs"):
+        load_config(write(tmp_path, "featurestore:\n  offline_store: llmrec\n"))
 
 
 def test_yaml_file(tmp_path):
@@ -185,6 +219,31 @@ evaluate:
     assert load_config(write(tmp_path, text), ["data.path=/d"]).data.path == "/d"
 
 
+def test_env_hints_are_the_comments_of_the_lines_using_a_variable():
+    text = """# $LLMREC_A in a comment line: not a hint
+data:
+  path: ${LLMREC_A}/x  # get A from https://example.org/a#files, unzip it
+  items: ${LLMREC_A}/items.csv  # a second hint for A: the first one wins
+  interactions: "$LLMREC_B/i.csv"   #   B: ask the data team
+  users: ${LLMREC_C:-/u}
+  title: "C# and ${LLMREC_D}"  # no hint: a `#` inside the value
+  description: $${LLMREC_E}  # a literal, not a variable
+"""
+    assert env_hints(text) == {"LLMREC_A": "get A from https://example.org/a#files, unzip it",
+                               "LLMREC_B": "B: ask the data team"}
+
+
+def test_unset_env_with_a_hint_gives_the_hint(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLMREC_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError) as err:
+        expand_env("${LLMREC_TEST_UNSET}/x", "data.path", {"LLMREC_TEST_UNSET": "download it from Y"})
+    assert str(err.value) == "data.path: environment variable LLMREC_TEST_UNSET is not set; download it from Y"
+    path = write(tmp_path, "data:\n  path: ${LLMREC_TEST_UNSET}/ml  # fetch it from Z\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: data\.path: environment variable "
+                       r"LLMREC_TEST_UNSET is not set; fetch it from Z$"):
+        load_config(path)
+
+
 def test_unset_env_without_default_names_the_key(monkeypatch, tmp_path):
     monkeypatch.delenv("LLMREC_TEST_UNSET", raising=False)
     path = write(tmp_path, "train:\n  storage_path: ${LLMREC_TEST_UNSET}/ray_results\n")
@@ -216,6 +275,23 @@ def test_every_leaf_field_has_a_description():
 def test_every_field_has_a_description():
     missing = [name for name, info, _ in all_fields(Config) if not (info.description or "").strip()]
     assert missing == []
+
+
+def test_every_name_imported_from_the_config_module_is_there():
+    """`from llmrec_ray.config import X` keeps working for every X the code imports (the
+    sections live in config_build / config_train)."""
+    import ast
+
+    import llmrec_ray.config as config
+
+    names = set()
+    for folder in ("llmrec_ray", "jobs", "benchmarks", "tests", "scripts"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "llmrec_ray.config":
+                    names.update(a.name for a in node.names)
+    assert {"Config", "ConfigError", "load_config", "DataConfig", "TrainConfig"} <= names
+    assert [n for n in sorted(names) if not hasattr(config, n)] == []
 
 
 def test_every_config_model_has_a_docstring_and_forbids_extra_keys():

@@ -89,8 +89,8 @@ def test_different_users_get_different_lists(run):
     assert len(lists) > 1
 
 
-def test_unknown_user_is_a_key_error_naming_the_user(run):
-    with pytest.raises(KeyError, match="'no-such-user' is not in the online store"):
+def test_unknown_user_is_an_error_naming_the_user(run):
+    with pytest.raises(ValueError, match="'no-such-user' is not in the online store"):
         pipeline.recommend_stage(run["cfg"], "no-such-user", 5)
 
 

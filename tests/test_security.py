@@ -19,15 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cret-Pa55word"
 
 
-def test_remote_code_and_pickle_weights_are_off_by_default():
-    cfg = load_config(None, [])
-    assert cfg.encode.trust_remote_code is False
-    assert cfg.encode.allow_unsafe_weights is False
+@pytest.mark.parametrize("path", [None] + sorted((ROOT / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name if p else "defaults")
+def test_no_shipped_config_opts_into_remote_code_or_pickle_weights(path, monkeypatch, tmp_path):
+    """Remote code and pickle weights are a user's explicit choice: neither the defaults nor a
+    config the project ships turn them on."""
+    monkeypatch.setenv("LLMREC_ML100K", str(tmp_path))
+    monkeypatch.setenv("LLMREC_LASTFM", str(tmp_path))
+    cfg = load_config(path, [])
+    assert (cfg.encode.trust_remote_code, cfg.encode.allow_unsafe_weights) == (False, False)
 
 
 def test_remote_code_model_is_refused_without_opt_in(tmp_path):
     """A model whose config needs custom code does not load (no code from the model dir runs)."""
-    from llmrec_ray.encode import Encoder
+    from llmrec_ray.encoder import Encoder
 
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "llmrec-evil", "auto_map": {"AutoModel": "modeling_evil.EvilModel",
@@ -59,14 +64,23 @@ def test_redis_secret_stays_in_the_environment(repo_dir, monkeypatch, caplog, tm
     assert SECRET not in caplog.text
 
 
-def test_a_secret_in_a_config_file_is_refused(tmp_path):
-    """Connection strings have no config key: a config that tries to carry one is an error."""
-    from llmrec_ray.config import ConfigError
+def test_no_config_key_holds_a_secret():
+    """Connection strings and credentials have no config key: every key about a connection names
+    the environment variable that holds it (`..._env`), so no secret is in a config or its dump."""
+    from pydantic import BaseModel
 
-    path = tmp_path / "c.yaml"
-    path.write_text("featurestore:\n  redis_connection: 'host:6379,password=x'\n")
-    with pytest.raises(ConfigError, match="redis_connection"):
-        load_config(path, [])
+    from llmrec_ray.config import Config
+
+    def keys(model, prefix=""):
+        for name, info in model.model_fields.items():
+            yield prefix + name
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                yield from keys(info.annotation, f"{prefix}{name}.")
+
+    secret = ("connection", "password", "secret", "credential", "api_key", "auth")
+    carrying = [k for k in keys(Config) if any(w in k.rsplit(".", 1)[-1] for w in secret)]
+    assert "featurestore.redis_connection_env" in carrying
+    assert [k for k in carrying if not k.endswith("_env")] == []
 
 
 def _calls(tree: ast.AST):

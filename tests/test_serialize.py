@@ -56,7 +56,7 @@ def test_render_extra_values_ignored_and_numbers_formatted():
 
 
 def test_render_missing_field_names_it():
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(ValueError) as err:
         render("{title} ({year})", {"title": "Up"}, "item 'i7'")
     message = str(err.value)
     assert "{year}" in message
@@ -109,7 +109,7 @@ def test_item_text_rows_all_null_and_no_null_available_from():
 
 def test_item_text_rows_missing_field():
     items = pa.table({"item_id": pa.array(["a"]), "title": pa.array(["A"])})
-    with pytest.raises(KeyError, match="genres"):
+    with pytest.raises(ValueError, match="genres"):
         item_text_rows(items, ITEM_TEMPLATE, 0)
 
 
