@@ -30,7 +30,7 @@ from llmrec_ray.metrics import ranking_metrics
 from llmrec_ray.model_inputs import query_data, validation_data
 from llmrec_ray.models.age import released_days, times_days
 # internal: the run's tables and split as `llmrec evaluate` makes them (repoint here if it moves)
-from llmrec_ray.pipeline import _split, feature_repo, init_ray
+from llmrec_ray.pipeline import feature_repo, init_ray, saved_split
 from llmrec_ray.recommender import Blend
 
 WINDOWS = [30, 90, 365]
@@ -97,6 +97,69 @@ class RecentBlend(Blend):
         return out
 
 
+def load_run(cfg):
+    """The run's tables, split and model, the validation data, `llmrec evaluate`'s results and
+    served recommender (a blend with cold items, or exit), and the test queries' data."""
+    init_ray(cfg.ray)
+    repo = feature_repo(cfg)
+    tables, split, item_ids = saved_split(cfg, repo)
+    model = load_model(cfg.run_dir)
+    valid = validation_data(repo, split, tables["items"], item_ids, model.vocab)
+    results, _, served = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate,
+                                  cfg.seed, cfg.train.early_stopping_metric, valid)
+    if not isinstance(served, Blend) or served.b_items is None:
+        raise SystemExit("no blend with cold items to boost in this run (evaluate.blend_weights, "
+                         "evaluate.cold_boosts)")
+    test = query_data(repo, split.test_queries, tables["items"], item_ids, model.vocab)
+    groups = slices(test["truth"], split.fit, split.test_queries["user_id"].tolist(), item_ids,
+                    cfg.evaluate.light_user_max)
+    return tables, split, item_ids, valid, results, served, test, groups
+
+
+def print_peers(cfg, results: dict, served, released: np.ndarray, metric: str) -> None:
+    """The run's summary, the header, and every evaluated model but the served one."""
+    cold_users = int(next(iter(results["cold_items"].values()))["users"])
+    print(f"{cfg.name}: {int(np.sum(~served.b_items))} items without fit interactions, "
+          f"{cold_users} test users with one; release known for {np.isfinite(released).mean():.1%} of items")
+    print(f"served: {served.name} {served.params}")
+    print(f"{'variant':<34} {'valid ' + metric:>16}  {'all R@20 / N@20':>17}  {'cold R@20 / N@20':>17}")
+    for name in results["all"]:
+        if name != served.name:
+            a, c = results["all"][name], results["cold_items"][name]
+            print(f"{name:<34} {'':>16}  {a['recall@20']:.4f} / {a['ndcg@20']:.4f}  "
+                  f"{c['recall@20']:.4f} / {c['ndcg@20']:.4f}")
+
+
+def recent_times(tables, item_ids: list, served, test) -> dict[int, np.ndarray]:
+    """Each cold item's sorted interaction days (any user), and the share of (test query, cold
+    item) pairs with an interaction in the 30 days before the query, printed."""
+    inter = tables["interactions"]
+    days = times_days(inter.column("event_timestamp").to_pandas())
+    col = {i: k for k, i in enumerate(item_ids)}
+    where = np.array([col.get(i, -1) for i in inter.column("item_id").to_pylist()])
+    times = {j: np.sort(days[where == j]) for j in np.flatnonzero(~served.b_items)}
+    q_days = test["queries"].features["query_day"]
+    recent = np.array([np.searchsorted(t, q_days) - np.searchsorted(t, q_days - 30) for t in times.values()])
+    print(f"(test query, cold item) pairs with an interaction in the 30 days before the query: "
+          f"{(recent > 0).mean():.1%} of {recent.size}")
+    return times
+
+
+def print_slots(tops: dict, groups: dict, served, n_queries: int) -> None:
+    """What a top-20 slot given to a cold item is worth, against one given to a warm item."""
+    cold = ~served.b_items
+    cold_rows = sum(len(t) for t in groups["cold_items"])
+    print(f"\nslots of the test top-20 lists (all users): a cold slot's hit rate against a warm one's "
+          f"(a random cold item: {cold_rows} cold test items over {n_queries} queries x "
+          f"{int(cold.sum())} cold items = {cold_rows / (n_queries * cold.sum()):.2%})")
+    for boost, top in tops.items():
+        hit = np.array([[j in t for j in row_] for row_, t in zip(top, groups["all"])])
+        is_cold = (top >= 0) & cold[np.clip(top, 0, None)]
+        print(f"boost {boost}: {int(is_cold.sum())} cold slots ({is_cold.mean():.2%}), hit rate "
+              f"{hit[is_cold].mean() if is_cold.any() else 0:.4f}; warm slots hit rate "
+              f"{hit[~is_cold].mean():.4f}, at ranks 16-20 {hit[:, 15:][~is_cold[:, 15:]].mean():.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
@@ -104,35 +167,10 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
     console.setup(cfg.run_dir / "logs")  # library output to the run's log, as `llmrec` does
-    init_ray(cfg.ray)
-    repo = feature_repo(cfg)
-    tables, split, item_ids = _split(cfg, repo)
-    model = load_model(cfg.run_dir)
     metric = cfg.train.early_stopping_metric
-    valid = validation_data(repo, split, tables["items"], item_ids, model.vocab)
-    results, _, served = evaluate(repo, model, split, tables["items"], item_ids, cfg.evaluate,
-                                  cfg.seed, metric, valid)
-    from llmrec_ray.recommender import Blend
-
-    if not isinstance(served, Blend) or served.b_items is None:
-        raise SystemExit("no blend with cold items to boost in this run (evaluate.blend_weights, "
-                         "evaluate.cold_boosts)")
+    tables, split, item_ids, valid, results, served, test, groups = load_run(cfg)
     released = released_days(tables["items"], item_ids)
-    queries = split.test_queries
-    test = query_data(repo, queries, tables["items"], item_ids, model.vocab)
-    groups = slices(test["truth"], split.fit, queries["user_id"].tolist(), item_ids,
-                    cfg.evaluate.light_user_max)
-    cold_users = int(next(iter(results["cold_items"].values()))["users"])
-    print(f"{cfg.name}: {int(np.sum(~served.b_items))} items without fit interactions, "
-          f"{cold_users} test users with one; release known for {np.isfinite(released).mean():.1%} of items")
-    print(f"served: {served.name} {served.params}")
-    head = f"{'variant':<34} {'valid ' + metric:>16}  {'all R@20 / N@20':>17}  {'cold R@20 / N@20':>17}"
-    print(head)
-    for name in results["all"]:
-        if name != served.name:
-            a, c = results["all"][name], results["cold_items"][name]
-            print(f"{name:<34} {'':>16}  {a['recall@20']:.4f} / {a['ndcg@20']:.4f}  "
-                  f"{c['recall@20']:.4f} / {c['ndcg@20']:.4f}")
+    print_peers(cfg, results, served, released, metric)
 
     def row(label: str, rec) -> np.ndarray:
         top = rec.top_k(test["queries"], test["mask"], 20)
@@ -151,31 +189,11 @@ def main() -> None:
             row(f"  only released <= {window} days", WindowBlend(base, released, window))
     for boost in NEIGHBOUR_BOOSTS:
         row(f"text neighbours, boost {boost}", NeighbourBlend(served, boost))
-    inter = tables["interactions"]
-    days = times_days(inter.column("event_timestamp").to_pandas())
-    col = {i: k for k, i in enumerate(item_ids)}
-    where = np.array([col.get(i, -1) for i in inter.column("item_id").to_pylist()])
-    times = {j: np.sort(days[where == j]) for j in np.flatnonzero(~served.b_items)}
-    q_days = test["queries"].features["query_day"]
-    recent = np.array([np.searchsorted(t, q_days) - np.searchsorted(t, q_days - 30) for t in times.values()])
-    print(f"(test query, cold item) pairs with an interaction in the 30 days before the query: "
-          f"{(recent > 0).mean():.1%} of {recent.size}")
+    times = recent_times(tables, item_ids, served, test)
     for boost in RECENT_BOOSTS:
         row(f"boost {boost} + 0.5 log1p(n 30 days)",
             RecentBlend(Blend(served.a, served.b, served.weight, served.b_items, boost), times))
-
-    # What a top-20 slot given to a cold item is worth, against one given to a warm item
-    cold = ~served.b_items
-    cold_rows = sum(len(t) for t in groups["cold_items"])
-    print(f"\nslots of the test top-20 lists (all users): a cold slot's hit rate against a warm one's "
-          f"(a random cold item: {cold_rows} cold test items over {len(queries)} queries x "
-          f"{int(cold.sum())} cold items = {cold_rows / (len(queries) * cold.sum()):.2%})")
-    for boost, top in tops.items():
-        hit = np.array([[j in t for j in row_] for row_, t in zip(top, groups["all"])])
-        is_cold = (top >= 0) & cold[np.clip(top, 0, None)]
-        print(f"boost {boost}: {int(is_cold.sum())} cold slots ({is_cold.mean():.2%}), hit rate "
-              f"{hit[is_cold].mean() if is_cold.any() else 0:.4f}; warm slots hit rate "
-              f"{hit[~is_cold].mean():.4f}, at ranks 16-20 {hit[:, 15:][~is_cold[:, 15:]].mean():.4f}")
+    print_slots(tops, groups, served, len(split.test_queries))
 
 
 if __name__ == "__main__":

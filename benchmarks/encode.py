@@ -3,8 +3,9 @@ cache), the model-compute floor and the hardware roof, side by side in one run.
 
     python benchmarks/encode.py --out encode.json        # MovieLens path from LLMREC_ML100K
 
-Each variant runs in its own subprocess so its peak memory is its own (driver plus, for the
-pipeline, the Ray worker processes, sampled every 0.2 s). Texts are what `llmrec build-features`
+Each variant runs in its own subprocess so its peak memory is its own (benchmarks/variants.py:
+the variant's process and all its descendants, with the pipeline Ray's GCS, raylet and workers,
+sampled every second; loading the texts is in its scope). Texts are what `llmrec build-features`
 encodes for configs/ml-100k.yaml (item texts and user snapshots). The naive variant encodes one
 sentence per interaction; it is timed on `--naive-sample` interactions and its full-data time is
 projected from that measured rate (marked `projected`).
@@ -21,111 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class _Sampler:
-    """Calls `self._tick()` every `interval` seconds in a thread between __enter__ and __exit__."""
-
-    interval = 0.2
-
-    def __enter__(self):
-        def loop():
-            tick = 0
-            while not self._stop:
-                self._tick(tick)
-                tick += 1
-                time.sleep(self.interval)
-
-        self._stop = False
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop = True
-        self._thread.join()
-
-
-class PeakRSS(_Sampler):
-    """Peak resident memory of this process and of every Ray worker, sampled in a thread."""
-
-    def __init__(self, ray_workers: bool):
-        import psutil
-
-        self.psutil, self.ray_workers, self.peak, self._workers_seen = psutil, ray_workers, 0, []
-
-    def _workers(self) -> list:
-        return [p for p in self.psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("ray::")]
-
-    def _sample(self, workers: list) -> int:
-        total = self.psutil.Process().memory_info().rss
-        for p in workers:
-            try:
-                total += p.memory_info().rss
-            except self.psutil.Error:
-                pass
-        return total
-
-    def _tick(self, tick: int) -> None:
-        if self.ray_workers and tick % 5 == 0:  # look for new workers once a second
-            self._workers_seen = self._workers()
-        self.peak = max(self.peak, self._sample(self._workers_seen))
-
-    @property
-    def mb(self) -> float:
-        return round(self.peak / 2**20, 1)
-
-
-class PeakMemory(_Sampler):
-    """Peak memory of this process and all its descendants (with a local Ray: the GCS, the
-    raylet holding the object store, and every worker), sampled every second in a thread (reading
-    every process's page map takes tens of milliseconds with a local Ray's dozen processes: at
-    five samples a second the sampler itself would take a share of a core from the Ray variants
-    only), two ways:
-    `rss_mb`, the sum of resident sizes (shared pages, e.g. object-store blocks every worker
-    maps, counted once per process), and `pss_mb`, the sum of proportional set sizes (each shared
-    page split among the processes that map it: what the machine actually holds)."""
-
-    interval = 1.0
-
-    def __init__(self):
-        import psutil
-
-        self.psutil, self.rss, self.pss = psutil, 0, 0
-
-    def _sample(self) -> tuple[int, int]:
-        me = self.psutil.Process()
-        rss = pss = 0
-        for p in [me] + me.children(recursive=True):
-            try:
-                info = p.memory_full_info()
-                rss += info.rss
-                pss += getattr(info, "pss", info.rss)
-            except self.psutil.Error:
-                pass
-        return rss, pss
-
-    def _tick(self, tick: int) -> None:
-        rss, pss = self._sample()
-        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
-
-    @property
-    def rss_mb(self) -> float:
-        return round(self.rss / 2**20, 1)
-
-    @property
-    def pss_mb(self) -> float:
-        return round(self.pss / 2**20, 1)
+from variants import ROOT, by_name, child_main, ratios, run_child, table
 
 
 def ml100k_texts(path: str) -> tuple[list[str], list[str]]:
@@ -226,7 +129,7 @@ def pipeline_encode(texts: list[str], cache_dir: str) -> dict:
     from llmrec_ray.encode import encode_texts
     from llmrec_ray.text_model import encoder_key, text_hashes
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     cfg = EncodeConfig(device="cuda" if DEVICE == "cuda" else "cpu", dtype=DTYPE, token_budget=BUDGET)
     rows = pa.table({"text": texts, "text_hash": text_hashes(pa.array(texts), encoder_key(cfg))})
     start = time.perf_counter()
@@ -258,7 +161,7 @@ def pipeline_items(path: str, cache_dir: str) -> dict:
     t0 = time.perf_counter()
     items, users = serialize.serialize_dataset(ds.items, ds.interactions, cfg.serialize, 0)
     serialize_s = time.perf_counter() - t0
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ecfg = EncodeConfig(device="cuda" if DEVICE == "cuda" else "cpu", dtype=DTYPE, token_budget=BUDGET)
     rows = items.append_column("text_hash", text_hashes(items.column("text"), encoder_key(ecfg)))
     start = time.perf_counter()
@@ -310,53 +213,101 @@ def synthetic_texts(scale: int) -> list[str]:
     return list(dict.fromkeys(items.column("text").to_pylist() + users.column("text").to_pylist()))
 
 
-def run_variant(name: str, args) -> dict:
-    """Runs inside the subprocess."""
+def run_naive(args) -> dict:
+    """The seed's method, fp32 on the CPU, one sentence per interaction: timed on the first
+    `--naive-sample` sentences, the full data's time projected from that rate."""
+    global DEVICE
+    _, naive = ml100k_texts(args.ml100k)
+    sample = naive[:args.naive_sample]
+    device, DEVICE = DEVICE, "cpu"
+    out = loop_encode(sample, 64, "float32", sort=False)
+    DEVICE = device
+    return {**out, "projected": True, "measured_texts": len(sample), "measured_wall_s": out["wall_s"],
+            "texts": len(naive), "wall_s": out["wall_s"] * len(naive) / len(sample),
+            "tokens": int(out["tokens"] * len(naive) / len(sample))}
+
+
+def run_memory(scale: int):
+    """The pipeline (cold cache) on the synthetic data at `scale` x its default size."""
+    def run(args) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            return pipeline_encode(synthetic_texts(scale), tmp)
+    return run
+
+
+def run_pipeline_items(args) -> dict:
+    with tempfile.TemporaryDirectory() as own:  # its own, cold cache
+        return pipeline_items(args.ml100k, own)
+
+
+RUNNERS = {
+    "naive": run_naive,
+    "plain": lambda args: loop_encode(ml100k_texts(args.ml100k)[0], 64, args.dtype, sort=True),
+    "floor": lambda args: floor_encode(ml100k_texts(args.ml100k)[0], args.dtype, args.token_budget),
+    "pipeline_cold": lambda args: pipeline_encode(ml100k_texts(args.ml100k)[0], args.cache_dir),
+    "pipeline_warm": lambda args: pipeline_encode(ml100k_texts(args.ml100k)[0], args.cache_dir),
+    "pipeline_items": run_pipeline_items,
+    "roof": lambda args: roof(args.dtype, args.seq_len),
+    "memory_1x": run_memory(1),
+    "memory_10x": run_memory(10),
+}
+# the child's flags: every argument a variant reads (--cache-dir is passed apart)
+CHILD_KEYS = ("ml100k", "naive_sample", "dtype", "device", "token_budget", "seq_len")
+# ratios of the variants side by side; FULL only when all its variants (and the roof) ran
+FULL = {"pipeline_vs_plain_tokens_per_s": ("pipeline_cold", "plain", "tokens_per_s"),
+        "naive_wall_over_pipeline_wall": ("naive", "pipeline_cold", "wall_s"),
+        "pipeline_cold_over_warm_wall": ("pipeline_cold", "pipeline_warm", "wall_s"),
+        "pipeline_vs_floor_tokens_per_s": ("pipeline_cold", "floor", "tokens_per_s"),
+        "pipeline_fraction_of_roof": ("pipeline_cold", "roof", "tokens_per_s")}
+ITEMS = {"naive_wall_over_pipeline_items_wall": ("naive", "pipeline_items", "wall_s"),
+         "pipeline_cold_over_items_wall": ("pipeline_cold", "pipeline_items", "wall_s")}
+COLUMNS = {
+    "variant": "{variant}",
+    "wall s": lambda v: f"{v['wall_s']:.1f}" + (" (projected)" if v.get("projected") else ""),
+    "texts/s": "{texts_per_s:.0f}", "tokens/s": "{tokens_per_s:.0f}",
+    "padding eff.": lambda v: "-" if v.get("padding_efficiency") is None else f"{v['padding_efficiency']:.3f}",
+    "peak RSS MB": "{peak_rss_mb:.0f}"}
+
+
+def child(args) -> None:
+    """In a variant's process: the device, dtype and token budget, 2 torch threads, the run."""
     import torch
 
     global DEVICE, DTYPE, BUDGET
     DEVICE, DTYPE, BUDGET = args.device, args.dtype, args.token_budget
     torch.set_num_threads(2)
-    if name.startswith("memory_"):
-        texts = synthetic_texts(int(name.split("_")[1].rstrip("x")))
-        with tempfile.TemporaryDirectory() as tmp, PeakRSS(ray_workers=True) as rss:
-            out = pipeline_encode(texts, tmp)
-        return {**out, "peak_rss_mb": rss.mb}
-    texts, naive = ml100k_texts(args.ml100k)
-    if name == "roof":
-        return roof(args.dtype, args.seq_len)
-    with PeakRSS(ray_workers=name.startswith("pipeline")) as rss:
-        if name == "naive":
-            sample = naive[:args.naive_sample]
-            device, DEVICE = DEVICE, "cpu"  # the seed: fp32 on the CPU
-            out = loop_encode(sample, 64, "float32", sort=False)
-            DEVICE = device
-            out.update(projected=True, measured_texts=len(sample), measured_wall_s=out["wall_s"],
-                       texts=len(naive), wall_s=out["wall_s"] * len(naive) / len(sample),
-                       tokens=int(out["tokens"] * len(naive) / len(sample)))
-        elif name == "plain":
-            out = loop_encode(texts, 64, args.dtype, sort=True)
-        elif name == "floor":
-            out = floor_encode(texts, args.dtype, args.token_budget)
-        elif name in ("pipeline_cold", "pipeline_warm"):
-            out = pipeline_encode(texts, args.cache_dir)
-        elif name == "pipeline_items":
-            with tempfile.TemporaryDirectory() as own:  # its own, cold cache
-                out = pipeline_items(args.ml100k, own)
-        else:
-            raise ValueError(name)
-    return {**out, "peak_rss_mb": rss.mb}
+    child_main(RUNNERS, args, per_s=("texts", "tokens"))
+
+
+def run_all(args, wanted: list[str]) -> dict:
+    """Every wanted variant in its own process, in the order of VARIANTS; the results' JSON."""
+    from llmrec_ray.text_model import cpu_has_bf16
+
+    results: dict = {"variants": {}, "machine": {"cpus": os.cpu_count(), "device": args.device,
+                                                 "cpu_bf16": cpu_has_bf16()},
+                     "dtype": args.dtype, "token_budget": args.token_budget}
+    with tempfile.TemporaryDirectory() as cache:
+        for name in [v for v in VARIANTS if v in wanted]:
+            out = run_child(__file__, name, args, CHILD_KEYS, cache_dir=cache)
+            if name == "roof":
+                roof_ = {k: v for k, v in out.items() if not k.startswith("peak_")}
+                results.update(roof_tokens_per_s=out["roof_tokens_per_s"], roof=roof_)
+            elif name.startswith("memory_"):
+                results.setdefault("memory_scaling", {})[name.split("_")[1]] = out["peak_rss_mb"]
+                results.setdefault("memory_scaling_texts", {})[name.split("_")[1]] = out["texts"]
+            else:
+                results["variants"][name] = out
+    v = dict(results["variants"])
+    if "roof_tokens_per_s" in results:
+        v["roof"] = {"tokens_per_s": results["roof_tokens_per_s"]}
+    full = ratios(v, FULL)
+    results["ratios"] = {**(full if len(full) == len(FULL) else {}), **ratios(v, ITEMS)}
+    return results
 
 
 def markdown(results: dict) -> str:
     """The README table: one row per variant, then the ratios the issue sets targets on."""
-    rows = ["| variant | wall s | texts/s | tokens/s | padding eff. | peak RSS MB |",
-            "|---|---:|---:|---:|---:|---:|"]
-    for name, v in results["variants"].items():
-        wall = f"{v['wall_s']:.1f}" + (" (projected)" if v.get("projected") else "")
-        pad = "-" if v.get("padding_efficiency") is None else f"{v['padding_efficiency']:.3f}"
-        rows.append(f"| {name} | {wall} | {v['texts_per_s']:.0f} | {v['tokens_per_s']:.0f} | {pad} | "
-                    f"{v['peak_rss_mb']:.0f} |")
+    rows = table(COLUMNS, by_name(results["variants"]))
     r = results["ratios"]
     m = results.get("memory_scaling")
     if "naive_wall_over_pipeline_items_wall" in r:
@@ -380,7 +331,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="JSON output file")
     p.add_argument("--render", help="print the markdown table of an existing JSON result and exit")
-    p.add_argument("--ml100k", default=os.environ.get("LLMREC_ML100K", str(ROOT.parent / "shared" / "data" / "ml-100k")))
+    p.add_argument("--ml100k", default=os.environ.get("LLMREC_ML100K"),
+                   help="the MovieLens 100K folder (default: $LLMREC_ML100K)")
     p.add_argument("--naive-sample", type=int, default=10_000, help="interactions timed for the naive variant")
     p.add_argument("--dtype", default="auto", help="dtype of plain/pipeline/floor (auto: bf16 where the CPU has it)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where plain/floor/pipeline/roof run")
@@ -390,63 +342,25 @@ def main() -> None:
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if not args.ml100k and not args.render:
+        p.error("the MovieLens 100K folder is needed: --ml100k DIR or LLMREC_ML100K")
     if args.render:
         print(markdown(json.loads(Path(args.render).read_text())))
         return
-    if not args.out:
-        p.error("--out is required")
     if args.token_budget is None:
         from llmrec_ray.encode import default_token_budget
 
         args.token_budget = default_token_budget(args.device)
     if args.variant:  # child process
-        print(json.dumps(run_variant(args.variant, args)))
+        child(args)
         return
-    from llmrec_ray.text_model import cpu_has_bf16
-
-    results: dict = {"variants": {}, "machine": {"cpus": os.cpu_count(), "device": args.device,
-                                                 "cpu_bf16": cpu_has_bf16()},
-                     "dtype": args.dtype, "token_budget": args.token_budget}
-    with tempfile.TemporaryDirectory() as cache:
-        wanted = args.variants.split(",")
-        unknown = sorted(set(wanted) - set(VARIANTS))
-        if unknown:
-            p.error(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
-        for name in [v for v in VARIANTS if v in wanted]:
-            cmd = [sys.executable, __file__, "--out", args.out, "--variant", name, "--cache-dir", cache,
-                   "--ml100k", args.ml100k, "--naive-sample", str(args.naive_sample), "--dtype", args.dtype,
-                   "--device", args.device,
-                   "--token-budget", str(args.token_budget), "--seq-len", str(args.seq_len)]
-            print(f"[{name}] running", file=sys.stderr, flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise SystemExit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
-            out = json.loads(proc.stdout.strip().splitlines()[-1])
-            if name == "roof":
-                results.update(roof_tokens_per_s=out["roof_tokens_per_s"], roof=out)
-            elif name.startswith("memory_"):
-                results.setdefault("memory_scaling", {})[name.split("_")[1]] = out["peak_rss_mb"]
-                results.setdefault("memory_scaling_texts", {})[name.split("_")[1]] = out["texts"]
-            else:
-                out["texts_per_s"] = out["texts"] / out["wall_s"]
-                out["tokens_per_s"] = out["tokens"] / out["wall_s"]
-                results["variants"][name] = out
-            print(f"[{name}] {json.dumps(out)}", file=sys.stderr, flush=True)
-    v = results["variants"]
-    results["ratios"] = {}
-    if {"naive", "plain", "floor", "pipeline_cold", "pipeline_warm"} <= set(v) and "roof_tokens_per_s" in results:
-        c = v["pipeline_cold"]
-        results["ratios"] = {
-            "pipeline_vs_plain_tokens_per_s": c["tokens_per_s"] / v["plain"]["tokens_per_s"],
-            "naive_wall_over_pipeline_wall": v["naive"]["wall_s"] / c["wall_s"],
-            "pipeline_cold_over_warm_wall": c["wall_s"] / v["pipeline_warm"]["wall_s"],
-            "pipeline_vs_floor_tokens_per_s": c["tokens_per_s"] / v["floor"]["tokens_per_s"],
-            "pipeline_fraction_of_roof": c["tokens_per_s"] / results["roof_tokens_per_s"],
-        }
-    if {"naive", "pipeline_items"} <= set(v):
-        results["ratios"]["naive_wall_over_pipeline_items_wall"] = v["naive"]["wall_s"] / v["pipeline_items"]["wall_s"]
-    if {"pipeline_cold", "pipeline_items"} <= set(v):
-        results["ratios"]["pipeline_cold_over_items_wall"] = v["pipeline_cold"]["wall_s"] / v["pipeline_items"]["wall_s"]
+    if not args.out:
+        p.error("--out is required")
+    wanted = args.variants.split(",")
+    unknown = sorted(set(wanted) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
+    results = run_all(args, wanted)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(markdown(results))

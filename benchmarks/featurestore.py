@@ -6,9 +6,9 @@ point-in-time join, and materialization into SQLite and Redis, side by side in o
 Data (synthetic, seeded): `--users` users with `--snapshots` user-history snapshots each, 384-d
 float32 vectors, written through `FeatureRepo.write_view` into a temp copy of feature_repo/;
 `--rows` entity rows (user, time) drawn over the same period. Variants, each in its own process so
-its peak memory (driver plus Ray workers) is its own:
+its peak memory (the process and all its descendants: benchmarks/variants.py) is its own:
 
-- `feast`: `FeatureRepo.historical(...)` (`get_historical_features` through the project's offline
+- `feast`: `FeatureRepo.retrieval(...)` (`get_historical_features` through the project's offline
   store -> Ray Dataset, materialized; row count checked);
 - `merge_asof`: `pandas.merge_asof(by=user_id, direction=backward)` on the same parquet;
 - `materialize_sqlite` / `materialize_redis`: `FeatureRepo.materialize` of the user view over the
@@ -33,10 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode import PeakRSS  # noqa: E402  (the same memory sampler as the encode benchmark)
-from variants import run_child  # noqa: E402
+from variants import ROOT, by_name, child_main, ratios, run_child, table
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 DAYS = 180
@@ -122,17 +119,17 @@ def entity_rows(rows: int, users: int, seed: int, weights: np.ndarray | None = N
                                           unit="s", utc=True)})
 
 
-def run_feast(repo: Path, args) -> dict:
+def run_feast(args) -> dict:
     import ray
 
     from llmrec_ray.featurestore import FeatureRepo
     from llmrec_ray.views import USER_HISTORY_VIEW
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     df = entity_rows(args.rows, args.users, args.seed)
-    r = FeatureRepo(repo)
+    r = FeatureRepo(Path(args.repo))
     start = time.perf_counter()
-    ds = r.historical(df, [f"{USER_HISTORY_VIEW}:embedding"]).materialize()
+    ds = r.retrieval(df, [f"{USER_HISTORY_VIEW}:embedding"]).to_ray_dataset().materialize()
     n = ds.count()
     wall = time.perf_counter() - start
     sample = ds.take(1)[0][f"{USER_HISTORY_VIEW}__embedding"]
@@ -141,20 +138,22 @@ def run_feast(repo: Path, args) -> dict:
     return {"wall_s": wall, "rows": n}
 
 
-def run_merge_asof(repo: Path, args) -> dict:
+def asof_join(repo: Path, df) -> dict:
+    """The plain reference: `pandas.merge_asof(by=user_id, direction=backward)` of the entity
+    rows `df` with the user-history view's (user_id, event_timestamp, embedding), in this process
+    (every row must find a vector)."""
     import pandas as pd
 
     from llmrec_ray.featurestore import FeatureRepo
     from llmrec_ray.views import USER_HISTORY_VIEW
 
-    df = entity_rows(args.rows, args.users, args.seed)
     start = time.perf_counter()
     view = FeatureRepo(repo).read_view(USER_HISTORY_VIEW, columns=["user_id", "event_timestamp", "embedding"]).to_pandas()
     view["event_timestamp"] = pd.to_datetime(view["event_timestamp"], utc=True).astype(df["event_timestamp"].dtype)
     out = pd.merge_asof(df.sort_values("event_timestamp"), view.sort_values("event_timestamp"),
                         on="event_timestamp", by="user_id", direction="backward")
     wall = time.perf_counter() - start
-    assert len(out) == args.rows and out["embedding"].notna().all()
+    assert len(out) == len(df) and out["embedding"].notna().all()
     return {"wall_s": wall, "rows": len(out)}
 
 
@@ -164,13 +163,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_materialize(repo: Path, args, online: str) -> dict:
+def run_materialize(args, online: str) -> dict:
     import ray
 
     from llmrec_ray.featurestore import FeatureRepo
     from llmrec_ray.views import USER_HISTORY_VIEW
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     server = None
     conn = None
     if online == "redis":
@@ -184,7 +183,7 @@ def run_materialize(repo: Path, args, online: str) -> dict:
         time.sleep(1.0)
         conn = f"127.0.0.1:{port}"
     try:
-        r = FeatureRepo(repo, online_store=online, redis_connection=conn)
+        r = FeatureRepo(Path(args.repo), online_store=online, redis_connection=conn)
         r.apply()
         source_rows = r.read_view(USER_HISTORY_VIEW, columns=["user_id"]).num_rows
         start = time.perf_counter()
@@ -200,27 +199,20 @@ def run_materialize(repo: Path, args, online: str) -> dict:
             "rows": source_rows}
 
 
-def run_variant(name: str, args) -> dict:
-    repo = Path(args.repo)
-    with PeakRSS(ray_workers=True) as rss:
-        if name == "feast":
-            out = run_feast(repo, args)
-        elif name == "merge_asof":
-            out = run_merge_asof(repo, args)
-        elif name.startswith("materialize_"):
-            out = run_materialize(repo, args, name.split("_", 1)[1])
-        else:
-            raise ValueError(name)
-    out["peak_rss_mb"] = rss.mb
-    out["rows_per_s"] = out["rows"] / out["wall_s"]
-    return out
+RUNNERS = {"feast": run_feast,
+           "merge_asof": lambda args: asof_join(Path(args.repo), entity_rows(args.rows, args.users, args.seed)),
+           "materialize_sqlite": lambda args: run_materialize(args, "sqlite"),
+           "materialize_redis": lambda args: run_materialize(args, "redis")}
+CHILD_KEYS = ("rows", "users", "snapshots", "dim", "store", "cpus", "seed")
+RATIOS = {"feast_over_merge_asof_rows_per_s": ("feast", "merge_asof", "rows_per_s"),
+          "feast_over_merge_asof_peak_rss": ("feast", "merge_asof", "peak_rss_mb")}
+COLUMNS = {"variant": "{variant}", "rows": "{rows:,}", "wall s": "{wall_s:.1f}", "rows/s": "{rows_per_s:,.0f}",
+           "peak RSS MB": "{peak_rss_mb:.0f}"}
 
 
 def markdown(results: dict) -> str:
-    rows = ["| variant | rows | wall s | rows/s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
-    for name, v in results["variants"].items():
-        rows.append(f"| {name} | {v['rows']:,} | {v['wall_s']:.1f} | {v['rows_per_s']:,.0f} | {v['peak_rss_mb']:.0f} |")
     r = results["ratios"]
+    rows = table(COLUMNS, by_name(results["variants"]))
     rows += ["", f"Feast ({results['store']} offline store) rows/s / pandas merge_asof rows/s: "
              f"{r['feast_over_merge_asof_rows_per_s']:.3f}; peak memory Feast / merge_asof: "
              f"{r['feast_over_merge_asof_peak_rss']:.2f}x."]
@@ -248,7 +240,7 @@ def main() -> None:
         print(markdown(json.loads(Path(args.render).read_text())))
         return
     if args.variant:  # child process
-        print(json.dumps(run_variant(args.variant, args)))
+        child_main(RUNNERS, args)
         return
     if not args.out:
         p.error("--out is required")
@@ -261,13 +253,9 @@ def main() -> None:
         print(f"[setup] repo with {args.users * args.snapshots:,} snapshot rows in "
               f"{time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
         for name in args.variants.split(","):
-            results["variants"][name] = run_child(
-                __file__, name, repo, args, ("rows", "users", "snapshots", "dim", "store", "cpus", "seed"))
-    v = results["variants"]
-    if "feast" in v and "merge_asof" in v:
-        results["ratios"] = {
-            "feast_over_merge_asof_rows_per_s": v["feast"]["rows_per_s"] / v["merge_asof"]["rows_per_s"],
-            "feast_over_merge_asof_peak_rss": v["feast"]["peak_rss_mb"] / v["merge_asof"]["peak_rss_mb"]}
+            results["variants"][name] = run_child(__file__, name, args, CHILD_KEYS, repo=repo)
+    if "feast" in results["variants"] and "merge_asof" in results["variants"]:
+        results["ratios"] = ratios(results["variants"], RATIOS)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     if "ratios" in results:

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from variants import ROOT, table
 
 PEERS = ("ease", "item_knn", "implicit_als")
 LLM_ALONE = ("two_tower", "hybrid", "llm_graph", "text_ease")
@@ -183,24 +183,74 @@ def summarize(name: str, result: dict) -> dict:
     return row
 
 
-def markdown(rows: list[dict], seeds: list[int]) -> str:
-    lines = [f"Recall@20 / NDCG@20 on all test users, mean +- std over seeds {seeds}.", "",
-             "| dataset | model | Recall@20 | NDCG@20 |", "|---|---|---:|---:|"]
-    for row in rows:
-        for m, v in row["models"].items():
-            tag = " (LLM alone)" if m in LLM_ALONE else " (best peer)" if m == row["best_peer"] else ""
-            cells = [f"{v[k][0]:.4f} +- {v[k][1]:.4f}" for k in ("recall@20", "ndcg@20")]
-            lines.append(f"| {row['dataset']} ({row['users']} users) | {m}{tag} | " + " | ".join(cells) + " |")
-    lines += ["", "| dataset | best LLM-feature model alone vs best peer: R@20 margin (spread) | "
-              "N@20 margin (spread) | LLM-feature models at or below popularity | served |",
-              "|---|---|---|---|---|"]
-    for row in rows:
-        mg = row["margins"]
-        cells = [f"{mg[k]['margin']:+.4f} ({mg[k]['spread']:.4f})" for k in ("recall@20", "ndcg@20")]
-        lines.append(f"| {row['dataset']} | {row['best_llm']} vs {row['best_peer']}: {cells[0]} | "
-                     f"{cells[1]} | {', '.join(row['below_popularity']) or 'none'} | "
-                     f"{', '.join(row['served'])} |")
+def model_row(row: dict, model: str) -> dict:
+    v = row["models"][model]
+    tag = " (LLM alone)" if model in LLM_ALONE else " (best peer)" if model == row["best_peer"] else ""
+    return {"dataset": f"{row['dataset']} ({row['users']} users)", "model": model + tag,
+            **{k: f"{v[k][0]:.4f} +- {v[k][1]:.4f}" for k in ("recall@20", "ndcg@20")}}
+
+
+def target_row(row: dict) -> dict:
+    mg = row["margins"]
+    r, n = (f"{mg[k]['margin']:+.4f} ({mg[k]['spread']:.4f})" for k in ("recall@20", "ndcg@20"))
+    return {"dataset": row["dataset"], "r": f"{row['best_llm']} vs {row['best_peer']}: {r}", "n": n,
+            "below": ", ".join(row["below_popularity"]) or "none", "served": ", ".join(row["served"])}
+
+
+def markdown(rows: list[dict], seeds: list[int], text: dict | None = None) -> str:
+    """The quality table (every dataset's models), the targets, and with `text` the free-text
+    queries' table."""
+    models = table({"dataset": "{dataset}", "model": "{model}", "Recall@20": "{recall@20}",
+                    "NDCG@20": "{ndcg@20}"}, [model_row(r, m) for r in rows for m in r["models"]], "llrr")
+    targets = table({"dataset": "{dataset}",
+                     "best LLM-feature model alone vs best peer: R@20 margin (spread)": "{r}",
+                     "N@20 margin (spread)": "{n}", "LLM-feature models at or below popularity": "{below}",
+                     "served": "{served}"}, [target_row(r) for r in rows], "lllll")
+    lines = [f"Recall@20 / NDCG@20 on all test users, mean +- std over seeds {seeds}.", "", *models, "", *targets]
+    if text:
+        lines += ["", f"Free text on ML-100K (\"I love <genre> movies\", every genre; top 10 of "
+                  f"{text['items']} items):", "",
+                  *table({"popularity weight": "{w}", "share of the top 10 with the genre": "{mean_share:.3f}",
+                          "median popularity rank": "{median_rank:.0f}"},
+                         ({"w": w, **v} for w, v in text["weights"].items()), "rrr")]
     return "\n".join(lines)
+
+
+def run_dataset(name: str, spec: tuple[str, list[str]], out: Path, work: Path, seeds: list[int]) -> None:
+    """One dataset: `benchmarks/seeds.py` in a process of its own (its own Ray session, logs and
+    peak memory), its result copied to `<stem>-<name>.json`; after ML-100K, the free text."""
+    if name == "ml-100k-random":
+        ml100k_random_split(Path(os.environ["LLMREC_ML100K"]), work / name)
+    config, overrides = spec
+    overrides = [f"name=quality-{name}", *overrides, f"featurestore.repo_path={repo_for(work, name)}"]
+    per_seed = work / name / "seeds.json"  # each seed's metrics files beside it, not in results/
+    start = time.perf_counter()
+    print(f"[{name}] {config} {' '.join(overrides)}", flush=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--config", config,
+                           "--out", str(per_seed), "--seeds", *map(str, seeds),
+                           *[a for o in overrides for a in ("--set", o)]], cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"[{name}] benchmarks/seeds.py failed (exit {proc.returncode})")
+    shutil.copy(per_seed, out.with_name(f"{out.stem}-{name}.json"))
+    if name == "ml-100k":  # the last seed's run answers the free-text queries
+        text = free_text(config, overrides + [f"seed={seeds[-1]}"])
+        out.with_name(f"{out.stem}-free-text.json").write_text(json.dumps(text, indent=2) + "\n")
+    print(f"[{name}] done in {time.perf_counter() - start:.0f}s", flush=True)
+
+
+def write_table(out: Path, names, seeds: list[int]) -> str:
+    """`out` (JSON) and `<stem>.md` from every dataset's results file at hand: the markdown."""
+    rows = []
+    for name in names:
+        part = out.with_name(f"{out.stem}-{name}.json")
+        if part.exists():
+            rows.append(summarize(name, json.loads(part.read_text())))
+    text_file = out.with_name(f"{out.stem}-free-text.json")
+    text = json.loads(text_file.read_text()) if text_file.exists() else None
+    out.write_text(json.dumps({"seeds": seeds, "datasets": rows, "free_text": text}, indent=2) + "\n")
+    md = markdown(rows, seeds, text)
+    out.with_suffix(".md").write_text(md + "\n")
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,28 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--datasets: unknown {unknown} (known: {list(known)})")
     for name in names:
-        spec = known[name]
-        if isinstance(spec, str):
-            print(f"[{name}] skipped: {spec}", flush=True)
-            continue
-        if name == "ml-100k-random":
-            ml100k_random_split(Path(os.environ["LLMREC_ML100K"]), work / name)
-        config, overrides = spec
-        overrides = [f"name=quality-{name}", *overrides, f"featurestore.repo_path={repo_for(work, name)}"]
-        per_seed = work / name / "seeds.json"  # each seed's metrics files beside it, not in results/
-        start = time.perf_counter()
-        print(f"[{name}] {config} {' '.join(overrides)}", flush=True)
-        # each dataset in a process of its own (its own Ray session, logs and peak memory)
-        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--config", config,
-                               "--out", str(per_seed), "--seeds", *map(str, args.seeds),
-                               *[a for o in overrides for a in ("--set", o)]], cwd=ROOT)
-        if proc.returncode != 0:
-            raise SystemExit(f"[{name}] benchmarks/seeds.py failed (exit {proc.returncode})")
-        shutil.copy(per_seed, out.with_name(f"{out.stem}-{name}.json"))
-        if name == "ml-100k":  # the last seed's run answers the free-text queries
-            text = free_text(config, overrides + [f"seed={args.seeds[-1]}"])
-            out.with_name(f"{out.stem}-free-text.json").write_text(json.dumps(text, indent=2) + "\n")
-        print(f"[{name}] done in {time.perf_counter() - start:.0f}s", flush=True)
+        if isinstance(known[name], str):
+            print(f"[{name}] skipped: {known[name]}", flush=True)
+        else:
+            run_dataset(name, known[name], out, work, args.seeds)
     if args.free_text and isinstance(known["ml-100k"], str):
         print(f"[free text] skipped: {known['ml-100k']}", flush=True)
     elif args.free_text and "ml-100k" not in names:
@@ -250,23 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         text = free_text(config, ["name=quality-ml-100k", *overrides,
                                   f"featurestore.repo_path={work / 'ml-100k' / 'feature_repo'}"])
         out.with_name(f"{out.stem}-free-text.json").write_text(json.dumps(text, indent=2) + "\n")
-    rows = []
-    for name in known:
-        part = out.with_name(f"{out.stem}-{name}.json")
-        if part.exists():
-            rows.append(summarize(name, json.loads(part.read_text())))
-    text_file = out.with_name(f"{out.stem}-free-text.json")
-    text = json.loads(text_file.read_text()) if text_file.exists() else None
-    out.write_text(json.dumps({"seeds": args.seeds, "datasets": rows, "free_text": text}, indent=2) + "\n")
-    md = markdown(rows, args.seeds)
-    if text:
-        md += ("\n\nFree text on ML-100K (\"I love <genre> movies\", every genre; top 10 of "
-               f"{text['items']} items):\n\n| popularity weight | share of the top 10 with the genre "
-               "(mean over genres) | median popularity rank (median over genres) |\n|---:|---:|---:|\n")
-        md += "\n".join(f"| {w} | {v['mean_share']:.3f} | {v['median_rank']:.0f} |"
-                        for w, v in text["weights"].items())
-    out.with_suffix(".md").write_text(md + "\n")
-    print(md)
+    print(write_table(out, known, args.seeds))
     return 0
 
 

@@ -9,7 +9,7 @@ Data (synthetic, seeded; the feature-store benchmark's): `--users` users with `-
 user-history snapshots each (`--shape lognormal`: heavy-tailed, a few users with thousands, same
 total), 384-d float32 vectors, written through `FeatureRepo.write_view`; `--rows` entity rows
 (user, time) over the same period (lognormal: users drawn in proportion to their snapshots).
-Variants, each in its own process so its peak memory (driver plus Ray workers) is its own:
+Variants, each in its own process so its peak memory (benchmarks/variants.py) is its own:
 
 - `reference_asof`: `pandas.merge_asof(by=user_id, direction=backward)` of the entity rows with
   the view's (user_id, event_timestamp, embedding), all in one process (skipped above 2M rows:
@@ -40,10 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from featurestore import build_repo, entity_rows, snapshot_counts  # noqa: E402
-from variants import child_main, run_child  # noqa: E402
+from featurestore import asof_join, build_repo, entity_rows, snapshot_counts
+from variants import by_name, child_main, ratios, run_child, table
 
 VIEW = "user_history_embedding"
 SKIP_ABOVE = {"reference_asof": 2_000_000, "feast_file": 1_000_000}
@@ -56,36 +54,20 @@ def entity_table(args):
     return entity_rows(args.rows, args.users, args.seed, weights)
 
 
-def run_reference(repo: Path, args) -> dict:
-    import pandas as pd
-
-    from llmrec_ray.featurestore import FeatureRepo
-
-    df = entity_table(args)
-    start = time.perf_counter()
-    view = FeatureRepo(repo).read_view(VIEW, columns=["user_id", "event_timestamp", "embedding"]).to_pandas()
-    view["event_timestamp"] = pd.to_datetime(view["event_timestamp"], utc=True).astype(df["event_timestamp"].dtype)
-    out = pd.merge_asof(df.sort_values("event_timestamp"), view.sort_values("event_timestamp"),
-                        on="event_timestamp", by="user_id", direction="backward")
-    wall = time.perf_counter() - start
-    assert len(out) == args.rows and out["embedding"].notna().all()
-    return {"wall_s": wall, "rows": len(out)}
-
-
-def run_project(repo: Path, args) -> dict:
+def run_project(args) -> dict:
     import pyarrow as pa
     import ray
 
     from llmrec_ray.featurestore import FeatureRepo
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    table = pa.Table.from_pandas(entity_table(args), preserve_index=False)
-    r = FeatureRepo(repo)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    entities = pa.Table.from_pandas(entity_table(args), preserve_index=False)
+    r = FeatureRepo(Path(args.repo))
     r.store  # the registry is read before the clock starts, as in the other variants
 
     def consume() -> tuple[float, int, int, int | None]:
         start = time.perf_counter()
-        ds = r.historical(table, [f"{VIEW}:embedding", f"{VIEW}:n_history"])
+        ds = r.retrieval(entities, [f"{VIEW}:embedding", f"{VIEW}:n_history"]).to_ray_dataset()
         rows = present = 0
         dim = None
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
@@ -105,11 +87,11 @@ def run_project(repo: Path, args) -> dict:
     return {"wall_s": wall, "rows": rows, "warm_wall_s": warm, "path": "ray" if on_ray else "in-process"}
 
 
-def run_feast_file(repo: Path, args) -> dict:
+def run_feast_file(args) -> dict:
     from llmrec_ray.featurestore import FeatureRepo
 
     df = entity_table(args)
-    store = FeatureRepo(repo, offline_store="file").store
+    store = FeatureRepo(Path(args.repo), offline_store="file").store
     start = time.perf_counter()
     out = store.get_historical_features(entity_df=df, features=[f"{VIEW}:embedding"],
                                         full_feature_names=True).to_df()
@@ -117,17 +99,20 @@ def run_feast_file(repo: Path, args) -> dict:
     return {"wall_s": wall, "rows": len(out)}
 
 
-RUNNERS = {"reference_asof": run_reference, "project": run_project, "feast_file": run_feast_file}
+RUNNERS = {"reference_asof": lambda args: asof_join(Path(args.repo), entity_table(args)),
+           "project": run_project, "feast_file": run_feast_file}
+CHILD_KEYS = ("rows", "users", "snapshots", "shape", "dim", "cpus", "seed")
+RATIOS = {"project_over_reference_rows_per_s": ("project", "reference_asof", "rows_per_s"),
+          "project_over_reference_peak_pss": ("project", "reference_asof", "peak_pss_mb"),
+          "project_over_reference_peak_rss": ("project", "reference_asof", "peak_rss_mb"),
+          "project_over_feast_file_rows_per_s": ("project", "feast_file", "rows_per_s")}
+COLUMNS = {"variant": "{variant}", "rows": "{rows:,}", "wall s": "{wall_s:.1f}", "rows/s": "{rows_per_s:,.0f}",
+           "peak PSS MB": "{peak_pss_mb:.0f}", "peak RSS-sum MB": "{peak_rss_mb:.0f}"}
 
 
 def markdown(results: dict) -> str:
-    rows = ["| variant | rows | wall s | rows/s | peak PSS MB | peak RSS-sum MB |",
-            "|---|---:|---:|---:|---:|---:|"]
-    for name, v in results["variants"].items():
-        rows.append(f"| {name} | {v['rows']:,} | {v['wall_s']:.1f} | {v['rows_per_s']:,.0f} | "
-                    f"{v['peak_pss_mb']:.0f} | {v['peak_rss_mb']:.0f} |")
-    for k, v in results.get("ratios", {}).items():
-        rows.append(f"\n{k}: {v:.2f}")
+    rows = table(COLUMNS, by_name(results["variants"]))
+    rows += [f"\n{k}: {v:.2f}" for k, v in results.get("ratios", {}).items()]
     return "\n".join(rows)
 
 
@@ -166,17 +151,8 @@ def main() -> None:
                 results["skipped"][name] = f"above {SKIP_ABOVE[name]:,} rows"
                 print(f"[{name}] skipped above {SKIP_ABOVE[name]:,} rows", file=sys.stderr, flush=True)
                 continue
-            results["variants"][name] = run_child(
-                __file__, name, repo, args, ("rows", "users", "snapshots", "shape", "dim", "cpus", "seed"))
-    v = results["variants"]
-    ratios = {}
-    if "project" in v and "reference_asof" in v:
-        ratios["project_over_reference_rows_per_s"] = v["project"]["rows_per_s"] / v["reference_asof"]["rows_per_s"]
-        ratios["project_over_reference_peak_pss"] = v["project"]["peak_pss_mb"] / v["reference_asof"]["peak_pss_mb"]
-        ratios["project_over_reference_peak_rss"] = v["project"]["peak_rss_mb"] / v["reference_asof"]["peak_rss_mb"]
-    if "project" in v and "feast_file" in v:
-        ratios["project_over_feast_file_rows_per_s"] = v["project"]["rows_per_s"] / v["feast_file"]["rows_per_s"]
-    results["ratios"] = ratios
+            results["variants"][name] = run_child(__file__, name, args, CHILD_KEYS, repo=repo)
+    results["ratios"] = ratios(results["variants"], RATIOS)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(markdown(results))

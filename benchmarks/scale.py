@@ -17,9 +17,10 @@ snapshots; `--data synthetic`: the synthetic dataset); `--limit N`: a fixed rand
 Recorded per variant: the nodes the encoder actors landed on (from `ray.util.state.list_actors`),
 wall time of `encode_texts` (actor start and model load included, as in a real build), tokens/s,
 the ratio to 1 actor, CPU seconds of the whole simulated cluster and tokens per CPU second (which,
-unlike wall time, hardly depend on other work on the machine), peak RSS of the driver plus every
-Ray worker, the machine's load average, and the largest absolute difference of its vectors from
-the first 1-actor run.
+unlike wall time, hardly depend on other work on the machine), peak RSS-sum of the driver and all
+its descendants (the simulated nodes are its children: their raylets, GCS and workers; both
+measured by `variants.PeakMemory` every 0.2 s), the machine's load average, and the largest
+absolute difference of its vectors from the first 1-actor run.
 
 The simulated nodes are processes on *this* machine: their logical CPUs (default head 1 + 2 x 2 = 5)
 may exceed the physical cores, so on a small machine more actors share the same cores and the
@@ -46,9 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode import _Sampler  # noqa: E402  (the sampling thread of the memory samplers)
+from variants import ROOT, PeakMemory, ratios, table
 
 ACTORS = (1, 2, 4)
 
@@ -60,67 +59,6 @@ def physical_cores() -> int:
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except ImportError:
         return os.cpu_count() or 1
-
-
-class Usage(_Sampler):
-    """Peak resident memory and CPU time of this process and its descendants, sampled every 0.2 s
-    in a thread. The simulated nodes are children of this process, so the cluster's processes are
-    its descendants (Ray instances of other programs on the machine are not counted).
-
-    Peak RSS: this process plus its Ray workers (`ray::*`), as in benchmarks/encode.py. CPU seconds:
-    every descendant (raylets, GCS, workers) and this process, from the start of the block; a
-    process that exits loses at most its last 0.2 s. Unlike wall time, CPU seconds per token do not
-    depend on what else runs on the machine, so they show the pool's overhead on a busy machine.
-    """
-
-    def __init__(self):
-        import psutil
-
-        self.psutil, self.peak = psutil, 0
-        self._base: dict[int, float] = {}
-        self._last: dict[int, float] = {}
-
-    def _procs(self) -> list:
-        me = self.psutil.Process()
-        return [me, *me.children(recursive=True)]
-
-    def _cpu(self, p) -> float:
-        t = p.cpu_times()
-        return t.user + t.system
-
-    def _sample(self) -> int:
-        total = 0
-        for p in self._procs():
-            try:
-                self._last[p.pid] = self._cpu(p)
-                if p.pid == os.getpid() or p.name().startswith("ray::"):
-                    total += p.memory_info().rss
-            except self.psutil.Error:
-                pass
-        return total
-
-    def __enter__(self):
-        for p in self._procs():
-            try:
-                self._base[p.pid] = self._cpu(p)
-            except self.psutil.Error:
-                pass
-        return super().__enter__()
-
-    def _tick(self, tick: int) -> None:
-        self.peak = max(self.peak, self._sample())
-
-    def __exit__(self, *exc):
-        super().__exit__(*exc)
-        self._sample()
-
-    @property
-    def mb(self) -> float:
-        return round(self.peak / 2**20, 1)
-
-    @property
-    def cpu_s(self) -> float:
-        return round(sum(max(0.0, v - self._base.get(pid, 0.0)) for pid, v in self._last.items()), 2)
 
 
 def load_texts(data: str, ml100k: str, limit: int | None) -> list[str]:
@@ -185,6 +123,86 @@ def encode_once(rows, cfg) -> tuple[dict, np.ndarray, float]:
     return stats, emb.reshape(vectors.num_rows, -1), wall
 
 
+def node_names() -> dict[str, str]:
+    """node id -> "head" or "worker-<i>", in the order the nodes joined."""
+    import ray
+
+    nodes = sorted(ray.nodes(), key=lambda x: (not x["Resources"].get("node:__internal_head__"),
+                                               x["NodeManagerPort"]))
+    return {x["NodeID"]: ("head" if i == 0 else f"worker-{i}") for i, x in enumerate(nodes)}
+
+
+def measure(rows, cfg, threads: int) -> tuple[dict, np.ndarray]:
+    """One encode of `rows` under `cfg`: its figures (the cluster's CPU seconds and peak memory
+    from `PeakMemory`, every 0.2 s, resident sizes only) and its vectors ordered by text_hash."""
+    load_before = os.getloadavg()[0]
+    with PeakMemory(interval=0.2, pss=False) as usage:
+        stats, vecs, wall = encode_once(rows, cfg)
+    load_after = os.getloadavg()[0]
+    n = cfg.num_actors
+    if stats.get("actors") != n:
+        print(f"warning: {n} actors asked, {stats.get('actors')} started: fewer windows of "
+              f"{cfg.batch_size} texts than actors (raise --limit)", file=sys.stderr)
+    return {"actors": stats.get("actors"), "threads_per_actor": threads,
+            "tokenize_actors": cfg.tokenize_actors or n, "wall_s": wall,
+            "pipeline_s": stats.get("seconds"), "texts": stats["encoded"], "tokens": stats["tokens"],
+            "padding_efficiency": stats.get("padding_efficiency"), "cpu_s": usage.cpu_s,
+            "peak_rss_mb": usage.rss_mb,
+            # 1-minute load average of the machine: other work on it skews wall times
+            "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(load_after, 2)}, vecs
+
+
+def rounds(args, rows, dashboard: str, cores: int) -> dict[int, list[dict]]:
+    """`--repeats` rounds over 1, 2 and 4 actors in alternating order (a load that drifts during
+    the benchmark does not favour one end): every run's figures, by actors."""
+    from llmrec_ray.config import EncodeConfig
+
+    names, seen = node_names(), set(encoder_actors(dashboard))
+    runs: dict[int, list[dict]] = {n: [] for n in ACTORS}
+    base = None
+    for r in range(args.repeats):
+        for n in ACTORS if r % 2 == 0 else ACTORS[::-1]:
+            threads = max(1, cores // n) if args.threads == "share" else int(args.threads)
+            cfg = EncodeConfig(device="cpu", dtype=args.dtype, num_actors=n,
+                               cpus_per_actor=float(threads), tokenize_actors=args.tokenize_actors)
+            print(f"[round {r + 1}, {n} actors] running ({threads} threads each)", file=sys.stderr, flush=True)
+            run_, vecs = measure(rows, cfg, threads)
+            now = encoder_actors(dashboard)
+            run_["encoder_nodes"] = sorted(names.get(node, node or "?") for a, node in now.items() if a not in seen)
+            seen |= set(now)
+            base = vecs if base is None else base  # the first run is a 1-actor run
+            if vecs.shape != base.shape:
+                raise RuntimeError(f"{n} actors: vectors {vecs.shape} vs {base.shape} with 1 actor")
+            run_["max_abs_diff_vs_1_actor"] = float(np.abs(vecs - base).max())
+            runs[n].append(run_)
+            print(f"[round {r + 1}, {n} actors] {json.dumps(run_)}", file=sys.stderr, flush=True)
+    return runs
+
+
+def summarize(runs: dict[int, list[dict]]) -> dict[str, dict]:
+    """Per actor count: the median wall and CPU seconds of its runs, its rates, and its ratios to
+    1 actor's (side by side in the same run)."""
+    variants = {}
+    for n, rs in runs.items():
+        wall, cpu = float(np.median([x["wall_s"] for x in rs])), float(np.median([x["cpu_s"] for x in rs]))
+        first = rs[0]
+        variants[str(n)] = {
+            "actors": first["actors"], "actors_asked": n, "threads_per_actor": first["threads_per_actor"],
+            "cpus_per_actor": float(first["threads_per_actor"]),
+            "tokenize_actors": first["tokenize_actors"], "encoder_nodes": first["encoder_nodes"],
+            "distinct_nodes": len(set(first["encoder_nodes"])), "wall_s": wall,
+            "texts": first["texts"], "tokens": first["tokens"], "tokens_per_s": first["tokens"] / wall,
+            "texts_per_s": first["texts"] / wall, "cpu_s": cpu, "tokens_per_cpu_s": first["tokens"] / cpu,
+            "padding_efficiency": first["padding_efficiency"],
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
+            "max_abs_diff_vs_1_actor": max(x["max_abs_diff_vs_1_actor"] for x in rs), "runs": rs}
+    for n, v in variants.items():
+        r = ratios(variants, {"ratio_to_1_actor": (n, "1", "tokens_per_s"),
+                              "cpu_efficiency_vs_1_actor": (n, "1", "tokens_per_cpu_s")})
+        v.update(r)
+    return variants
+
+
 def run(args, texts: list[str]) -> dict:
     """Start the cluster, warm it up, encode the texts with 1, 2 and 4 actors, shut it down."""
     import pyarrow as pa
@@ -197,87 +215,31 @@ def run(args, texts: list[str]) -> dict:
     cluster = start_cluster(args.head_cpus, args.worker_cpus, args.workers, args.store_mb)
     try:
         info = ray.init(address=cluster.address, log_to_driver=False)
-        dashboard = "http://" + info.dashboard_url
         ray.data.DataContext.get_current().enable_progress_bars = False
-        nodes = sorted(ray.nodes(), key=lambda x: (not x["Resources"].get("node:__internal_head__"),
-                                                   x["NodeManagerPort"]))
-        names = {x["NodeID"]: ("head" if i == 0 else f"worker-{i}") for i, x in enumerate(nodes)}
-        out: dict = {"cluster_cpus": ray.cluster_resources().get("CPU"), "variants": {}}
+        out: dict = {"cluster_cpus": ray.cluster_resources().get("CPU")}
         key = encoder_key(EncodeConfig(dtype=args.dtype))
         rows = pa.table({"text": texts, "text_hash": text_hashes(pa.array(texts), key)})
         if args.warmup:  # the cluster's first Ray Data run and first actors: not timed
             cfg = EncodeConfig(device="cpu", dtype=args.dtype, num_actors=1, cpus_per_actor=float(cores))
             _, _, out["warmup_s"] = encode_once(rows.slice(0, args.warmup), cfg)
-        seen = set(encoder_actors(dashboard))
-        runs: dict[int, list[dict]] = {n: [] for n in ACTORS}
-        base = None
-        for r in range(args.repeats):
-            # rounds alternate the order (1, 2, 4 then 4, 2, 1): a load that drifts during the
-            # benchmark does not favour one end
-            for n in ACTORS if r % 2 == 0 else ACTORS[::-1]:
-                threads = max(1, cores // n) if args.threads == "share" else int(args.threads)
-                cfg = EncodeConfig(device="cpu", dtype=args.dtype, num_actors=n,
-                                   cpus_per_actor=float(threads), tokenize_actors=args.tokenize_actors)
-                print(f"[round {r + 1}, {n} actors] running ({threads} threads each)", file=sys.stderr,
-                      flush=True)
-                load_before = os.getloadavg()[0]
-                with Usage() as usage:
-                    stats, vecs, wall = encode_once(rows, cfg)
-                load_after = os.getloadavg()[0]
-                now = encoder_actors(dashboard)
-                landed = sorted(names.get(node, node or "?") for a, node in now.items() if a not in seen)
-                seen |= set(now)
-                if stats.get("actors") != n:
-                    print(f"warning: {n} actors asked, {stats.get('actors')} started: fewer windows of "
-                          f"{cfg.batch_size} texts than actors (raise --limit)", file=sys.stderr)
-                if base is None:
-                    base = vecs  # the first run is a 1-actor run
-                if vecs.shape != base.shape:
-                    raise RuntimeError(f"{n} actors: vectors {vecs.shape} vs {base.shape} with 1 actor")
-                run_ = {"actors": stats.get("actors"), "threads_per_actor": threads,
-                        "tokenize_actors": args.tokenize_actors or n, "encoder_nodes": landed,
-                        "wall_s": wall, "pipeline_s": stats.get("seconds"), "texts": stats["encoded"],
-                        "tokens": stats["tokens"], "padding_efficiency": stats.get("padding_efficiency"),
-                        "cpu_s": usage.cpu_s, "peak_rss_mb": usage.mb,
-                        "max_abs_diff_vs_1_actor": float(np.abs(vecs - base).max()),
-                        # 1-minute load average of the machine: other work on it skews wall times
-                        "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(load_after, 2)}
-                runs[n].append(run_)
-                print(f"[round {r + 1}, {n} actors] {json.dumps(run_)}", file=sys.stderr, flush=True)
-        for n in ACTORS:
-            rs = runs[n]
-            wall, cpu = float(np.median([x["wall_s"] for x in rs])), float(np.median([x["cpu_s"] for x in rs]))
-            tokens = rs[0]["tokens"]
-            out["variants"][str(n)] = {
-                "actors": rs[0]["actors"], "actors_asked": n, "threads_per_actor": rs[0]["threads_per_actor"],
-                "cpus_per_actor": float(rs[0]["threads_per_actor"]),
-                "tokenize_actors": rs[0]["tokenize_actors"], "encoder_nodes": rs[0]["encoder_nodes"],
-                "distinct_nodes": len(set(rs[0]["encoder_nodes"])), "wall_s": wall,
-                "texts": rs[0]["texts"], "tokens": tokens, "tokens_per_s": tokens / wall,
-                "texts_per_s": rs[0]["texts"] / wall, "cpu_s": cpu, "tokens_per_cpu_s": tokens / cpu,
-                "padding_efficiency": rs[0]["padding_efficiency"],
-                "peak_rss_mb": max(x["peak_rss_mb"] for x in rs),
-                "max_abs_diff_vs_1_actor": max(x["max_abs_diff_vs_1_actor"] for x in rs), "runs": rs}
-        one = out["variants"]["1"]
-        for v in out["variants"].values():
-            v["ratio_to_1_actor"] = v["tokens_per_s"] / one["tokens_per_s"]
-            v["cpu_efficiency_vs_1_actor"] = v["tokens_per_cpu_s"] / one["tokens_per_cpu_s"]
+        out["variants"] = summarize(rounds(args, rows, "http://" + info.dashboard_url, cores))
         return out
     finally:
         ray.shutdown()
         cluster.shutdown()
 
 
+COLUMNS = {
+    "actors": "{actors}", "threads/actor": "{threads_per_actor}",
+    "encoder actors on": lambda v: ", ".join(v["encoder_nodes"]), "wall s": "{wall_s:.1f}",
+    "tokens/s": "{tokens_per_s:.0f}", "ratio to 1 actor": "{ratio_to_1_actor:.2f}", "CPU s": "{cpu_s:.0f}",
+    "tokens per CPU s (vs 1 actor)": "{tokens_per_cpu_s:.0f} ({cpu_efficiency_vs_1_actor:.2f})",
+    "max abs diff vs 1 actor": "{max_abs_diff_vs_1_actor:.1e}", "peak RSS MB": "{peak_rss_mb:.0f}"}
+
+
 def markdown(results: dict) -> str:
     c = results["cluster"]
-    rows = [("| actors | threads/actor | encoder actors on | wall s | tokens/s | ratio to 1 actor | "
-             "CPU s | tokens per CPU s (vs 1 actor) | max abs diff vs 1 actor | peak RSS MB |"),
-            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for v in results["variants"].values():
-        rows.append(f"| {v['actors']} | {v['threads_per_actor']} | {', '.join(v['encoder_nodes'])} | "
-                    f"{v['wall_s']:.1f} | {v['tokens_per_s']:.0f} | {v['ratio_to_1_actor']:.2f} | "
-                    f"{v['cpu_s']:.0f} | {v['tokens_per_cpu_s']:.0f} ({v['cpu_efficiency_vs_1_actor']:.2f}) | "
-                    f"{v['max_abs_diff_vs_1_actor']:.1e} | {v['peak_rss_mb']:.0f} |")
+    rows = table(COLUMNS, results["variants"].values(), align="rrlrrrrrrr")
     loads = [x[k] for v in results["variants"].values() for x in v["runs"]
              for k in ("loadavg_1m_before", "loadavg_1m_after")]
     rows += ["", f"{results['texts']} texts ({results['data']}), {results['tokens']} tokens; median of "
@@ -297,7 +259,8 @@ def main() -> None:
     p.add_argument("--out", help="JSON output file")
     p.add_argument("--render", help="print the markdown table of an existing JSON result and exit")
     p.add_argument("--data", default="ml-100k", choices=["ml-100k", "synthetic"])
-    p.add_argument("--ml100k", default=os.environ.get("LLMREC_ML100K", str(ROOT.parent / "shared" / "data" / "ml-100k")))
+    p.add_argument("--ml100k", default=os.environ.get("LLMREC_ML100K"),
+                   help="the MovieLens 100K folder (default: $LLMREC_ML100K)")
     p.add_argument("--limit", type=int, default=None, help="encode a fixed random sample of N texts "
                    "(at least 4 x 256, so that 4 actors get a window each)")
     p.add_argument("--threads", default="share", help="threads (and logical CPUs) per encoder actor: "
@@ -314,6 +277,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=64,
                    help="texts of an untimed 1-actor encode before the variants (0: none)")
     args = p.parse_args()
+    if args.data == "ml-100k" and not args.ml100k:
+        p.error("--data ml-100k needs the MovieLens 100K folder: --ml100k DIR or LLMREC_ML100K")
     if args.render:
         print(markdown(json.loads(Path(args.render).read_text())))
         return

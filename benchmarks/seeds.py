@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from variants import table
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
@@ -48,17 +47,16 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
 
 
 def markdown(agg: dict, ks: list[int], seeds: list[int]) -> str:
+    """Per slice, the mean +- std over the seeds of Recall and NDCG at every K, one row per model."""
+    columns = {"model": "{model}"}
+    for k in ks:
+        for name, label in (("recall", "Recall"), ("ndcg", "NDCG")):
+            columns[f"{label}@{k}"] = lambda m, key=f"{name}@{k}": f"{m[key]['mean']:.4f} +- {m[key]['std']:.4f}"
     lines = []
     for slice_name, models in agg.items():
         users = int(next(iter(models.values()))["users"]["mean"])
         lines += [f"### {slice_name} ({users} users; mean +- std over seeds {seeds})", "",
-                  "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("Recall", "NDCG")) + " |",
-                  "|---|" + "---:|" * (2 * len(ks))]
-        for model, m in models.items():
-            cells = [f"{m[f'{name}@{k}']['mean']:.4f} +- {m[f'{name}@{k}']['std']:.4f}"
-                     for k in ks for name in ("recall", "ndcg")]
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
-        lines.append("")
+                  *table(columns, ({"model": model, **m} for model, m in models.items())), ""]
     return "\n".join(lines)
 
 

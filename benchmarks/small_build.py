@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from variants import ROOT, table
 
 
 def small_config(tmp: Path):
@@ -162,12 +162,13 @@ def render(r: dict) -> None:
         return f"{values[0]:.2f} / {statistics.median(rest):.2f}" if rest else f"{values[0]:.2f}"
 
     mat = {s: [m["seconds"] for m in r["materialize"] if m["store"] == s] for s in ("ray", "file")}
+    rows = [("statistics, Ray Data groupbys", [s["ray_s"] for s in r["stats"]]),
+            ("statistics, in the driver", [s["driver_s"] for s in r["stats"]]),
+            ("materialize 5 views, Ray offline store", mat["ray"]),
+            ("materialize 5 views, file offline store", mat["file"])]
     print(f"\n{r['cluster']}; build {r['build_s']} s; views {r['views']}\n")
-    print("| what | first run s / median of the rest |\n|---|---:|")
-    print(f"| statistics, Ray Data groupbys | {first_and_rest([s['ray_s'] for s in r['stats']])} |")
-    print(f"| statistics, in the driver | {first_and_rest([s['driver_s'] for s in r['stats']])} |")
-    print(f"| materialize 5 views, Ray offline store | {first_and_rest(mat['ray'])} |")
-    print(f"| materialize 5 views, file offline store | {first_and_rest(mat['file'])} |")
+    print("\n".join(table({"what": "{what}", "first run s / median of the rest": "{times}"},
+                          [{"what": what, "times": first_and_rest(v)} for what, v in rows])))
     b = r["batch_dependence"]
     print(f"\nbatch dependence ({b['texts']} texts, cpu_has_bf16={b['cpu_has_bf16']}): max abs diff "
           f"auto {b['auto']['max_abs_diff']:.2e}, float32 {b['float32']['max_abs_diff']:.2e}")

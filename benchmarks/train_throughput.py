@@ -7,7 +7,7 @@ Data: the feature-store benchmark's repo (`--users` x `--snapshots` 384-d user s
 statistics, `--items` items with 384-d vectors) and `--rows` interactions (user, item, time).
 Variants, each in its own process:
 
-- `ray_train`: `train.training_dataset` as `llmrec train` uses it (get_historical_features
+- `ray_train`: `train_data.training_dataset` as `llmrec train` uses it (get_historical_features
   through the project's store -> lazy Ray Dataset of rows carrying each embedding's position in
   its view; the worker holds the two views) -> `TorchTrainer` running the project's
   `train_loop_per_worker` for one epoch on 1 worker (1 CPU; the other feeds the data), no
@@ -17,7 +17,8 @@ Variants, each in its own process:
   `collect_s`), then one epoch of the same model, batch size and optimizer in a plain loop
   (torch on both cores).
 
-JSON: {"variants": {name: {"rows", "wall_s", "rows_per_s", "peak_rss_mb"}}, "ratios": {...}}.
+JSON: {"variants": {name: {"rows", "wall_s", "rows_per_s", "peak_pss_mb", "peak_rss_mb"}},
+"ratios": {...}}; memory as in benchmarks/variants.py (the variant's process and its descendants).
 Target: ray_train rows/s >= 0.8x plain's.
 """
 
@@ -26,17 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from featurestore import DAYS, T0, build_repo  # noqa: E402
-from variants import child_main, run_child  # noqa: E402
+from featurestore import DAYS, T0, build_repo
+from variants import child_main, ratios, run_child
 
 
 def interactions(args):
@@ -56,7 +54,7 @@ def setup(repo: Path, args, by_position: bool = True):
     from llmrec_ray.config import TrainConfig
     from llmrec_ray.featurestore import FeatureRepo
     from llmrec_ray.model_inputs import USER_EXTRA_DIM
-    from llmrec_ray.train import training_dataset
+    from llmrec_ray.train_data import entity_rows, training_dataset
 
     table = interactions(args)
     item_ids = [f"i{k}" for k in range(args.items)]
@@ -64,7 +62,7 @@ def setup(repo: Path, args, by_position: bool = True):
     item_index = {i: k for k, i in enumerate(item_ids)}
     user_index = {u: k for k, u in enumerate(users)}
     t = TrainConfig(model="hybrid", batch_size=args.batch_size)
-    ds, tables = training_dataset(FeatureRepo(repo), table, item_index, user_index, by_position)
+    ds, tables = training_dataset(FeatureRepo(repo), entity_rows(table, item_index, user_index), by_position)
     model = dict(user_dim=args.dim, item_dim=args.dim, hidden_dim=t.hidden_dim, out_dim=t.out_dim,
                  dropout=t.dropout, temperature=t.temperature, user_extra_dim=USER_EXTRA_DIM,
                  n_users=len(users), n_items=len(item_ids), id_dim=t.id_dim, id_dropout=t.id_dropout,
@@ -75,16 +73,18 @@ def setup(repo: Path, args, by_position: bool = True):
     return ds, loop
 
 
-def run_ray_train(repo: Path, args, by_position: bool = True) -> dict:
+def run_ray_train(args, by_position: bool = True) -> dict:
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from llmrec_ray.train import ROW_BYTES, keep_rows, torch_threads, train_loop_per_worker
+    from llmrec_ray.train import torch_threads
+    from llmrec_ray.train_data import ROW_BYTES, keep_rows
+    from llmrec_ray.train_worker import train_loop_per_worker
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as storage:
-        ds, loop = setup(repo, args, by_position)
+        ds, loop = setup(Path(args.repo), args, by_position)
         start = time.perf_counter()
         # as `llmrec train` does (train.materialize auto): rows kept when they fit, then threads
         kept = keep_rows("auto", args.rows, ray.cluster_resources().get("object_store_memory", 0),
@@ -106,14 +106,14 @@ def run_ray_train(repo: Path, args, by_position: bool = True) -> dict:
             "materialized": kept, "torch_threads": loop["torch_threads"]}
 
 
-def run_plain(repo: Path, args) -> dict:
+def run_plain(args) -> dict:
     import ray
     import torch
 
     from llmrec_ray.models.two_tower import TwoTower
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    ds, loop = setup(repo, args, by_position=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ds, loop = setup(Path(args.repo), args, by_position=False)
     start = time.perf_counter()
     parts: dict[str, list] = {}
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
@@ -144,7 +144,9 @@ def run_plain(repo: Path, args) -> dict:
 
 
 RUNNERS = {"ray_train": run_ray_train, "plain": run_plain,
-           "ray_train_values": lambda repo, args: run_ray_train(repo, args, by_position=False)}
+           "ray_train_values": lambda args: run_ray_train(args, by_position=False)}
+CHILD_KEYS = ("rows", "users", "snapshots", "items", "dim", "batch_size", "cpus", "seed")
+RATIOS = {f"{k}_over_plain_rows_per_s": (k, "plain", "rows_per_s") for k in ("ray_train", "ray_train_values")}
 
 
 def main() -> None:
@@ -175,13 +177,9 @@ def main() -> None:
         repo = Path(tmp) / "feature_repo"
         build_repo(repo, args.users, args.snapshots, args.dim, args.seed, items=args.items)
         for name in args.variants.split(","):
-            results["variants"][name] = run_child(
-                __file__, name, repo, args,
-                ("rows", "users", "snapshots", "items", "dim", "batch_size", "cpus", "seed"))
-    v = results["variants"]
-    if "ray_train" in v and "plain" in v:
-        results["ratios"] = {f"{k}_over_plain_rows_per_s": v[k]["rows_per_s"] / v["plain"]["rows_per_s"]
-                             for k in ("ray_train", "ray_train_values") if k in v}
+            results["variants"][name] = run_child(__file__, name, args, CHILD_KEYS, repo=repo)
+    if "ray_train" in results["variants"] and "plain" in results["variants"]:
+        results["ratios"] = ratios(results["variants"], RATIOS)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results.get("ratios", {}), indent=2))
