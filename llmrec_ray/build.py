@@ -206,13 +206,11 @@ def check_overwrite(cfg, overwrite: bool = False) -> None:
         "is created with the project's Feast declarations)")
 
 
-def build_features(cfg, overwrite: bool = False) -> dict:
-    """The whole feature build; returns the summary (row counts per stage). Refuses to replace
-    another run's features unless `overwrite` (`check_overwrite`)."""
-    check_overwrite(cfg, overwrite)
+def split_rows(ds, cfg, summary: dict):
+    """The split the protocol asks for at build time: `random` labels a seeded random share of
+    each user's rows test and validation; the given protocols carve validation rows out of train
+    when the data has none, and order each user's history (`given_history_order`)."""
     e = cfg.evaluate
-    ds = load_dataset(cfg.data, given_split=e.protocol == "given", unsplit=e.protocol == "random")
-    summary = {"data": ds.summary()}
     if e.protocol == "random":
         from llmrec_ray.split import random_split
 
@@ -224,23 +222,19 @@ def build_features(cfg, overwrite: bool = False) -> dict:
     if e.protocol in GIVEN_PROTOCOLS:
         from llmrec_ray.split import carve_validation
 
-        inter, moved = carve_validation(ds.interactions, cfg.evaluate.valid_fraction, cfg.seed)
+        inter, moved = carve_validation(ds.interactions, e.valid_fraction, cfg.seed)
         if moved:
             ds = dataclasses.replace(ds, interactions=inter)
             summary["carved_validation"] = moved
             logger.info("the given split has no validation rows: %d train rows (%.0f%% of each "
-                        "user's, seed %d) carved as validation", moved,
-                        100 * cfg.evaluate.valid_fraction, cfg.seed)
-        ds, summary["history_order"] = given_history_order(ds, cfg.evaluate.given_history, cfg.seed)
-    for table, c in summary["data"].items():
-        logger.info("%s: %d in = %d accepted + %d rejected", table, c["in"], c["accepted"], c["rejected"])
-    save_dataset(ds, cfg.run_dir)
-    ds = feature_dataset(ds, cfg.evaluate.protocol)
-    summary["feature_interactions"] = ds.interactions.num_rows
-    views, stats = feature_tables(ds, cfg)
-    summary["encode"] = stats
-    views.update(stats_tables(ds, views, cfg.featurestore))
+                        "user's, seed %d) carved as validation", moved, 100 * e.valid_fraction, cfg.seed)
+        ds, summary["history_order"] = given_history_order(ds, e.given_history, cfg.seed)
+    return ds
 
+
+def publish(cfg, views: dict, dataset: str, dim) -> dict:
+    """Write the views into the Feast repository, apply its declarations, materialize the online
+    store and write the manifest -> the summary's part about them."""
     repo = open_repo(cfg.featurestore)
     key, fkey = encoder_key(cfg.encode), features_key(cfg)
     _, model_id = resolve_model(cfg.encode.model)
@@ -251,20 +245,40 @@ def build_features(cfg, overwrite: bool = False) -> dict:
             tags.update(user_vectors_tags(cfg.serialize))
         repo.write_view(name, table, encoder_key=(fkey if name == USER_HISTORY_VIEW else key)
                         if embedding else None, tags=tags)
-    summary["feast_objects"] = repo.apply()
+    out = {"feast_objects": repo.apply()}
     # Online = the state just after the data ends. Item stats rows later than that (popularity
     # windows emptying) go online as time passes, with `llmrec materialize --incremental`.
     ts = pa.concat_arrays([t.column("event_timestamp").combine_chunks().cast(TIMESTAMP)
                            for name, t in views.items() if name != ITEM_STATS_VIEW])
     start = pc.min(ts).as_py() - timedelta(seconds=1)
     end = pc.max(ts).as_py() + timedelta(seconds=1)
-    summary["online"] = repo.materialize(start, end)
-    summary["views"] = {name: t.num_rows for name, t in views.items()}
+    out["online"] = repo.materialize(start, end)
+    out["views"] = {name: t.num_rows for name, t in views.items()}
     repo.write_manifest({
-        "run": cfg.name, "dataset": ds.name, "encoder_key": fkey, "item_encoder_key": key,
+        "run": cfg.name, "dataset": dataset, "encoder_key": fkey, "item_encoder_key": key,
         "user_vectors": user_vectors_tags(cfg.serialize),
-        "model": model_id, "dim": stats.get("dim"), "views": summary["views"],
+        "model": model_id, "dim": dim, "views": out["views"],
         "materialized": [start.isoformat(), end.isoformat()], "run_dir": str(cfg.run_dir.resolve()),
         "built_at": datetime.now(timezone.utc).isoformat(),
     })
+    return out
+
+
+def build_features(cfg, overwrite: bool = False) -> dict:
+    """The whole feature build; returns the summary (row counts per stage). Refuses to replace
+    another run's features unless `overwrite` (`check_overwrite`)."""
+    check_overwrite(cfg, overwrite)
+    e = cfg.evaluate
+    ds = load_dataset(cfg.data, given_split=e.protocol == "given", unsplit=e.protocol == "random")
+    summary = {"data": ds.summary()}
+    ds = split_rows(ds, cfg, summary)
+    for table, c in summary["data"].items():
+        logger.info("%s: %d in = %d accepted + %d rejected", table, c["in"], c["accepted"], c["rejected"])
+    save_dataset(ds, cfg.run_dir)
+    ds = feature_dataset(ds, cfg.evaluate.protocol)
+    summary["feature_interactions"] = ds.interactions.num_rows
+    views, stats = feature_tables(ds, cfg)
+    summary["encode"] = stats
+    views.update(stats_tables(ds, views, cfg.featurestore))
+    summary.update(publish(cfg, views, ds.name, stats.get("dim")))
     return summary

@@ -16,7 +16,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from llmrec_ray.build import build_features, check_overwrite, load_saved_dataset
-from llmrec_ray.evaluate import evaluate, format_summary, format_tuning, write_results
+from llmrec_ray.evaluate import evaluate
+from llmrec_ray.report import format_summary, format_tuning, write_results
+from llmrec_ray.storage import write_atomic
 from llmrec_ray.featurestore import FeatureRepo, open_repo
 from llmrec_ray.views import USER_HISTORY_VIEW
 from llmrec_ray.split import GIVEN_PROTOCOLS, given_eval_split, global_temporal_eval_split, user_temporal_eval_split
@@ -92,7 +94,8 @@ def eval_split(cfg, tables: dict, repo: FeatureRepo):
     return global_temporal_eval_split(tables["interactions"], tuple(e.global_quantiles), snapshots)
 
 
-def _split(cfg, repo: FeatureRepo):
+def saved_split(cfg, repo: FeatureRepo):
+    """The run's saved dataset and its evaluation split -> (tables, split, sorted item ids)."""
     tables = load_saved_dataset(cfg.run_dir)
     item_ids = sorted(tables["items"].column("item_id").to_pylist())
     split = eval_split(cfg, tables, repo)
@@ -104,8 +107,7 @@ def _write_summary(cfg, stage: str, summary: dict) -> None:
     path = cfg.run_dir / "summary.json"
     existing = json.loads(path.read_text()) if path.exists() else {}
     existing[stage] = summary
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(existing, indent=2, default=str))
+    write_atomic(path, json.dumps(existing, indent=2, default=str))
 
 
 def build_stage(cfg, overwrite: bool = False) -> dict:
@@ -130,7 +132,7 @@ def train_stage(cfg, loop=None) -> dict:
     init_ray(cfg.ray)
     start = time.perf_counter()
     repo = feature_repo(cfg)
-    tables, split, item_ids = _split(cfg, repo)
+    tables, split, item_ids = saved_split(cfg, repo)
     summary = fit(cfg, repo, split, tables["items"], item_ids, loop)
     if cfg.train.export:
         from llmrec_ray.build import features_key
@@ -150,7 +152,7 @@ def evaluate_stage(cfg, out: str | None = None) -> dict:
     init_ray(cfg.ray)
     start = time.perf_counter()
     repo = feature_repo(cfg)
-    tables, split, item_ids = _split(cfg, repo)
+    tables, split, item_ids = saved_split(cfg, repo)
     from llmrec_ray.model_inputs import validation_data
 
     model = load_model(cfg.run_dir)

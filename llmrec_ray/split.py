@@ -250,6 +250,31 @@ def given_eval_split(interactions: pa.Table, snapshots: pa.Table | None = None,
       train rows has no features and is not queried (both counted in `info`).
     - Metrics as everywhere (llmrec_ray.metrics): Recall@K = hits / number of truth items.
     """
+    label = given_labels(interactions)
+    df = interactions.select(["user_id", "item_id", "event_timestamp"]).to_pandas()
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    is_train = label == "train"
+    query_time = df.loc[is_train, "event_timestamp"].max() + GIVEN_QUERY_GAP
+    if snapshots is not None and snapshots.num_rows:
+        latest = pd.Timestamp(pc.max(snapshots.column("event_timestamp")).as_py())
+        query_time = max(query_time, latest.tz_convert("UTC") if latest.tzinfo else latest.tz_localize("UTC"))
+    train_items = df[is_train].groupby("user_id", sort=False)["item_id"].agg(lambda s: sorted(set(s)))
+    counts: dict = {"query_time": query_time.isoformat()}
+    valid_q = given_queries(df[label == "valid"], train_items, query_time, "valid", counts)
+    test_q = given_queries(df[label == "test"], train_items, query_time, "test", counts)
+    order = [("user_id", "ascending"), ("event_timestamp", "ascending"), ("item_id", "ascending")]
+
+    def rows(which: str) -> pa.Table:
+        t = interactions.filter(pa.array(label == which)).drop_columns(["split"])
+        return t.take(pc.sort_indices(t, order))
+
+    return EvalSplit(protocol, rows("train"), rows("valid"), rows("test"), valid_q, test_q,
+                     {"protocol": protocol, **counts})
+
+
+def given_labels(interactions: pa.Table) -> np.ndarray:
+    """The interactions' `split` column as an object array, checked: present, only GIVEN_LABELS,
+    and some train rows."""
     if "split" not in interactions.column_names:
         raise ValueError("evaluate.protocol given: the saved interactions have no split column; "
                          "build the features with evaluate.protocol given (data with a split "
@@ -261,40 +286,27 @@ def given_eval_split(interactions: pa.Table, snapshots: pa.Table | None = None,
     label = np.asarray(split.to_numpy(zero_copy_only=False), dtype=object)
     if not (label == "train").any():
         raise ValueError("evaluate.protocol given: no train rows")
-    df = interactions.select(["user_id", "item_id", "event_timestamp"]).to_pandas()
-    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
-    is_train = label == "train"
-    query_time = df.loc[is_train, "event_timestamp"].max() + GIVEN_QUERY_GAP
-    if snapshots is not None and snapshots.num_rows:
-        latest = pd.Timestamp(pc.max(snapshots.column("event_timestamp")).as_py())
-        query_time = max(query_time, latest.tz_convert("UTC") if latest.tzinfo else latest.tz_localize("UTC"))
-    train_items = df[is_train].groupby("user_id", sort=False)["item_id"].agg(lambda s: sorted(set(s)))
-    counts: dict = {"query_time": query_time.isoformat()}
+    return label
 
-    def queries(which: str) -> pd.DataFrame:
-        out, no_train, in_train = [], 0, 0
-        for user, g in df[label == which].groupby("user_id", sort=True):
-            if user not in train_items.index:
-                no_train += 1
-                continue
-            seen = train_items[user]
-            seen_set = set(seen)
-            items = list(dict.fromkeys(g["item_id"]))
-            truth = [i for i in items if i not in seen_set]
-            in_train += len(items) - len(truth)
-            if truth:
-                out.append((user, query_time, truth, list(seen)))
-        counts[f"{which}_users_without_train"] = no_train
-        counts[f"{which}_items_in_train"] = in_train  # distinct (user, item) pairs left out of truth
-        return pd.DataFrame(out, columns=QUERY_COLUMNS) if out else \
-            pd.DataFrame({c: pd.Series(dtype=object) for c in QUERY_COLUMNS})
 
-    valid_q, test_q = queries("valid"), queries("test")
-    order = [("user_id", "ascending"), ("event_timestamp", "ascending"), ("item_id", "ascending")]
-
-    def rows(which: str) -> pa.Table:
-        t = interactions.filter(pa.array(label == which)).drop_columns(["split"])
-        return t.take(pc.sort_indices(t, order))
-
-    return EvalSplit(protocol, rows("train"), rows("valid"), rows("test"), valid_q, test_q,
-                     {"protocol": protocol, **counts})
+def given_queries(df: pd.DataFrame, train_items: pd.Series, query_time, which: str,
+                  counts: dict) -> pd.DataFrame:
+    """One query per user of `df` (the `which` rows) with train rows: truth = the user's distinct
+    items not among its train items (`train_items`), in row order; seen = its train items. Users
+    without train rows and items left out of truth are counted in `counts`."""
+    out, no_train, in_train = [], 0, 0
+    for user, g in df.groupby("user_id", sort=True):
+        if user not in train_items.index:
+            no_train += 1
+            continue
+        seen = train_items[user]
+        seen_set = set(seen)
+        items = list(dict.fromkeys(g["item_id"]))
+        truth = [i for i in items if i not in seen_set]
+        in_train += len(items) - len(truth)
+        if truth:
+            out.append((user, query_time, truth, list(seen)))
+    counts[f"{which}_users_without_train"] = no_train
+    counts[f"{which}_items_in_train"] = in_train  # distinct (user, item) pairs left out of truth
+    return pd.DataFrame(out, columns=QUERY_COLUMNS) if out else \
+        pd.DataFrame({c: pd.Series(dtype=object) for c in QUERY_COLUMNS})

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from llmrec_ray.config import EncodeConfig
-from llmrec_ray.encode import Encoder, encode_texts
+from llmrec_ray.encode import encode_texts
+from llmrec_ray.encoder import Encoder
 from llmrec_ray.text_model import encoder_key, resolve_model, text_hashes
 
 
@@ -66,7 +67,7 @@ def test_unknown_local_model_dir_is_rejected(tmp_path):
 
 
 def test_token_budget_batches():
-    from llmrec_ray.encode import token_budget_batches
+    from llmrec_ray.encoder import token_budget_batches
 
     lengths = np.array([3, 10, 4, 10, 2, 50])
     batches = token_budget_batches(lengths, budget=24)
@@ -119,7 +120,7 @@ def test_pipeline_vectors_equal_direct_encoding(ray_session, minilm):
 
 
 def test_tokenizer_stage_sorts_each_window_and_keeps_every_row(minilm):
-    from llmrec_ray.encode import TOKENIZED, Tokenizer
+    from llmrec_ray.encoder import TOKENIZED, Tokenizer
 
     tok = Tokenizer(minilm, "mean", max_length=6)
     out = tok(pa.table({"text_hash": ["a", "b", "c", "d"],
@@ -134,7 +135,7 @@ def test_tokenizer_stage_sorts_each_window_and_keeps_every_row(minilm):
 
 
 def test_pad_batch_left_and_right():
-    from llmrec_ray.encode import pad_batch
+    from llmrec_ray.encoder import pad_batch
 
     ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, left=False)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from llmrec_ray.encode import Encoder, pad_batch, tokenize
+from llmrec_ray.encoder import Encoder, pad_batch, tokenize
 from llmrec_ray.text_model import resolve_model
 
 TEXTS = ["space opera", "a crew of thieves plans one last robbery in a casino vault at night",

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from llmrec_ray.encode import Encoder
+from llmrec_ray.encoder import Encoder
 from llmrec_ray.text_model import resolve_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

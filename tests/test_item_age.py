@@ -112,7 +112,7 @@ def test_the_release_times_and_bias_travel_in_the_checkpoint():
 
 
 def test_training_rows_carry_their_time_in_days():
-    from llmrec_ray.train import to_training_batch
+    from llmrec_ray.train_data import to_training_batch
 
     batch = pa.table({"row_id": [0, 1], "item_idx": [0, 1],
                       "event_timestamp": pa.array([day(1970, 1, 3), day(1970, 1, 1)], TIMESTAMP),

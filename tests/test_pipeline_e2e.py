@@ -71,7 +71,7 @@ def test_training_rows_are_point_in_time(e2e, ray_session):
     """Every training row gets the newest snapshot at or before it, never one covering itself."""
     from llmrec_ray.build import load_saved_dataset
     from llmrec_ray.split import user_temporal_eval_split
-    from llmrec_ray.train import entity_rows
+    from llmrec_ray.train_data import entity_rows
 
     cfg, _, train_summary, _ = e2e
     repo = FeatureRepo(cfg.featurestore.repo_path)
@@ -89,7 +89,7 @@ def test_training_rows_are_point_in_time(e2e, ray_session):
     assert history[train_summary["best_epoch"] - 1] == max(history)
     items = sorted(tables["items"].column("item_id").to_pylist())
     df = entity_rows(train, {i: k for k, i in enumerate(items)})
-    out = repo.historical(df, "training").to_pandas()
+    out = repo.historical_table(df, "training").to_pandas()
     assert len(out) == df.num_rows and out["row_id"].tolist() == df.column("row_id").to_pylist()
     inter = tables["interactions"].to_pandas()
     for k in range(0, len(out), 7):

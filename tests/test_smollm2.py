@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from llmrec_ray.config import EncodeConfig
-from llmrec_ray.encode import Encoder
+from llmrec_ray.encoder import Encoder
 from llmrec_ray.text_model import encoder_key, gguf_location, resolve_model
 
 pytestmark = pytest.mark.skipif(

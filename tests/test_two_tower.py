@@ -13,7 +13,7 @@ from llmrec_ray.models.two_tower import TwoTower
 
 # internal helpers (they move between modules while the library is refactored: repoint here)
 from llmrec_ray.artifacts import build_model
-from llmrec_ray.model_inputs import item_id_index, user_id_index
+from llmrec_ray.models.vocab import item_id_index, user_id_index
 
 
 def model_with_identity_towers(temperature: float) -> TwoTower:

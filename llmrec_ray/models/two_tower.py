@@ -159,7 +159,7 @@ class TwoTower(nn.Module):
         `user_extra` (snapshots, 4) the snapshots' statistics as `model_inputs.user_extra_features`
         computes them): {"items": (rows, d), "users": (rows, d)}."""
         from llmrec_ray.views import embedding_matrix
-        from llmrec_ray.model_inputs import item_id_index, user_id_index
+        from llmrec_ray.models.vocab import item_id_index, user_id_index
 
         user_idx = item_idx = None
         if self.hybrid:
