@@ -215,6 +215,17 @@ def training_rows(t, repo: FeatureRepo, rows: pa.Table):
     return ds, tables, keep
 
 
+def batches_per_epoch(rows: int, batch_size: int, workers: int) -> int:
+    """Full batches each worker trains on per epoch (a last partial batch is dropped). None is a
+    model that would learn nothing: an error saying so, before any worker starts."""
+    n = rows // (batch_size * workers)
+    if n == 0:
+        raise ValueError(f"training would run no batch: {rows} fit rows are fewer than one batch of "
+                         f"{batch_size} rows for each of {workers} worker(s); lower train.batch_size "
+                         "(train.graph.batch_size for llm_graph) or train.num_workers")
+    return n
+
+
 def fingerprint(cfg, setup: ModelSetup, manifest: dict, split) -> str:
     """The training's identity: model, settings, seed, features and split. The same training
     started again resumes; a changed one starts a run of its own."""
@@ -302,6 +313,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
     manifest = repo.read_manifest()
     data = SetupInputs(repo, split.fit, rows, items, item_ids, vocab["users"], manifest["dim"])
     setup = MODEL_SETUPS[t.model](t, data)
+    n_batches = batches_per_epoch(int(rows.num_rows), setup.batch_size, t.num_workers)
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if t.use_gpu == "auto" else bool(t.use_gpu)
     fp, key = fingerprint(cfg, setup, manifest, split), f"valid_{t.early_stopping_metric}"
     board = ray.remote(num_cpus=0)(EpochBoard).remote()
@@ -310,7 +322,7 @@ def fit(cfg, repo: FeatureRepo, split, items: pa.Table, item_ids: list[str], loo
         "kind": t.model, "graph": setup.graph, "weight_decay": t.weight_decay, "fingerprint": fp,
         "model": setup.kwargs, "valid": None if valid is None else ray.put(valid),
         "tables": {} if setup.holds_items else tables, "board": board, "use_gpu": use_gpu,
-        "batches_per_epoch": int(rows.num_rows) // (setup.batch_size * t.num_workers),
+        "batches_per_epoch": n_batches,
         "torch_threads": torch_threads(keep, use_gpu, t.num_workers),
         "metric": t.early_stopping_metric, "patience": setup.patience}
     trainer = make_trainer(cfg, setup, ds, loop_config, fp, valid is not None, loop)

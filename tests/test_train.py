@@ -53,6 +53,15 @@ def test_summary_counts_the_epochs_and_keeps_the_best_one(trained_run):
     assert t.materialize == "auto" and s["dataset"] == "materialized"
 
 
+def test_fewer_fit_rows_than_one_batch_per_worker_is_an_error_before_training():
+    from llmrec_ray.train import batches_per_epoch
+
+    assert batches_per_epoch(1000, 128, 2) == 3
+    assert batches_per_epoch(256, 128, 2) == 1
+    with pytest.raises(ValueError, match="255 fit rows are fewer than one batch of 128 rows for each of 2"):
+        batches_per_epoch(255, 128, 2)
+
+
 def test_the_training_rows_are_kept_when_they_take_a_tenth_of_the_object_store():
     from llmrec_ray.train_data import ROW_BYTES, keep_rows
 
