@@ -30,7 +30,8 @@ from torch.nn import functional as F
 
 def _sparse(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape) -> torch.Tensor:
     idx = torch.from_numpy(np.vstack([rows, cols]).astype(np.int64))
-    return torch.sparse_coo_tensor(idx, torch.from_numpy(values.astype(np.float32)), shape).coalesce()
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(values.astype(np.float32)), shape,
+                                   check_invariants=True).coalesce()
 
 
 class LLMGraph(nn.Module):
@@ -133,7 +134,8 @@ class LLMGraph(nn.Module):
         """(Q, I) cosine / temperature of `Queries` (history; optional `item_emb` features: the
         item vectors as of the queries, else the fitted ones)."""
         z = queries.features.get("item_emb")
-        z = self.item_emb if z is None else torch.as_tensor(z, device=self.item_emb.device)
+        # (a read-only array, e.g. object-store memory, is copied: torch tensors are writable)
+        z = self.item_emb if z is None else torch.as_tensor(np.require(z, requirements="W"), device=self.item_emb.device)
         _, items, layers = self.propagate(z)
         user_emb = queries.features.get("user_emb")
         user_emb = None if user_emb is None else torch.as_tensor(user_emb, device=z.device)
