@@ -28,6 +28,12 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def _tensor(a: np.ndarray, device) -> torch.Tensor:
+    """A query feature as a tensor; a read-only array (e.g. object-store memory) is copied first,
+    since torch tensors are writable."""
+    return torch.as_tensor(np.require(a, requirements="W"), device=device)
+
+
 def _sparse(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape) -> torch.Tensor:
     idx = torch.from_numpy(np.vstack([rows, cols]).astype(np.int64))
     return torch.sparse_coo_tensor(idx, torch.from_numpy(values.astype(np.float32)), shape,
@@ -134,11 +140,10 @@ class LLMGraph(nn.Module):
         """(Q, I) cosine / temperature of `Queries` (history; optional `item_emb` features: the
         item vectors as of the queries, else the fitted ones)."""
         z = queries.features.get("item_emb")
-        # (a read-only array, e.g. object-store memory, is copied: torch tensors are writable)
-        z = self.item_emb if z is None else torch.as_tensor(np.require(z, requirements="W"), device=self.item_emb.device)
+        z = self.item_emb if z is None else _tensor(z, self.item_emb.device)
         _, items, layers = self.propagate(z)
         user_emb = queries.features.get("user_emb")
-        user_emb = None if user_emb is None else torch.as_tensor(user_emb, device=z.device)
+        user_emb = None if user_emb is None else _tensor(user_emb, z.device)
         u = F.normalize(self.user_vectors(queries.history, layers, z, user_emb), dim=-1)
         return u @ F.normalize(items, dim=-1).T / self.temperature
 
