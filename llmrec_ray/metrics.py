@@ -14,8 +14,6 @@ from itertools import chain
 import numpy as np
 
 METRICS = ("recall", "ndcg", "hr", "precision", "f1", "mrr")
-# the metrics whose mean is a numpy float (the type a loop over users gave them; logs print reprs)
-_NUMPY_TYPED = {"recall": "users", "precision": "users", "f1": "hits", "mrr": "hits"}
 
 
 CHUNK_CELLS = 1 << 22  # scores ranked at a time (rows x items): bounds top_k's temporaries
@@ -103,11 +101,10 @@ def ranking_metrics(topk: np.ndarray, truth: list[set[int]], ks: list[int]) -> d
     out: dict[str, float] = {}
     for k in ks:
         per_user = user_metrics(hits[:, :k], sizes, k)
-        numpy_typed = {"users": len(evaluated) > 0, "hits": bool(hits[:, :k].any())}
         for m in METRICS:
             total = np.cumsum(per_user[m])[-1] if len(evaluated) else 0.0  # in user order
             mean = total / max(len(evaluated), 1)
-            out[f"{m}@{k}"] = mean if numpy_typed.get(_NUMPY_TYPED.get(m)) else float(mean)
+            out[f"{m}@{k}"] = float(mean)
     out["users"] = len(evaluated)
     return out
 

@@ -158,12 +158,6 @@ def query_mask(item_ids: list[str], seen: list[list[str]], items: pa.Table,
     return QueryMask(indptr, indices, len(item_ids), times, a)
 
 
-def masks(item_ids: list[str], seen: list[list[str]], items: pa.Table, query_times: np.ndarray) -> np.ndarray:
-    """(Q, I) True where an item is excluded from query q's ranking: the whole dense block of
-    `query_mask`, for small cases; ranking takes the `QueryMask` itself, block by block."""
-    return query_mask(item_ids, seen, items, query_times)[:]
-
-
 def truth_sets(truth: list[list[str]], item_ids: list[str]) -> list[set[int]]:
     """Each query's test items as item indices."""
     index = {item: i for i, item in enumerate(item_ids)}

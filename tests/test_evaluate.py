@@ -10,13 +10,13 @@ import pyarrow.compute as pc
 import pytest
 
 from llmrec_ray.metrics import METRICS
-from llmrec_ray.model_inputs import QueryMask, masks, query_mask, truth_sets
+from llmrec_ray.model_inputs import QueryMask, query_mask, truth_sets
 from llmrec_ray.report import format_table
 from llmrec_ray.schemas import TIMESTAMP
 
 
 def dense_masks_reference(item_ids, seen, items, query_times):
-    """The former `model_inputs.masks`: the whole (Q, I) mask at once (the reference)."""
+    """The whole (Q, I) mask built at once: the reference the per-block QueryMask must equal."""
     index = {item: i for i, item in enumerate(item_ids)}
     mask = np.zeros((len(seen), len(item_ids)), dtype=bool)
     for q, items_seen in enumerate(seen):
@@ -35,13 +35,13 @@ def test_masks_seen_and_not_yet_available():
                       "available_from": pa.array([None, 0, 100], pa.int64()).cast(TIMESTAMP)})
     # query 1 saw a; c comes out at 100 > 50. query 2 saw b; c is out by 150. query 3 (the same
     # user as query 1, later) saw a and b.
-    m = masks(["a", "b", "c"], [["a"], ["b"], ["a", "b"]], items, np.array([50, 150, 200]))
+    m = query_mask(["a", "b", "c"], [["a"], ["b"], ["a", "b"]], items, np.array([50, 150, 200]))[:]
     assert m.tolist() == [[True, False, True], [False, True, False], [True, True, False]]
 
 
 def test_masks_without_availability():
     items = pa.table({"item_id": ["a", "b"], "available_from": pa.nulls(2, TIMESTAMP)})
-    m = masks(["a", "b"], [["b"], []], items, np.array([0, 0]))
+    m = query_mask(["a", "b"], [["b"], []], items, np.array([0, 0]))[:]
     assert m.tolist() == [[False, True], [False, False]]
 
 
@@ -68,7 +68,7 @@ def test_query_mask_blocks_equal_the_dense_mask(with_availability):
     for rows in (slice(0, 24), slice(48, 72), slice(24, 48), slice(57, 80), slice(None), slice(1, 50, 3),
                  np.array([5, 3, 3, 56]), np.array([], dtype=np.int64), 3, -1):
         np.testing.assert_array_equal(got[rows], want[rows])
-    np.testing.assert_array_equal(masks(item_ids, seen, items, times), want)
+    np.testing.assert_array_equal(query_mask(item_ids, seen, items, times)[:], want)
 
 
 def test_query_mask_pickles_small():

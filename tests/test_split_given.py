@@ -184,13 +184,13 @@ def test_errors(tmp_path: Path) -> None:
 
 
 def test_metrics_mask_train_items_and_recall_is_hits_over_test_items(tmp_path: Path) -> None:
-    from llmrec_ray.model_inputs import masks, query_times_us, truth_sets
+    from llmrec_ray.model_inputs import query_mask, query_times_us, truth_sets
 
     _, ds = column_split(tmp_path)
     split = given_eval_split(ds.interactions)
     q = split.test_queries  # u1: truth c, f, seen a, b; u2: truth f, seen a, e
     item_ids = ["a", "b", "c", "d", "e", "f"]
-    mask = masks(item_ids, q["seen"].tolist(), ds.items, query_times_us(q))
+    mask = query_mask(item_ids, q["seen"].tolist(), ds.items, query_times_us(q))[:]
     assert mask.tolist() == [[True, True, False, False, False, False],
                              [True, False, False, False, True, False]]
     scores = np.array([[.9, .8, .7, .6, .1, .2],     # u1 ranks c, d, f, e (d: a valid item, not masked)
